@@ -1,0 +1,187 @@
+"""Launching pretrain runs: a validated spec becomes a Ray Train V2 `TorchTrainer` and a run.
+
+The run name is deterministic (the `--name`, or one derived from the spec's fingerprint), and
+Ray Train resumes a `RunConfig(name, storage_path)` it has seen before; the MLflow run is
+found again by the same name. So re-running a name continues the run: same checkpoints, same
+MLflow run, never a duplicate.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator import __version__
+from orchestrator.spec import RunSpec
+from orchestrator.tracking import FINGERPRINT_TAG, RunHandle, Tracker, default_root, resolve_tracking_uri
+from workloads.data import build_dataset, describe_source
+from workloads.data.augment import pretraining_view
+from workloads.pretrain import Schedule, make_schedule, train_loop_per_worker
+
+
+@dataclass(frozen=True)
+class PretrainResult:
+    name: str
+    run_id: str
+    tracking_uri: str
+    run_path: str
+    resumed: bool
+    epochs_done: int
+    final_loss: float | None
+    images_per_s: float | None
+    checkpoint_uri: str | None
+
+
+def default_run_name(spec: RunSpec) -> str:
+    return f"{spec.method.name}-{spec.data.source.rstrip('/').split('/')[-1]}-{spec.fingerprint()[:8]}"
+
+
+def resolve_storage_path(spec: RunSpec) -> str:
+    """Ray storage for checkpoints: the spec's path (local or s3://) or ./mimray-runs/ray."""
+    path = spec.storage.path
+    if path is None:
+        return str(default_root() / "ray")
+    if "://" in path:
+        return path.rstrip("/")
+    return str(Path(path).resolve())
+
+
+def ensure_ray(address: str | None = None) -> None:
+    """Connect to `address`/RAY_ADDRESS when given, else start local Ray on this machine."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(include_dashboard=False, configure_logging=True, logging_level="WARNING")
+
+
+def git_commit() -> str | None:
+    """The commit of the mimray source in use, when it is a git checkout."""
+    source = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def run_tags(spec: RunSpec, run_path: str) -> dict[str, str]:
+    tags = {
+        FINGERPRINT_TAG: spec.fingerprint(),
+        "mimray.version": __version__,
+        "mimray.ray_run_path": run_path,
+        "mimray.method": spec.method.name,
+    }
+    commit = git_commit()
+    if commit:
+        tags["mimray.git_commit"] = commit
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def build_trainer(
+    spec: RunSpec,
+    name: str,
+    storage_path: str,
+    schedule: Schedule,
+    reporter: Any,
+) -> Any:
+    """The Ray Train V2 trainer for one pretrain run (a sweep trial builds the same)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    scaling = spec.scaling
+    resources = {"CPU": scaling.cpus_per_worker}
+    if scaling.use_gpu:
+        resources["GPU"] = scaling.gpus_per_worker
+    dataset = build_dataset(
+        spec.data.source,
+        img_size=spec.model.img_size,
+        split="train",
+        num_images=spec.data.num_images,
+        seed=spec.train.seed,
+    )
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "spec": spec.model_dump(mode="json"),
+            "schedule": schedule,
+            "reporter": reporter,
+            "run_path": f"{storage_path}/{name}",
+        },
+        scaling_config=ScalingConfig(
+            num_workers=scaling.num_workers,
+            use_gpu=scaling.use_gpu,
+            resources_per_worker=resources,
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=spec.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=spec.train.keep_checkpoints),
+        ),
+        datasets={"train": pretraining_view(dataset, hflip=spec.data.hflip)},
+    )
+
+
+def run_pretrain(spec: RunSpec, name: str | None = None, address: str | None = None) -> PretrainResult:
+    """Train (or resume) the run `name` to `spec.train.epochs`, recorded in MLflow."""
+    name = name or default_run_name(spec)
+    info = describe_source(spec.data.source, split="train", num_images=spec.data.num_images)
+    schedule = make_schedule(spec.train.model_dump(), info.num_rows)
+    storage_path = resolve_storage_path(spec)
+    run_path = f"{storage_path}/{name}"
+
+    tracking_uri = resolve_tracking_uri(spec.tracking.uri)
+    tracker = Tracker(tracking_uri, spec.tracking.experiment)
+    handle: RunHandle = tracker.open_run(
+        key=name, params=spec.flat_params(), tags=run_tags(spec, run_path), run_name=name
+    )
+    if handle.resumed and handle.previous_fingerprint not in (None, spec.fingerprint()):
+        print(
+            f"[mimray] note: run {name!r} was started with a different config "
+            f"(fingerprint {handle.previous_fingerprint}); continuing it with this one"
+        )
+    print(
+        f"[mimray] {'resuming' if handle.resumed else 'starting'} run {name!r}: "
+        f"{spec.method.name} on {spec.data.source} ({info.num_rows} images), "
+        f"{spec.train.epochs} epochs x {schedule.steps_per_epoch} steps, "
+        f"{spec.scaling.num_workers} workers; MLflow run {handle.run_id}",
+        flush=True,
+    )
+
+    ensure_ray(address)
+    trainer = build_trainer(
+        spec, name, storage_path, schedule,
+        tracker.reporter(handle.run_id, system_metrics=spec.tracking.system_metrics),
+    )
+    try:
+        result = trainer.fit()
+    except BaseException as err:
+        # Ctrl-C is not a failure of the run: it can be resumed by re-running the name.
+        status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+        tracker.finish_run(handle.run_id, status=status)
+        raise
+    tracker.finish_run(handle.run_id)
+    metrics = result.metrics or {}
+    return PretrainResult(
+        name=name,
+        run_id=handle.run_id,
+        tracking_uri=tracking_uri,
+        run_path=run_path,
+        resumed=handle.resumed,
+        epochs_done=int(metrics.get("epoch", 0)),
+        final_loss=metrics.get("loss"),
+        images_per_s=metrics.get("images_per_s"),
+        checkpoint_uri=f"{run_path}/{Path(result.checkpoint.path).name}" if result.checkpoint else None,
+    )

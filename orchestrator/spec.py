@@ -1,0 +1,270 @@
+"""Run specs: the one place that parses and validates configuration.
+
+A spec is YAML (a file or a built-in preset) plus `--set dotted.key=value` overrides, checked
+by pydantic before any Ray resource is used. Every error becomes a `ConfigError` whose message
+is one line naming the dotted key and what is allowed, so the CLI can print it and exit 2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from workloads.data import validate_source
+from workloads.methods import MethodKnobs, get_method, method_names
+
+
+class ConfigError(ValueError):
+    """A spec the user must fix; the message is one line naming the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Section):
+    img_size: int = Field(32, ge=8, description="input resolution (square)")
+    patch_size: int = Field(4, ge=1)
+    in_chans: Literal[3] = 3
+    embed_dim: int = Field(192, ge=8)
+    depth: int = Field(4, ge=1)
+    num_heads: int = Field(3, ge=1)
+    decoder_dim: int = Field(128, ge=8)
+    decoder_depth: int = Field(2, ge=1)
+    decoder_num_heads: int = Field(4, ge=1)
+
+    @model_validator(mode="after")
+    def _shapes_fit(self) -> ModelSpec:
+        if self.img_size % self.patch_size:
+            raise ValueError(
+                f"patch_size: {self.patch_size} does not divide img_size {self.img_size}; "
+                "allowed: a divisor of model.img_size"
+            )
+        if self.embed_dim % self.num_heads:
+            raise ValueError(
+                f"num_heads: {self.num_heads} does not divide embed_dim {self.embed_dim}"
+            )
+        if self.decoder_dim % self.decoder_num_heads:
+            raise ValueError(
+                f"decoder_num_heads: {self.decoder_num_heads} does not divide "
+                f"decoder_dim {self.decoder_dim}"
+            )
+        return self
+
+    @property
+    def num_patches(self) -> int:
+        return (self.img_size // self.patch_size) ** 2
+
+
+class DataSpec(_Section):
+    source: str = Field("shapes", description="built-in name, image folder")
+    num_images: int | None = Field(None, ge=1, description="rows used (None: all / default)")
+    hflip: bool = Field(True, description="random horizontal flip")
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, source: str) -> str:
+        validate_source(source)
+        return source
+
+
+class TrainSpec(_Section):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1, description="global batch over all workers")
+    blr: float = Field(1.5e-4, gt=0, description="base lr; lr = blr * batch_size / 256")
+    min_lr: float = Field(0.0, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    weight_decay: float = Field(0.05, ge=0)
+    seed: int = 0
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 autocast on GPU, fp32 on CPU"
+    )
+    checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints")
+    keep_checkpoints: int | None = Field(None, ge=1, description="None keeps all")
+    max_failures: int = Field(2, ge=0, description="worker-group restarts from last checkpoint")
+
+
+class ScalingSpec(_Section):
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    # Ray Data's budget excludes what Train workers reserve: whole CPUs per worker on a
+    # small machine leave the data pipeline nothing, and it stalls. Fractions keep it fed.
+    cpus_per_worker: float = Field(0.5, gt=0)
+    gpus_per_worker: float = Field(1.0, gt=0)
+
+
+class TrackingSpec(_Section):
+    experiment: str = Field("mimray", min_length=1)
+    uri: str | None = Field(None, description="MLflow tracking URI (else env, else SQLite)")
+    system_metrics: bool = True
+
+
+class StorageSpec(_Section):
+    path: str | None = Field(None, description="Ray storage (local or s3://); default ./mimray-runs")
+
+
+def _validate_method(raw: Any) -> MethodKnobs:
+    if isinstance(raw, MethodKnobs):
+        return raw
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    if not isinstance(raw, Mapping):
+        raise ValueError("expected a mapping with a `name` key")
+    name = raw.get("name", "mae")
+    try:
+        method = get_method(name)
+    except KeyError:
+        raise ValueError(f"name: unknown method {name!r}; allowed: {', '.join(method_names())}")
+    return method.knobs.model_validate({**raw, "name": name})
+
+
+class RunSpec(_Section):
+    method: SerializeAsAny[MethodKnobs] = Field(default_factory=lambda: _validate_method({}))
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _known_method(cls, raw: Any) -> MethodKnobs:
+        return _validate_method(raw)
+
+    @model_validator(mode="after")
+    def _method_fits_model(self) -> RunSpec:
+        check = get_method(self.method.name).check
+        if check is not None:
+            try:
+                check(self.model.model_dump(), self.method)
+            except ValueError as err:
+                raise ValueError(f"method.{err}") from None
+        return self
+
+    def fingerprint(self) -> str:
+        """Hash of the resolved spec: equal specs train equal runs."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def flat_params(self) -> dict[str, str]:
+        """Dotted keys -> values, as MLflow params and Tune search-space keys."""
+        return dict(flatten(self.model_dump(mode="json")))
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            yield from flatten(value, f"{dotted}.")
+        else:
+            yield dotted, value
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("orchestrator") / "presets"
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def read_spec_source(config: str) -> dict[str, Any]:
+    """YAML from a file path, or from a built-in preset when no such file exists."""
+    path = Path(config)
+    if path.is_file():
+        text = path.read_text()
+    elif config in preset_names():
+        text = (resources.files("orchestrator") / "presets" / f"{config}.yaml").read_text()
+    else:
+        raise ConfigError(
+            f"config: no file {config!r} and no preset of that name; "
+            f"presets: {', '.join(preset_names())}"
+        )
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config: {config} is not valid YAML ({err.problem})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: {config} must be a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply `dotted.key=value` overrides; values are parsed as YAML (numbers, bools, lists)."""
+    tree = json.loads(json.dumps(raw))  # deep copy, plain types
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected dotted.key=value")
+        node = tree
+        *parents, leaf = key.split(".")
+        for depth, part in enumerate(parents):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(
+                    f"{'.'.join(parents[: depth + 1])}: is a value, not a section (--set {item})"
+                )
+            node = child
+        node[leaf] = yaml.safe_load(text) if text else ""
+    return tree
+
+
+def load_spec(config: str | None = None, overrides: Iterable[str] = ()) -> RunSpec:
+    raw = read_spec_source(config) if config else {}
+    return validate_spec(apply_overrides(raw, overrides))
+
+
+def validate_spec(raw: Mapping[str, Any]) -> RunSpec:
+    try:
+        return RunSpec.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(describe_validation_error(err, raw)) from None
+
+
+def describe_validation_error(err: ValidationError, raw: Mapping[str, Any]) -> str:
+    """First error as one line: `dotted.key: what is wrong; allowed: ...`."""
+    first = err.errors()[0]
+    loc = [str(part) for part in first["loc"]]
+    message = first["msg"].removeprefix("Value error, ")
+    kind = first["type"]
+    # A validator that names a sub-key ("patch_size: ...") extends the location.
+    head, sep, rest = message.partition(": ")
+    if sep and " " not in head:
+        loc, message = [*loc, head], rest
+    key = ".".join(loc) or "config"
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1], raw)
+        return f"{key}: unknown key; allowed: {', '.join(allowed)}"
+    if kind == "literal_error":
+        return f"{key}: {message} (got {first.get('input')!r})"
+    if "input" in first and kind not in ("missing",) and not isinstance(first["input"], dict):
+        return f"{key}: {message} (got {first['input']!r})"
+    return f"{key}: {message}"
+
+
+def _allowed_keys(section: list[str], raw: Mapping[str, Any]) -> list[str]:
+    model: type[BaseModel] = RunSpec
+    for part in section:
+        if part == "method":
+            name = raw.get("method", {}).get("name", "mae") if isinstance(raw.get("method"), Mapping) else "mae"
+            model = get_method(name).knobs
+            continue
+        annotation = model.model_fields[part].annotation
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else model
+    return list(model.model_fields)

@@ -1,0 +1,220 @@
+"""Everything mimray records in MLflow; the only module that imports mlflow.
+
+Driver side: `Tracker` creates the store and experiment (before any worker starts: many
+workers creating a fresh SQLite database at once fail), and finds or creates each run by a
+deterministic key tag, so re-running the same name continues the same run.
+
+Worker side: `MlflowReporter` is the `workloads.reporting.Reporter` that rank 0 uses to write
+metrics, system metrics and one LoggedModel per checkpoint. The LoggedModel points at the
+checkpoint's URI in Ray storage; the weights are not copied into MLflow.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+RUN_KEY_TAG = "mimray.run_key"
+FINGERPRINT_TAG = "mimray.config_fingerprint"
+CHECKPOINT_URI_TAG = "mimray.checkpoint_uri"
+# MLflow 3 opens experiments in its GenAI layout unless told this one trains models.
+EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
+MODEL_TYPE = "mimray-pretrain-checkpoint"
+
+
+def default_root() -> Path:
+    """Where the embedded default keeps its SQLite store, artifacts and Ray storage."""
+    return Path.cwd() / "mimray-runs"
+
+
+def resolve_tracking_uri(spec_uri: str | None = None) -> str:
+    """The spec's URI, else `MLFLOW_TRACKING_URI`, else an SQLite file under ./mimray-runs/."""
+    if spec_uri:
+        return spec_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{default_root() / 'mlflow.db'}"
+
+
+@dataclass(frozen=True)
+class RunHandle:
+    run_id: str
+    experiment_id: str
+    resumed: bool
+    previous_fingerprint: str | None = None
+
+
+class Tracker:
+    """Driver-side access to one tracking store and experiment."""
+
+    def __init__(self, tracking_uri: str, experiment: str) -> None:
+        import mlflow
+        from mlflow import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        mlflow.set_tracking_uri(tracking_uri)
+        if tracking_uri.startswith("sqlite:///"):
+            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(tracking_uri)
+        found = self.client.get_experiment_by_name(experiment)
+        if found is not None:
+            self.experiment_id = found.experiment_id
+        else:
+            self.experiment_id = self.client.create_experiment(
+                experiment,
+                artifact_location=self._local_artifact_root(experiment),
+                tags=dict([EXPERIMENT_KIND_TAG]),
+            )
+
+    def _local_artifact_root(self, experiment: str) -> str | None:
+        # Next to the SQLite file, as an absolute URI: Ray workers run in other folders.
+        if not self.tracking_uri.startswith("sqlite:///"):
+            return None  # a server decides where artifacts go
+        db = Path(self.tracking_uri.removeprefix("sqlite:///"))
+        return (db.parent / "artifacts" / experiment).resolve().as_uri()
+
+    def find_run(self, key: str) -> Any | None:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'",
+            max_results=2,
+        )
+        return runs[0] if runs else None
+
+    def open_run(
+        self,
+        key: str,
+        params: Mapping[str, Any],
+        tags: Mapping[str, str],
+        run_name: str | None = None,
+        parent_run_id: str | None = None,
+    ) -> RunHandle:
+        """The run recorded under `key`, reopened; or a new one with `params` logged."""
+        from mlflow.entities import Param, RunTag
+
+        existing = self.find_run(key)
+        run_tags = {**tags, RUN_KEY_TAG: key}
+        if parent_run_id:
+            run_tags["mlflow.parentRunId"] = parent_run_id
+        if existing is not None:
+            run_id = existing.info.run_id
+            previous = existing.data.tags.get(FINGERPRINT_TAG)
+            self.client.update_run(run_id, status="RUNNING")
+            self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in run_tags.items()])
+            return RunHandle(run_id, self.experiment_id, resumed=True, previous_fingerprint=previous)
+        run = self.client.create_run(self.experiment_id, run_name=run_name or key, tags=run_tags)
+        run_id = run.info.run_id
+        items = [Param(k, _param_value(v)) for k, v in params.items()]
+        for start in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+            self.client.log_batch(run_id, params=items[start : start + 100])
+        return RunHandle(run_id, self.experiment_id, resumed=False)
+
+    def finish_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        return [(m.step, m.value) for m in self.client.get_metric_history(run_id, key)]
+
+    def checkpoint_models(self, run_id: str) -> list[Any]:
+        """LoggedModels (checkpoints) whose source run is `run_id`, oldest first."""
+        models = self.client.search_logged_models(
+            experiment_ids=[self.experiment_id],
+            filter_string=f"source_run_id = '{run_id}'",
+        )
+        return sorted(models, key=lambda m: int(m.params.get("epoch", 0)))
+
+    def reporter(self, run_id: str, system_metrics: bool = True) -> MlflowReporter:
+        return MlflowReporter(
+            tracking_uri=self.tracking_uri,
+            run_id=run_id,
+            experiment_id=self.experiment_id,
+            system_metrics=system_metrics,
+        )
+
+
+def _param_value(value: Any) -> str:
+    text = "" if value is None else str(value)
+    return text[:6000]  # MLflow's param length limit
+
+
+@dataclass
+class MlflowReporter:
+    """Rank 0's reporter: buffered per-step metrics, system metrics, a LoggedModel per checkpoint.
+
+    It travels to the worker pickled in the train-loop config, so it holds only plain fields
+    until `start()` opens the client in the worker process.
+    """
+
+    tracking_uri: str
+    run_id: str
+    experiment_id: str
+    system_metrics: bool = True
+    flush_every_s: float = 5.0
+    _buffer: list = field(default_factory=list, repr=False)
+    _last_flush: float = field(default=0.0, repr=False)
+    _client: Any = field(default=None, repr=False)
+    _monitor: Any = field(default=None, repr=False)
+
+    def start(self) -> None:
+        import mlflow
+        from mlflow import MlflowClient
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        self._client = MlflowClient(self.tracking_uri)
+        self._last_flush = time.monotonic()
+        if self.system_metrics:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._monitor = SystemMetricsMonitor(
+                self.run_id, sampling_interval=10, resume_logging=True
+            )
+            self._monitor.start()
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._buffer.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
+        # Per-step metrics are cheap to buffer; a write per step would slow the loop.
+        if time.monotonic() - self._last_flush >= self.flush_every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        while self._buffer:
+            batch, self._buffer = self._buffer[:1000], self._buffer[1000:]
+            self._client.log_batch(self.run_id, metrics=batch)
+        self._last_flush = time.monotonic()
+
+    def log_checkpoint(
+        self, uri: str, epoch: int, step: int, metrics: Mapping[str, float]
+    ) -> str | None:
+        import mlflow
+        from mlflow.entities import LoggedModelOutput
+
+        self.flush()
+        model = mlflow.create_external_model(
+            name=f"checkpoint-epoch-{epoch:04d}",
+            source_run_id=self.run_id,
+            experiment_id=self.experiment_id,
+            model_type=MODEL_TYPE,
+            tags={CHECKPOINT_URI_TAG: uri},
+            params={"epoch": str(epoch), "step": str(step), "checkpoint_uri": uri},
+        )
+        self._client.log_outputs(self.run_id, [LoggedModelOutput(model.model_id, step)])
+        if "loss" in metrics:
+            self._client.log_metric(
+                self.run_id, "checkpoint/loss", float(metrics["loss"]), step=epoch,
+                model_id=model.model_id,
+            )
+        return model.model_id
+
+    def close(self) -> None:
+        if self._client is not None:
+            self.flush()
+        if self._monitor is not None:
+            self._monitor.finish()
+            self._monitor = None

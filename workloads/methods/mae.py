@@ -1,0 +1,59 @@
+"""MAE (He et al. 2022): random masking, encoder on visible patches, masked-patch MSE."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from workloads.methods.base import Method, MethodKnobs, MethodOutput
+from workloads.models.mae import MaskedAutoencoder, build_mae
+
+
+class MAEKnobs(MethodKnobs):
+    name: str = "mae"
+    mask_ratio: float = Field(0.75, gt=0.0, lt=1.0, description="share of patches masked")
+    norm_pix_loss: bool = Field(True, description="per-patch normalised pixel targets")
+
+
+class MAEMethod(nn.Module):
+    """Adapts MaskedAutoencoder to the method interface (loss + loggable scalars)."""
+
+    def __init__(self, mae: MaskedAutoencoder) -> None:
+        super().__init__()
+        self.mae = mae
+
+    def forward(self, imgs: torch.Tensor) -> MethodOutput:
+        out = self.mae(imgs)
+        return MethodOutput(loss=out.loss, metrics={"mask_ratio": self.mae.mask_ratio})
+
+    def no_weight_decay(self) -> set[str]:
+        return {f"mae.{name}" for name in self.mae.no_weight_decay()}
+
+
+def build(model: Mapping[str, Any], knobs: MAEKnobs) -> nn.Module:
+    return MAEMethod(
+        build_mae(
+            img_size=model["img_size"],
+            patch_size=model["patch_size"],
+            embed_dim=model["embed_dim"],
+            depth=model["depth"],
+            num_heads=model["num_heads"],
+            decoder_dim=model["decoder_dim"],
+            decoder_depth=model["decoder_depth"],
+            decoder_num_heads=model["decoder_num_heads"],
+            mask_ratio=knobs.mask_ratio,
+            norm_pix_loss=knobs.norm_pix_loss,
+        )
+    )
+
+
+METHOD = Method(
+    name="mae",
+    summary="Masked autoencoder: random masking at ratio r, MSE on masked patches",
+    knobs=MAEKnobs,
+    build=build,
+)
