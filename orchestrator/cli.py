@@ -28,7 +28,10 @@ def fail(message: str, code: int = USAGE_ERROR) -> None:
 
 
 set_option = click.option(
-    "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
     help="Override a spec value by dotted key, e.g. --set train.epochs=3 (repeatable).",
 )
 
@@ -44,7 +47,9 @@ def main() -> None:
 @set_option
 @click.option("--name", help="Run name; re-running a name resumes it. Default: from the config.")
 @click.option("--address", help="Ray cluster address (default: RAY_ADDRESS, else local Ray).")
-def pretrain(config: str, overrides: tuple[str, ...], name: str | None, address: str | None) -> None:
+def pretrain(
+    config: str, overrides: tuple[str, ...], name: str | None, address: str | None
+) -> None:
     """Pretrain a ViT with CONFIG (a YAML file or a preset name)."""
     _pretrain(config, overrides, name, address)
 
@@ -57,7 +62,9 @@ def demo(overrides: tuple[str, ...], name: str) -> None:
     _pretrain("demo", overrides, name, None)
 
 
-def _pretrain(config: str, overrides: tuple[str, ...], name: str | None, address: str | None) -> None:
+def _pretrain(
+    config: str, overrides: tuple[str, ...], name: str | None, address: str | None
+) -> None:
     try:
         spec = load_spec(config, overrides)
     except ConfigError as err:
@@ -93,8 +100,12 @@ def _pretrain(config: str, overrides: tuple[str, ...], name: str | None, address
 
 @main.command()
 @click.option("--port", default=5000, show_default=True, type=int)
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Bind address; keep 127.0.0.1 unless the network is trusted.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Bind address; keep 127.0.0.1 unless the network is trusted.",
+)
 def ui(port: int, host: str) -> None:
     """Serve the MLflow UI for this folder's store (./mimray-runs) or MLFLOW_TRACKING_URI."""
     from orchestrator.tracking import resolve_tracking_uri
@@ -104,8 +115,20 @@ def ui(port: int, host: str) -> None:
         fail(f"no MLflow store at {uri}; run `mimray demo` or `mimray pretrain` here first")
     # One worker and no job runner: starts in seconds with ~0.5 GB instead of ~3 GB.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-               "--host", host, "--port", str(port), "--workers", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     console.print(f"MLflow UI for {uri} on http://{host}:{port} (Ctrl-C stops it)")
     sys.exit(subprocess.call(command, env=env))
 

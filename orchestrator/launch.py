@@ -16,7 +16,13 @@ from typing import Any
 
 from orchestrator import __version__
 from orchestrator.spec import RunSpec
-from orchestrator.tracking import FINGERPRINT_TAG, RunHandle, Tracker, default_root, resolve_tracking_uri
+from orchestrator.tracking import (
+    FINGERPRINT_TAG,
+    RunHandle,
+    Tracker,
+    default_root,
+    resolve_tracking_uri,
+)
 from workloads.data import build_dataset, describe_source
 from workloads.data.augment import pretraining_view
 from workloads.pretrain import Schedule, make_schedule, train_loop_per_worker
@@ -36,7 +42,9 @@ class PretrainResult:
 
 
 def default_run_name(spec: RunSpec) -> str:
-    return f"{spec.method.name}-{spec.data.source.rstrip('/').split('/')[-1]}-{spec.fingerprint()[:8]}"
+    return (
+        f"{spec.method.name}-{spec.data.source.rstrip('/').split('/')[-1]}-{spec.fingerprint()[:8]}"
+    )
 
 
 def resolve_storage_path(spec: RunSpec) -> str:
@@ -68,7 +76,10 @@ def git_commit() -> str | None:
     try:
         out = subprocess.run(
             ["git", "-C", str(source), "rev-parse", "HEAD"],
-            capture_output=True, text=True, timeout=5, check=True,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -97,8 +108,13 @@ def build_trainer(
     reporter: Any,
 ) -> Any:
     """The Ray Train V2 trainer for one pretrain run (a sweep trial builds the same)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.data import DataContext
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+
+    # The epoch lines from rank 0 are the progress output; Ray Data's per-operator bars
+    # and Ray Train's per-report INFO lines would bury them.
+    DataContext.get_current().enable_progress_bars = False
 
     scaling = spec.scaling
     resources = {"CPU": scaling.cpus_per_worker}
@@ -129,12 +145,15 @@ def build_trainer(
             storage_path=storage_path,
             failure_config=FailureConfig(max_failures=spec.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=spec.train.keep_checkpoints),
+            logging_config=LoggingConfig(log_level="WARNING"),
         ),
         datasets={"train": pretraining_view(dataset, hflip=spec.data.hflip)},
     )
 
 
-def run_pretrain(spec: RunSpec, name: str | None = None, address: str | None = None) -> PretrainResult:
+def run_pretrain(
+    spec: RunSpec, name: str | None = None, address: str | None = None
+) -> PretrainResult:
     """Train (or resume) the run `name` to `spec.train.epochs`, recorded in MLflow."""
     name = name or default_run_name(spec)
     info = describe_source(spec.data.source, split="train", num_images=spec.data.num_images)
@@ -162,7 +181,10 @@ def run_pretrain(spec: RunSpec, name: str | None = None, address: str | None = N
 
     ensure_ray(address)
     trainer = build_trainer(
-        spec, name, storage_path, schedule,
+        spec,
+        name,
+        storage_path,
+        schedule,
         tracker.reporter(handle.run_id, system_metrics=spec.tracking.system_metrics),
     )
     try:
@@ -183,5 +205,7 @@ def run_pretrain(spec: RunSpec, name: str | None = None, address: str | None = N
         epochs_done=int(metrics.get("epoch", 0)),
         final_loss=metrics.get("loss"),
         images_per_s=metrics.get("images_per_s"),
-        checkpoint_uri=f"{run_path}/{Path(result.checkpoint.path).name}" if result.checkpoint else None,
+        checkpoint_uri=f"{run_path}/{Path(result.checkpoint.path).name}"
+        if result.checkpoint
+        else None,
     )

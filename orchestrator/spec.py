@@ -115,7 +115,9 @@ class TrackingSpec(_Section):
 
 
 class StorageSpec(_Section):
-    path: str | None = Field(None, description="Ray storage (local or s3://); default ./mimray-runs")
+    path: str | None = Field(
+        None, description="Ray storage (local or s3://); default ./mimray-runs"
+    )
 
 
 def _validate_method(raw: Any) -> MethodKnobs:
@@ -129,7 +131,8 @@ def _validate_method(raw: Any) -> MethodKnobs:
     try:
         method = get_method(name)
     except KeyError:
-        raise ValueError(f"name: unknown method {name!r}; allowed: {', '.join(method_names())}")
+        allowed = ", ".join(method_names())
+        raise ValueError(f"name: unknown method {name!r}; allowed: {allowed}") from None
     return method.knobs.model_validate({**raw, "name": name})
 
 
@@ -146,6 +149,15 @@ class RunSpec(_Section):
     @classmethod
     def _known_method(cls, raw: Any) -> MethodKnobs:
         return _validate_method(raw)
+
+    @model_validator(mode="after")
+    def _batch_splits_over_workers(self) -> RunSpec:
+        if self.train.batch_size % self.scaling.num_workers:
+            raise ValueError(
+                f"train.batch_size: {self.train.batch_size} does not split evenly over "
+                f"{self.scaling.num_workers} workers; allowed: a multiple of scaling.num_workers"
+            )
+        return self
 
     @model_validator(mode="after")
     def _method_fits_model(self) -> RunSpec:
@@ -181,7 +193,9 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, An
 
 def preset_names() -> list[str]:
     folder = resources.files("orchestrator") / "presets"
-    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return sorted(
+        p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")
+    )
 
 
 def read_spec_source(config: str) -> dict[str, Any]:
@@ -201,7 +215,9 @@ def read_spec_source(config: str) -> dict[str, Any]:
     except yaml.YAMLError as err:
         raise ConfigError(f"config: {config} is not valid YAML ({err.problem})") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"config: {config} must be a mapping of sections, got {type(raw).__name__}")
+        raise ConfigError(
+            f"config: {config} must be a mapping of sections, got {type(raw).__name__}"
+        )
     return raw
 
 
@@ -262,9 +278,17 @@ def _allowed_keys(section: list[str], raw: Mapping[str, Any]) -> list[str]:
     model: type[BaseModel] = RunSpec
     for part in section:
         if part == "method":
-            name = raw.get("method", {}).get("name", "mae") if isinstance(raw.get("method"), Mapping) else "mae"
+            name = (
+                raw.get("method", {}).get("name", "mae")
+                if isinstance(raw.get("method"), Mapping)
+                else "mae"
+            )
             model = get_method(name).knobs
             continue
         annotation = model.model_fields[part].annotation
-        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else model
+        model = (
+            annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel)
+            else model
+        )
     return list(model.model_fields)

@@ -105,7 +105,9 @@ class Tracker:
             previous = existing.data.tags.get(FINGERPRINT_TAG)
             self.client.update_run(run_id, status="RUNNING")
             self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in run_tags.items()])
-            return RunHandle(run_id, self.experiment_id, resumed=True, previous_fingerprint=previous)
+            return RunHandle(
+                run_id, self.experiment_id, resumed=True, previous_fingerprint=previous
+            )
         run = self.client.create_run(self.experiment_id, run_name=run_name or key, tags=run_tags)
         run_id = run.info.run_id
         items = [Param(k, _param_value(v)) for k, v in params.items()]
@@ -207,7 +209,10 @@ class MlflowReporter:
         self._client.log_outputs(self.run_id, [LoggedModelOutput(model.model_id, step)])
         if "loss" in metrics:
             self._client.log_metric(
-                self.run_id, "checkpoint/loss", float(metrics["loss"]), step=epoch,
+                self.run_id,
+                "checkpoint/loss",
+                float(metrics["loss"]),
+                step=epoch,
                 model_id=model.model_id,
             )
         return model.model_id

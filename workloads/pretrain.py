@@ -144,8 +144,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 if len(losses) == schedule.steps_per_epoch:
                     continue
                 data_wait += wait
-                lr = lr_at(step, schedule.total_steps, schedule.warmup_steps,
-                           schedule.peak_lr, schedule.min_lr)
+                lr = lr_at(
+                    step,
+                    schedule.total_steps,
+                    schedule.warmup_steps,
+                    schedule.peak_lr,
+                    schedule.min_lr,
+                )
                 set_lr(optimizer, lr)
                 images = to_model_input(batch["image"], device)
                 with _autocast(device, amp_dtype):
@@ -163,8 +168,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 losses.append(loss)
                 step += 1
                 reporter.log_metrics(
-                    {"train/loss": loss, "train/lr": lr,
-                     **{f"train/{k}": v for k, v in out.metrics.items()}},
+                    {
+                        "train/loss": loss,
+                        "train/lr": lr,
+                        **{f"train/{k}": v for k, v in out.metrics.items()},
+                    },
                     step,
                 )
             elapsed = time.perf_counter() - started

@@ -1,0 +1,66 @@
+"""End to end on real local Ray and a real SQLite MLflow store: pretrain, then resume by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.launch import run_pretrain
+from orchestrator.spec import load_spec
+from orchestrator.tracking import CHECKPOINT_URI_TAG, Tracker, resolve_tracking_uri
+
+pytestmark = pytest.mark.slow
+
+TINY = [
+    "model.embed_dim=32",
+    "model.depth=2",
+    "model.num_heads=2",
+    "model.decoder_dim=32",
+    "model.decoder_depth=1",
+    "model.decoder_num_heads=2",
+    "data.num_images=256",
+    "train.batch_size=64",
+    "train.warmup_epochs=0.5",
+    "scaling.num_workers=2",
+    "tracking.experiment=e2e",
+    "tracking.system_metrics=false",
+]
+
+
+def test_pretrain_records_run_and_checkpoints_then_resumes_same_run(ray_session, workdir):
+    first = run_pretrain(load_spec("demo", [*TINY, "train.epochs=2"]), name="tiny")
+    assert (first.resumed, first.epochs_done) == (False, 2)
+
+    tracker = Tracker(resolve_tracking_uri(), "e2e")
+    runs = tracker.client.search_runs([tracker.experiment_id])
+    assert [r.info.run_id for r in runs] == [first.run_id]
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["method.mask_ratio"] == "0.75"
+    assert run.data.params["train.batch_size"] == "64"
+    assert run.data.tags["mimray.run_key"] == "tiny"
+    assert len(run.data.tags["mimray.config_fingerprint"]) == 16
+    assert run.data.tags["mimray.ray_run_path"].endswith("mimray-runs/ray/tiny")
+    assert [step for step, _ in tracker.metric_history(first.run_id, "epoch/loss")] == [1, 2]
+    # 256 images / batch 64 = 4 optimizer steps per epoch, each logged.
+    assert [s for s, _ in tracker.metric_history(first.run_id, "train/loss")] == list(range(1, 9))
+    images_per_s = tracker.metric_history(first.run_id, "epoch/images_per_s")
+    assert len(images_per_s) == 2 and all(v > 0 for _, v in images_per_s)
+
+    models = tracker.checkpoint_models(first.run_id)
+    assert [m.params["epoch"] for m in models] == ["1", "2"]
+    for model in models:
+        uri = model.tags[CHECKPOINT_URI_TAG]
+        assert (Path(uri) / "checkpoint.pt").is_file(), uri
+    assert first.checkpoint_uri == models[-1].tags[CHECKPOINT_URI_TAG]
+
+    # Same name, one more epoch: continues from the epoch-2 checkpoint in the same MLflow run.
+    second = run_pretrain(load_spec("demo", [*TINY, "train.epochs=3"]), name="tiny")
+    assert (second.resumed, second.run_id, second.epochs_done) == (True, first.run_id, 3)
+    assert len(tracker.client.search_runs([tracker.experiment_id])) == 1
+    epochs = [step for step, _ in tracker.metric_history(first.run_id, "epoch/loss")]
+    assert epochs == [1, 2, 3]  # epoch 3 only was trained: not restarted from 0
+    steps = [s for s, _ in tracker.metric_history(first.run_id, "train/loss")]
+    assert steps == list(range(1, 13))
+    assert [m.params["epoch"] for m in tracker.checkpoint_models(first.run_id)] == ["1", "2", "3"]
