@@ -67,7 +67,7 @@ def ensure_ray(address: str | None = None) -> None:
     if address:
         ray.init(address=address)
     else:
-        ray.init(include_dashboard=False, configure_logging=True, logging_level="WARNING")
+        ray.init(include_dashboard=True, configure_logging=True, logging_level="WARNING")
 
 
 def git_commit() -> str | None:
@@ -185,7 +185,11 @@ def run_pretrain(
         name,
         storage_path,
         schedule,
-        tracker.reporter(handle.run_id, system_metrics=spec.tracking.system_metrics),
+        tracker.reporter(
+            handle.run_id,
+            system_metrics=spec.tracking.system_metrics,
+            system_metrics_interval_s=spec.tracking.system_metrics_interval_s,
+        ),
     )
     try:
         result = trainer.fit()

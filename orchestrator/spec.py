@@ -112,6 +112,7 @@ class TrackingSpec(_Section):
     experiment: str = Field("mimray", min_length=1)
     uri: str | None = Field(None, description="MLflow tracking URI (else env, else SQLite)")
     system_metrics: bool = True
+    system_metrics_interval_s: float = Field(10.0, gt=0, description="CPU/GPU/memory sampling")
 
 
 class StorageSpec(_Section):

@@ -129,12 +129,15 @@ class Tracker:
         )
         return sorted(models, key=lambda m: int(m.params.get("epoch", 0)))
 
-    def reporter(self, run_id: str, system_metrics: bool = True) -> MlflowReporter:
+    def reporter(
+        self, run_id: str, system_metrics: bool = True, system_metrics_interval_s: float = 10.0
+    ) -> MlflowReporter:
         return MlflowReporter(
             tracking_uri=self.tracking_uri,
             run_id=run_id,
             experiment_id=self.experiment_id,
             system_metrics=system_metrics,
+            system_metrics_interval_s=system_metrics_interval_s,
         )
 
 
@@ -155,6 +158,7 @@ class MlflowReporter:
     run_id: str
     experiment_id: str
     system_metrics: bool = True
+    system_metrics_interval_s: float = 10.0
     flush_every_s: float = 5.0
     _buffer: list = field(default_factory=list, repr=False)
     _last_flush: float = field(default=0.0, repr=False)
@@ -172,7 +176,7 @@ class MlflowReporter:
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
             self._monitor = SystemMetricsMonitor(
-                self.run_id, sampling_interval=10, resume_logging=True
+                self.run_id, sampling_interval=self.system_metrics_interval_s, resume_logging=True
             )
             self._monitor.start()
 

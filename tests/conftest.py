@@ -13,7 +13,7 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+        ray.init(num_cpus=2, include_dashboard=True)
     yield ray
     ray.shutdown()
 

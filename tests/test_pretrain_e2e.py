@@ -24,7 +24,7 @@ TINY = [
     "train.warmup_epochs=0.5",
     "scaling.num_workers=2",
     "tracking.experiment=e2e",
-    "tracking.system_metrics=false",
+    "tracking.system_metrics_interval_s=1",
 ]
 
 
@@ -47,6 +47,7 @@ def test_pretrain_records_run_and_checkpoints_then_resumes_same_run(ray_session,
     assert [s for s, _ in tracker.metric_history(first.run_id, "train/loss")] == list(range(1, 9))
     images_per_s = tracker.metric_history(first.run_id, "epoch/images_per_s")
     assert len(images_per_s) == 2 and all(v > 0 for _, v in images_per_s)
+    assert any(key.startswith("system/") for key in run.data.metrics), sorted(run.data.metrics)
 
     models = tracker.checkpoint_models(first.run_id)
     assert [m.params["epoch"] for m in models] == ["1", "2"]
