@@ -7,7 +7,6 @@ before any Ray resource is used.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 
@@ -130,7 +129,9 @@ def ui(port: int, host: str) -> None:
         "1",
     ]
     console.print(f"MLflow UI for {uri} on http://{host}:{port} (Ctrl-C stops it)")
-    sys.exit(subprocess.call(command, env=env))
+    sys.stdout.flush()
+    # Become the server, so stopping this process stops the UI (no orphaned server).
+    os.execve(sys.executable, command, env)
 
 
 @main.command()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -126,7 +127,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         reporter = NullReporter()
     reporter.start()
     if rank == 0 and start_epoch:
-        print(f"[mimray] resuming at epoch {start_epoch} (step {step})", flush=True)
+        say(f"resuming at epoch {start_epoch} (step {step})")
 
     shard = ray.train.get_dataset_shard("train")
     try:
@@ -204,10 +205,9 @@ def _report_epoch(
     epoch = int(metrics["epoch"])
     reporter.log_metrics({f"epoch/{k}": v for k, v in metrics.items() if k != "epoch"}, epoch)
     if rank == 0:
-        print(
-            f"[mimray] epoch {epoch}/{train['epochs']}  loss {metrics['loss']:.4f}  "
-            f"{metrics['images_per_s']:.0f} img/s  ({metrics['epoch_time_s']:.1f}s)",
-            flush=True,
+        say(
+            f"epoch {epoch}/{train['epochs']}  loss {metrics['loss']:.4f}  "
+            f"{metrics['images_per_s']:.0f} img/s  ({metrics['epoch_time_s']:.1f}s)"
         )
     if epoch % train["checkpoint_every"] and epoch != train["epochs"]:
         ray.train.report(metrics)
@@ -230,6 +230,16 @@ def _report_epoch(
     reporter.log_checkpoint(
         f"{config['run_path']}/{dir_name}", epoch, int(metrics["step"]), metrics
     )
+
+
+def say(message: str) -> None:
+    """One progress line on the driver's console.
+
+    Ray Train patches `print` in workers to also go through its logger, which shows each
+    line twice; writing to stdout directly shows it once.
+    """
+    sys.stdout.write(f"[mimray] {message}\n")
+    sys.stdout.flush()
 
 
 def _timed(iterator: Iterator[Any]) -> Iterator[tuple[float, Any]]:
