@@ -36,15 +36,36 @@ def test_bad_input_names_the_key(overrides, key, allowed):
 
 
 @pytest.mark.parametrize(("overrides", "key", "allowed"), BAD_INPUTS)
-def test_cli_exits_2_before_ray_starts(overrides, key, allowed, workdir):
-    import ray
-
+def test_cli_exits_2_and_writes_nothing(overrides, key, allowed, workdir):
     args = ["pretrain", "demo"] + [f"--set={o}" for o in overrides]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2
     assert f"mimray: error: {key}:" in result.output
-    assert not ray.is_initialized()
     assert not (workdir / "mimray-runs").exists()  # nothing half-written
+
+
+# Run in a fresh interpreter: the test session's own Ray would hide a CLI that started one.
+PROBE = """
+import sys, ray
+from orchestrator.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as done:
+    print("ray started:", ray.is_initialized())
+    sys.exit(done.code)
+"""
+
+
+def test_cli_rejects_bad_input_before_ray_starts(workdir):
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, "pretrain", "demo", "--set", "method.mask_ratio=1.5"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "ray started: False" in proc.stdout
+    assert proc.stderr.strip().startswith("mimray: error: method.mask_ratio:")
 
 
 def test_missing_config_file_exits_2_from_the_console_script(workdir):

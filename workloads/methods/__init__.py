@@ -1,6 +1,13 @@
-"""Registry of pretraining methods, timm-style: `register_method` + `get_method(name)`."""
+"""Registry of pretraining methods, timm-style.
+
+A method is one module in this package that calls `register_method(Method(...))` at import;
+the package imports every module in it, so adding a method touches nothing else.
+"""
 
 from __future__ import annotations
+
+import importlib
+import pkgutil
 
 from workloads.methods.base import Method, MethodKnobs, MethodOutput
 
@@ -25,9 +32,8 @@ def method_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-# Importing a method module registers it; one line per method.
-from workloads.methods import mae  # noqa: E402
-
-register_method(mae.METHOD)
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name != "base":
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["Method", "MethodKnobs", "MethodOutput", "get_method", "method_names", "register_method"]

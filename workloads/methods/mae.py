@@ -9,6 +9,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from workloads.methods import register_method
 from workloads.methods.base import Method, MethodKnobs, MethodOutput
 from workloads.models.mae import MaskedAutoencoder, build_mae
 
@@ -51,9 +52,11 @@ def build(model: Mapping[str, Any], knobs: MAEKnobs) -> nn.Module:
     )
 
 
-METHOD = Method(
-    name="mae",
-    summary="Masked autoencoder: random masking at ratio r, MSE on masked patches",
-    knobs=MAEKnobs,
-    build=build,
+METHOD = register_method(
+    Method(
+        name="mae",
+        summary="Masked autoencoder: random masking at ratio r, MSE on masked patches",
+        knobs=MAEKnobs,
+        build=build,
+    )
 )
