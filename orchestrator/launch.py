@@ -151,6 +151,31 @@ def build_trainer(
     )
 
 
+def _already_complete(
+    tracker: Tracker, run_id: str, spec: RunSpec, name: str, tracking_uri: str, run_path: str
+) -> PretrainResult | None:
+    """The recorded result when the run already has its final checkpoint: no Ray start-up."""
+    models = tracker.checkpoint_models(run_id)
+    if not models or int(models[-1].params["epoch"]) < spec.train.epochs:
+        return None
+    last = models[-1]
+    tracker.finish_run(run_id)
+    losses = tracker.metric_history(run_id, "epoch/loss")
+    speeds = tracker.metric_history(run_id, "epoch/images_per_s")
+    print(f"[mimray] run {name!r} already finished {last.params['epoch']} epochs; nothing to train")
+    return PretrainResult(
+        name=name,
+        run_id=run_id,
+        tracking_uri=tracking_uri,
+        run_path=run_path,
+        resumed=True,
+        epochs_done=int(last.params["epoch"]),
+        final_loss=losses[-1][1] if losses else None,
+        images_per_s=speeds[-1][1] if speeds else None,
+        checkpoint_uri=last.params["checkpoint_uri"],
+    )
+
+
 def run_pretrain(
     spec: RunSpec, name: str | None = None, address: str | None = None
 ) -> PretrainResult:
@@ -178,6 +203,11 @@ def run_pretrain(
         f"{spec.scaling.num_workers} workers; MLflow run {handle.run_id}",
         flush=True,
     )
+
+    if handle.resumed:
+        done = _already_complete(tracker, handle.run_id, spec, name, tracking_uri, run_path)
+        if done is not None:
+            return done
 
     ensure_ray(address)
     trainer = build_trainer(

@@ -119,7 +119,8 @@ class Tracker:
         self.client.set_terminated(run_id, status=status)
 
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
-        return [(m.step, m.value) for m in self.client.get_metric_history(run_id, key)]
+        history = self.client.get_metric_history(run_id, key)
+        return [(m.step, m.value) for m in sorted(history, key=lambda m: (m.step, m.timestamp))]
 
     def checkpoint_models(self, run_id: str) -> list[Any]:
         """LoggedModels (checkpoints) whose source run is `run_id`, oldest first."""

@@ -65,3 +65,9 @@ def test_pretrain_records_run_and_checkpoints_then_resumes_same_run(ray_session,
     steps = [s for s, _ in tracker.metric_history(first.run_id, "train/loss")]
     assert steps == list(range(1, 13))
     assert [m.params["epoch"] for m in tracker.checkpoint_models(first.run_id)] == ["1", "2", "3"]
+
+    # Once the last epoch is checkpointed, the same command trains nothing and reports it.
+    third = run_pretrain(load_spec("demo", [*TINY, "train.epochs=3"]), name="tiny")
+    assert (third.resumed, third.run_id, third.epochs_done) == (True, first.run_id, 3)
+    assert third.checkpoint_uri == second.checkpoint_uri
+    assert len(tracker.metric_history(first.run_id, "train/loss")) == 12
