@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator import __version__
-from orchestrator.spec import ConfigError, load_spec, preset_names
+from orchestrator.spec import ConfigError, load_spec, load_sweep, preset_names, read_spec_source
 
 console = Console()
 USAGE_ERROR = 2
@@ -46,11 +46,16 @@ def main() -> None:
 @set_option
 @click.option("--name", help="Run name; re-running a name resumes it. Default: from the config.")
 @click.option("--address", help="Ray cluster address (default: RAY_ADDRESS, else local Ray).")
+@click.option("--point", type=int, help="For a sweep spec: run only its trial number POINT.")
 def pretrain(
-    config: str, overrides: tuple[str, ...], name: str | None, address: str | None
+    config: str,
+    overrides: tuple[str, ...],
+    name: str | None,
+    address: str | None,
+    point: int | None,
 ) -> None:
     """Pretrain a ViT with CONFIG (a YAML file or a preset name)."""
-    _pretrain(config, overrides, name, address)
+    _pretrain(config, overrides, name, address, point)
 
 
 @main.command()
@@ -62,10 +67,14 @@ def demo(overrides: tuple[str, ...], name: str) -> None:
 
 
 def _pretrain(
-    config: str, overrides: tuple[str, ...], name: str | None, address: str | None
+    config: str,
+    overrides: tuple[str, ...],
+    name: str | None,
+    address: str | None,
+    point: int | None = None,
 ) -> None:
     try:
-        spec = load_spec(config, overrides)
+        spec = load_spec(config, overrides, point=point)
     except ConfigError as err:
         fail(str(err))
     from orchestrator.launch import run_pretrain  # heavy imports only after validation
@@ -152,8 +161,18 @@ def methods() -> None:
 @main.command()
 def presets() -> None:
     """List the built-in spec presets (usable wherever a CONFIG path is)."""
+    table = Table("preset", "kind", "runs", "description")
     for name in preset_names():
-        click.echo(name)
+        if "sweep" not in read_spec_source(name):
+            table.add_row(name, "run", "1", "single pretrain run")
+            continue
+        try:
+            sweep, trials = load_sweep(name)
+        except ConfigError as err:
+            table.add_row(name, "sweep", "?", f"invalid: {err}")
+            continue
+        table.add_row(name, "sweep", str(len(trials)), sweep.description)
+    console.print(table)
 
 
 if __name__ == "__main__":

@@ -1,26 +1,17 @@
-"""Run specs: the one place that parses and validates configuration.
-
-A spec is YAML (a file or a built-in preset) plus `--set dotted.key=value` overrides, checked
-by pydantic before any Ray resource is used. Every error becomes a `ConfigError` whose message
-is one line naming the dotted key and what is allowed, so the CLI can print it and exit 2.
-"""
+"""The run spec: one pretrain run's sections (method, model, data, train, scaling, ...)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from importlib import resources
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     SerializeAsAny,
-    ValidationError,
     field_validator,
     model_validator,
 )
@@ -187,109 +178,3 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, An
             yield from flatten(value, f"{dotted}.")
         else:
             yield dotted, value
-
-
-# ---------------------------------------------------------------------------- loading
-
-
-def preset_names() -> list[str]:
-    folder = resources.files("orchestrator") / "presets"
-    return sorted(
-        p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")
-    )
-
-
-def read_spec_source(config: str) -> dict[str, Any]:
-    """YAML from a file path, or from a built-in preset when no such file exists."""
-    path = Path(config)
-    if path.is_file():
-        text = path.read_text()
-    elif config in preset_names():
-        text = (resources.files("orchestrator") / "presets" / f"{config}.yaml").read_text()
-    else:
-        raise ConfigError(
-            f"config: no file {config!r} and no preset of that name; "
-            f"presets: {', '.join(preset_names())}"
-        )
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config: {config} is not valid YAML ({err.problem})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(
-            f"config: {config} must be a mapping of sections, got {type(raw).__name__}"
-        )
-    return raw
-
-
-def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Apply `dotted.key=value` overrides; values are parsed as YAML (numbers, bools, lists)."""
-    tree = json.loads(json.dumps(raw))  # deep copy, plain types
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected dotted.key=value")
-        node = tree
-        *parents, leaf = key.split(".")
-        for depth, part in enumerate(parents):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(
-                    f"{'.'.join(parents[: depth + 1])}: is a value, not a section (--set {item})"
-                )
-            node = child
-        node[leaf] = yaml.safe_load(text) if text else ""
-    return tree
-
-
-def load_spec(config: str | None = None, overrides: Iterable[str] = ()) -> RunSpec:
-    raw = read_spec_source(config) if config else {}
-    return validate_spec(apply_overrides(raw, overrides))
-
-
-def validate_spec(raw: Mapping[str, Any]) -> RunSpec:
-    try:
-        return RunSpec.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError(describe_validation_error(err, raw)) from None
-
-
-def describe_validation_error(err: ValidationError, raw: Mapping[str, Any]) -> str:
-    """First error as one line: `dotted.key: what is wrong; allowed: ...`."""
-    first = err.errors()[0]
-    loc = [str(part) for part in first["loc"]]
-    message = first["msg"].removeprefix("Value error, ")
-    kind = first["type"]
-    # A validator that names a sub-key ("patch_size: ...") extends the location.
-    head, sep, rest = message.partition(": ")
-    if sep and " " not in head:
-        loc, message = [*loc, head], rest
-    key = ".".join(loc) or "config"
-    if kind == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1], raw)
-        return f"{key}: unknown key; allowed: {', '.join(allowed)}"
-    if kind == "literal_error":
-        return f"{key}: {message} (got {first.get('input')!r})"
-    if "input" in first and kind not in ("missing",) and not isinstance(first["input"], dict):
-        return f"{key}: {message} (got {first['input']!r})"
-    return f"{key}: {message}"
-
-
-def _allowed_keys(section: list[str], raw: Mapping[str, Any]) -> list[str]:
-    model: type[BaseModel] = RunSpec
-    for part in section:
-        if part == "method":
-            name = (
-                raw.get("method", {}).get("name", "mae")
-                if isinstance(raw.get("method"), Mapping)
-                else "mae"
-            )
-            model = get_method(name).knobs
-            continue
-        annotation = model.model_fields[part].annotation
-        model = (
-            annotation
-            if isinstance(annotation, type) and issubclass(annotation, BaseModel)
-            else model
-        )
-    return list(model.model_fields)

@@ -1,0 +1,32 @@
+"""Specs: the one place that parses and validates configuration.
+
+A spec is YAML (a file or a built-in preset) plus `--set dotted.key=value` overrides, checked
+by pydantic before any Ray resource is used. Every error becomes a `ConfigError` whose message
+is one line naming the dotted key and what is allowed, so the CLI can print it and exit 2.
+A sweep spec is a base run spec plus the grid of points to vary.
+"""
+
+from orchestrator.spec.loading import (
+    apply_overrides,
+    load_spec,
+    load_sweep,
+    preset_names,
+    read_spec_source,
+    validate_spec,
+)
+from orchestrator.spec.run import ConfigError, RunSpec, flatten
+from orchestrator.spec.sweep import SweepSpec, Trial
+
+__all__ = [
+    "ConfigError",
+    "RunSpec",
+    "apply_overrides",
+    "flatten",
+    "SweepSpec",
+    "Trial",
+    "load_spec",
+    "load_sweep",
+    "preset_names",
+    "read_spec_source",
+    "validate_spec",
+]

@@ -1,0 +1,151 @@
+"""Reading specs: YAML files or built-in presets, `--set` overrides, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from orchestrator.spec.run import ConfigError, RunSpec
+from orchestrator.spec.sweep import (
+    SweepSpec,
+    Trial,
+    expand_trials,
+    is_sweep,
+    parse_sweep,
+    set_dotted,
+)
+from workloads.methods import get_method
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("orchestrator") / "presets"
+    return sorted(
+        p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")
+    )
+
+
+def read_spec_source(config: str) -> dict[str, Any]:
+    """YAML from a file path, or from a built-in preset when no such file exists."""
+    path = Path(config)
+    if path.is_file():
+        text = path.read_text()
+    elif config in preset_names():
+        text = (resources.files("orchestrator") / "presets" / f"{config}.yaml").read_text()
+    else:
+        raise ConfigError(
+            f"config: no file {config!r} and no preset of that name; "
+            f"presets: {', '.join(preset_names())}"
+        )
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config: {config} is not valid YAML ({err.problem})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"config: {config} must be a mapping of sections, got {type(raw).__name__}"
+        )
+    return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply `dotted.key=value` overrides; values are parsed as YAML (numbers, bools, lists)."""
+    tree = json.loads(json.dumps(raw))  # deep copy, plain types
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected dotted.key=value")
+        try:
+            set_dotted(tree, key, yaml.safe_load(text) if text else "")
+        except ConfigError as err:
+            raise ConfigError(f"{err} (--set {item})") from None
+    return tree
+
+
+def load_spec(
+    config: str | None = None, overrides: Iterable[str] = (), point: int | None = None
+) -> RunSpec:
+    """The run spec of CONFIG; for a sweep spec, that of its trial number `point`."""
+    raw = read_spec_source(config) if config else {}
+    if is_sweep(raw):
+        trials = load_sweep(config, overrides)[1]
+        if point is None:
+            raise ConfigError(
+                f"point: {config} is a sweep of {len(trials)} trials; pick one with "
+                f"--point 0..{len(trials) - 1}"
+            )
+        if not 0 <= point < len(trials):
+            raise ConfigError(f"point: {point} is out of range; allowed: 0..{len(trials) - 1}")
+        return trials[point].spec
+    if point is not None:
+        raise ConfigError(f"point: {config} is a single run spec, not a sweep; drop --point")
+    return validate_spec(apply_overrides(raw, overrides))
+
+
+def load_sweep(config: str, overrides: Iterable[str] = ()) -> tuple[SweepSpec, list[Trial]]:
+    """A sweep spec and its validated trials. `--set sweep.*`/`name` edit the sweep itself,
+    any other key edits the base run spec."""
+    raw = read_spec_source(config)
+    if not is_sweep(raw):
+        raise ConfigError(f"sweep: {config} has no `sweep:` section; it is a single run spec")
+    base = raw.get("base", {})
+    if isinstance(base, str):
+        base = read_spec_source(base)
+    own = [o for o in overrides if o.startswith(("sweep.", "name="))]
+    raw = apply_overrides({**raw, "base": base}, own)
+    raw["base"] = apply_overrides(raw["base"], [o for o in overrides if o not in own])
+    sweep = parse_sweep(raw, default_name=Path(config).stem)
+    return sweep, expand_trials(sweep, validate_spec)
+
+
+def validate_spec(raw: Mapping[str, Any]) -> RunSpec:
+    try:
+        return RunSpec.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(describe_validation_error(err, raw)) from None
+
+
+def describe_validation_error(err: ValidationError, raw: Mapping[str, Any]) -> str:
+    """First error as one line: `dotted.key: what is wrong; allowed: ...`."""
+    first = err.errors()[0]
+    loc = [str(part) for part in first["loc"]]
+    message = first["msg"].removeprefix("Value error, ")
+    kind = first["type"]
+    # A validator that names a sub-key ("patch_size: ...") extends the location.
+    head, sep, rest = message.partition(": ")
+    if sep and " " not in head:
+        loc, message = [*loc, head], rest
+    key = ".".join(loc) or "config"
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1], raw)
+        return f"{key}: unknown key; allowed: {', '.join(allowed)}"
+    if kind == "literal_error":
+        return f"{key}: {message} (got {first.get('input')!r})"
+    if "input" in first and kind not in ("missing",) and not isinstance(first["input"], dict):
+        return f"{key}: {message} (got {first['input']!r})"
+    return f"{key}: {message}"
+
+
+def _allowed_keys(section: list[str], raw: Mapping[str, Any]) -> list[str]:
+    model: type[BaseModel] = RunSpec
+    for part in section:
+        if part == "method":
+            name = (
+                raw.get("method", {}).get("name", "mae")
+                if isinstance(raw.get("method"), Mapping)
+                else "mae"
+            )
+            model = get_method(name).knobs
+            continue
+        annotation = model.model_fields[part].annotation
+        model = (
+            annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel)
+            else model
+        )
+    return list(model.model_fields)
