@@ -1,0 +1,196 @@
+"""Latent MIM (Wei et al., ECCV 2024, "Towards Latent Masked Image Modeling for
+Self-Supervised Visual Representation Learning").
+
+MIM in latent space: the online encoder sees the visible patches, a cross-attention decoder
+predicts features at the masked positions, and the targets are the features an EMA copy of
+the encoder (momentum cosine 0.99 -> 1) computes from the masked patches alone. Three parts
+keep the jointly learned targets from collapsing: PatchDisc (within-image InfoNCE, τ = 0.2,
+× 2τ) instead of regression; a non-contiguous grid (the image resized to g·(p+gap) per side,
+one random p×p crop per cell) so neighbouring patches do not give each other away; and a
+similarity regulariser on the mean pairwise cosine between an image's patch features.
+
+The regulariser follows the authors' code: sim_coeff·[(s_pred − t)² + (s_vis − t)²], s the
+mean cosine over distinct patch pairs of the decoder's predictions and of the online
+encoder's visible features, t decaying (half cosine) from 0.75 to 0.25 over training. Both
+sides are penalised, so similarity is held near a falling target: high early, while the
+features are still forming, and pushed down later, which stops every patch collapsing onto
+one vector. Distinct pairs only (the authors also average the self-similarities of 1), so
+t means the same thing at every patch count and mask ratio.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from workloads.ema import cosine_momentum, ema_update, frozen_copy
+from workloads.masking import MaskIndices, gather_tokens, num_kept, random_masking
+from workloads.methods import register_method
+from workloads.methods._latent_mim_parts import (
+    CrossAttentionDecoder,
+    gap_grid_crops,
+    mean_pairwise_cosine,
+    patch_disc_loss,
+)
+from workloads.methods.base import Method, MethodKnobs, MethodOutput
+from workloads.models.vit import ViTEncoder
+
+# Similarity target of the regulariser, from the start to the end of training.
+SIM_TARGET_START, SIM_TARGET_END = 0.75, 0.25
+
+
+class LatentMIMKnobs(MethodKnobs):
+    name: str = "latent_mim"
+    mask_ratio: float = Field(0.75, gt=0.0, lt=1.0, description="share of patches masked")
+    gap: int = Field(0, ge=0, description="pixels between patch cells; 0 = plain patchify")
+    tau: float = Field(0.2, gt=0.0, description="PatchDisc temperature τ")
+    sim_coeff: float = Field(0.1, ge=0.0, description="similarity regulariser weight; 0 = off")
+    momentum_base: float = Field(
+        0.99, ge=0.0, le=1.0, description="EMA momentum at the start (cosine to 1)"
+    )
+
+
+def sim_target(progress: float) -> float:
+    """Regulariser target, a half cosine from SIM_TARGET_START to SIM_TARGET_END."""
+    progress = min(max(progress, 0.0), 1.0)
+    weight = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return SIM_TARGET_END + (SIM_TARGET_START - SIM_TARGET_END) * weight
+
+
+class LatentMIM(nn.Module):
+    """Online encoder + EMA target encoder + cross-attention decoder, PatchDisc loss."""
+
+    def __init__(
+        self,
+        encoder: ViTEncoder,
+        decoder: CrossAttentionDecoder,
+        mask_ratio: float = 0.75,
+        gap: int = 0,
+        tau: float = 0.2,
+        sim_coeff: float = 0.1,
+        momentum_base: float = 0.99,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.target_encoder = frozen_copy(encoder)
+        self.decoder = decoder
+        self.mask_ratio = mask_ratio
+        self.gap = gap
+        self.tau = tau
+        self.sim_coeff = sim_coeff
+        self.momentum_base = momentum_base
+        self.progress = 0.0  # share of training done; set after every optimizer step
+
+    def forward(
+        self,
+        imgs: Tensor,
+        masks: MaskIndices | None = None,
+        generator: torch.Generator | None = None,
+    ) -> MethodOutput:
+        crops = gap_grid_crops(imgs, self.encoder.patch_size, self.gap, generator)  # (B,C,H,W)
+        if masks is None:
+            masks = random_masking(
+                imgs.shape[0], self.encoder.num_patches, self.mask_ratio, imgs.device, generator
+            )
+        tokens = self.encoder.embed_patches(crops)  # (B, N, D)
+        latent = self.encoder.forward_visible(gather_tokens(tokens, masks.idx_keep))  # (B,1+K,D)
+        pred = self.decoder(latent, masks.idx_keep, masks.idx_mask)  # (B, M, D)
+        target = self.targets(crops, masks.idx_mask)  # (B, M, D)
+
+        loss_patchdisc = patch_disc_loss(pred, target, self.tau)
+        target_sim = sim_target(self.progress)
+        sim_pred = mean_pairwise_cosine(pred)
+        sim_visible = mean_pairwise_cosine(latent[:, 1:, :])
+        loss_sim = self.sim_coeff * ((sim_pred - target_sim) ** 2 + (sim_visible - target_sim) ** 2)
+        loss = loss_patchdisc + loss_sim
+
+        # One host sync for all the logged scalars.
+        names = ["loss_patchdisc", "loss_sim", "sim_pred", "sim_visible"]
+        logged = torch.stack([loss_patchdisc, loss_sim, sim_pred, sim_visible]).tolist()
+        metrics = dict(zip(names, logged, strict=True))
+        metrics |= {
+            "ema_momentum": cosine_momentum(self.progress, self.momentum_base, 1.0),
+            "sim_target": target_sim,
+            "mask_ratio": masks.idx_mask.shape[1] / self.encoder.num_patches,
+        }
+        return MethodOutput(loss=loss, metrics=metrics)
+
+    @torch.no_grad()
+    def targets(self, crops: Tensor, idx_mask: Tensor) -> Tensor:
+        """Target-encoder features of the masked patches, encoded on their own (no context
+        from the visible ones): (B, C, H, W), (B, M) -> (B, M, D)."""
+        tokens = gather_tokens(self.target_encoder.embed_patches(crops), idx_mask)  # (B, M, D)
+        return self.target_encoder.forward_visible(tokens)[:, 1:, :]
+
+    @torch.no_grad()
+    def after_optimizer_step(self, progress: float) -> None:
+        """θ_target ← m·θ_target + (1 − m)·θ_online, m = cosine_momentum(progress)."""
+        momentum = cosine_momentum(progress, self.momentum_base, 1.0)
+        ema_update(self.target_encoder, self.encoder, momentum)
+        self.progress = progress
+
+    # The schedule position is state: a resumed run must continue the sim target, not restart.
+    def get_extra_state(self) -> dict[str, float]:
+        return {"progress": self.progress}
+
+    def set_extra_state(self, state: dict[str, float]) -> None:
+        self.progress = float(state["progress"])
+
+    def no_weight_decay(self) -> set[str]:
+        return {f"encoder.{name}" for name in self.encoder.no_weight_decay()} | {
+            f"decoder.{name}" for name in self.decoder.no_weight_decay()
+        }
+
+
+def build(model: Mapping[str, Any], knobs: LatentMIMKnobs) -> nn.Module:
+    encoder = ViTEncoder(
+        model["img_size"],
+        model["patch_size"],
+        model.get("in_chans", 3),
+        model["embed_dim"],
+        model["depth"],
+        model["num_heads"],
+    )
+    decoder = CrossAttentionDecoder(
+        num_patches=encoder.num_patches,
+        encoder_dim=model["embed_dim"],
+        decoder_dim=model["decoder_dim"],
+        depth=model["decoder_depth"],
+        num_heads=model["decoder_num_heads"],
+    )
+    return LatentMIM(
+        encoder,
+        decoder,
+        mask_ratio=knobs.mask_ratio,
+        gap=knobs.gap,
+        tau=knobs.tau,
+        sim_coeff=knobs.sim_coeff,
+        momentum_base=knobs.momentum_base,
+    )
+
+
+def check(model: Mapping[str, Any], knobs: LatentMIMKnobs) -> None:
+    num_patches = (model["img_size"] // model["patch_size"]) ** 2
+    num_masked = num_patches - num_kept(num_patches, knobs.mask_ratio)
+    # PatchDisc contrasts an image's masked patches with each other: it needs two of them.
+    if num_masked < 2:
+        raise ValueError(
+            f"mask_ratio: {knobs.mask_ratio:g} masks {num_masked} of {num_patches} patches; "
+            "allowed: a ratio that masks at least 2 patches"
+        )
+
+
+METHOD = register_method(
+    Method(
+        name="latent_mim",
+        summary="Latent MIM: EMA latent targets of masked patches, PatchDisc, gap grid",
+        knobs=LatentMIMKnobs,
+        build=build,
+        check=check,
+    )
+)
