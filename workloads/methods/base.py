@@ -39,6 +39,11 @@ ModelBuilder = Callable[[Mapping[str, Any], MethodKnobs], nn.Module]
 SpecCheck = Callable[[Mapping[str, Any], MethodKnobs], None]
 
 
+def no_decay_names(**parts: nn.Module) -> set[str]:
+    """Parameter names without weight decay, e.g. no_decay_names(encoder=..., decoder=...)."""
+    return {f"{prefix}.{name}" for prefix, part in parts.items() for name in part.no_weight_decay()}
+
+
 @dataclass(frozen=True)
 class Method:
     name: str

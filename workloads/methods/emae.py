@@ -30,8 +30,8 @@ from torch import Tensor, nn
 from workloads.losses import masked_mse, normalize_patches
 from workloads.masking import MaskIndices
 from workloads.methods import register_method
-from workloads.methods.base import Method, MethodKnobs, MethodOutput
-from workloads.models.mae import MAEDecoder, build_mae
+from workloads.methods.base import Method, MethodKnobs, MethodOutput, no_decay_names
+from workloads.models.mae import MAEDecoder, mae_from_spec
 from workloads.models.vit import ViTEncoder
 from workloads.patches import patchify
 
@@ -217,9 +217,7 @@ class EMAE(nn.Module):
         )
 
     def no_weight_decay(self) -> set[str]:
-        return {f"encoder.{name}" for name in self.encoder.no_weight_decay()} | {
-            f"decoder.{name}" for name in self.decoder.no_weight_decay()
-        }
+        return no_decay_names(encoder=self.encoder, decoder=self.decoder)
 
 
 # ------------------------------------------------------------------------------- plug-in
@@ -240,19 +238,7 @@ def check(model: Mapping[str, Any], knobs: EMAEKnobs) -> None:
 
 
 def build(model: Mapping[str, Any], knobs: EMAEKnobs) -> nn.Module:
-    mae = build_mae(
-        img_size=model["img_size"],
-        patch_size=model["patch_size"],
-        embed_dim=model["embed_dim"],
-        depth=model["depth"],
-        num_heads=model["num_heads"],
-        decoder_dim=model["decoder_dim"],
-        decoder_depth=model["decoder_depth"],
-        decoder_num_heads=model["decoder_num_heads"],
-        mask_ratio=1.0 - 1.0 / knobs.k,
-        norm_pix_loss=knobs.norm_pix_loss,
-        in_chans=model.get("in_chans", 3),
-    )
+    mae = mae_from_spec(model, mask_ratio=1.0 - 1.0 / knobs.k, norm_pix_loss=knobs.norm_pix_loss)
     return EMAE(mae.encoder, mae.decoder, knobs.k, knobs.consistency_weight, knobs.norm_pix_loss)
 
 

@@ -37,8 +37,8 @@ from workloads.methods._latent_mim_parts import (
     mean_pairwise_cosine,
     patch_disc_loss,
 )
-from workloads.methods.base import Method, MethodKnobs, MethodOutput
-from workloads.models.vit import ViTEncoder
+from workloads.methods.base import Method, MethodKnobs, MethodOutput, no_decay_names
+from workloads.models.vit import ViTEncoder, encoder_from_spec
 
 # Similarity target of the regulariser, from the start to the end of training.
 SIM_TARGET_START, SIM_TARGET_END = 0.75, 0.25
@@ -142,20 +142,11 @@ class LatentMIM(nn.Module):
         self.progress = float(state["progress"])
 
     def no_weight_decay(self) -> set[str]:
-        return {f"encoder.{name}" for name in self.encoder.no_weight_decay()} | {
-            f"decoder.{name}" for name in self.decoder.no_weight_decay()
-        }
+        return no_decay_names(encoder=self.encoder, decoder=self.decoder)
 
 
 def build(model: Mapping[str, Any], knobs: LatentMIMKnobs) -> nn.Module:
-    encoder = ViTEncoder(
-        model["img_size"],
-        model["patch_size"],
-        model.get("in_chans", 3),
-        model["embed_dim"],
-        model["depth"],
-        model["num_heads"],
-    )
+    encoder = encoder_from_spec(model)
     decoder = CrossAttentionDecoder(
         num_patches=encoder.num_patches,
         encoder_dim=model["embed_dim"],

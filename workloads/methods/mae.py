@@ -11,7 +11,7 @@ from torch import nn
 
 from workloads.methods import register_method
 from workloads.methods.base import Method, MethodKnobs, MethodOutput
-from workloads.models.mae import MaskedAutoencoder, build_mae
+from workloads.models.mae import MaskedAutoencoder, mae_from_spec
 
 
 class MAEKnobs(MethodKnobs):
@@ -37,18 +37,7 @@ class MAEMethod(nn.Module):
 
 def build(model: Mapping[str, Any], knobs: MAEKnobs) -> nn.Module:
     return MAEMethod(
-        build_mae(
-            img_size=model["img_size"],
-            patch_size=model["patch_size"],
-            embed_dim=model["embed_dim"],
-            depth=model["depth"],
-            num_heads=model["num_heads"],
-            decoder_dim=model["decoder_dim"],
-            decoder_depth=model["decoder_depth"],
-            decoder_num_heads=model["decoder_num_heads"],
-            mask_ratio=knobs.mask_ratio,
-            norm_pix_loss=knobs.norm_pix_loss,
-        )
+        mae_from_spec(model, mask_ratio=knobs.mask_ratio, norm_pix_loss=knobs.norm_pix_loss)
     )
 
 

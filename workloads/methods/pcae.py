@@ -20,9 +20,9 @@ from torch import Tensor, nn
 from workloads.ema import cosine_momentum, ema_update, frozen_copy
 from workloads.masking import gather_tokens, random_masking
 from workloads.methods import register_method
-from workloads.methods.base import Method, MethodKnobs, MethodOutput
+from workloads.methods.base import Method, MethodKnobs, MethodOutput, no_decay_names
 from workloads.models.mae import MAEDecoder
-from workloads.models.vit import ViTEncoder
+from workloads.models.vit import ViTEncoder, encoder_from_spec
 
 
 class PCAEKnobs(MethodKnobs):
@@ -164,20 +164,11 @@ class PCAE(nn.Module):
         ema_update(self.teacher, self.encoder, self.ema_momentum)
 
     def no_weight_decay(self) -> set[str]:
-        return {f"encoder.{name}" for name in self.encoder.no_weight_decay()} | {
-            f"decoder.{name}" for name in self.decoder.no_weight_decay()
-        }
+        return no_decay_names(encoder=self.encoder, decoder=self.decoder)
 
 
 def build(model: Mapping[str, Any], knobs: PCAEKnobs) -> nn.Module:
-    encoder = ViTEncoder(
-        model["img_size"],
-        model["patch_size"],
-        model.get("in_chans", 3),
-        model["embed_dim"],
-        model["depth"],
-        model["num_heads"],
-    )
+    encoder = encoder_from_spec(model)
     decoder = KeptPositionDecoder(
         num_patches=encoder.num_patches,
         encoder_dim=model["embed_dim"],

@@ -21,8 +21,8 @@ from torch import Tensor, nn
 from workloads.losses import masked_mse
 from workloads.masking import MaskIndices, gather_tokens
 from workloads.methods import register_method
-from workloads.methods.base import Method, MethodKnobs, MethodOutput
-from workloads.models.mae import MAEDecoder, build_mae
+from workloads.methods.base import Method, MethodKnobs, MethodOutput, no_decay_names
+from workloads.models.mae import MAEDecoder, mae_from_spec
 from workloads.models.vit import ViTEncoder
 from workloads.patches import patchify
 
@@ -155,25 +155,11 @@ class SBAM(nn.Module):
         return MethodOutput(loss=loss, metrics={"mask_ratio": ratio, "salient_share": share})
 
     def no_weight_decay(self) -> set[str]:
-        return {f"encoder.{name}" for name in self.encoder.no_weight_decay()} | {
-            f"decoder.{name}" for name in self.decoder.no_weight_decay()
-        }
+        return no_decay_names(encoder=self.encoder, decoder=self.decoder)
 
 
 def build(model: Mapping[str, Any], knobs: SBAMKnobs) -> nn.Module:
-    mae = build_mae(
-        img_size=model["img_size"],
-        patch_size=model["patch_size"],
-        embed_dim=model["embed_dim"],
-        depth=model["depth"],
-        num_heads=model["num_heads"],
-        decoder_dim=model["decoder_dim"],
-        decoder_depth=model["decoder_depth"],
-        decoder_num_heads=model["decoder_num_heads"],
-        mask_ratio=knobs.gamma,
-        norm_pix_loss=knobs.norm_pix_loss,
-        in_chans=model.get("in_chans", 3),
-    )
+    mae = mae_from_spec(model, mask_ratio=knobs.gamma, norm_pix_loss=knobs.norm_pix_loss)
     return SBAM(
         mae.encoder,
         mae.decoder,

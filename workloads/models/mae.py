@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import torch
 from timm.models.vision_transformer import Block
@@ -128,3 +130,22 @@ def build_mae(
         patch_dim=patch_size**2 * in_chans,
     )
     return MaskedAutoencoder(encoder, decoder, mask_ratio, norm_pix_loss)
+
+
+def mae_from_spec(
+    model: Mapping[str, Any], mask_ratio: float, norm_pix_loss: bool
+) -> MaskedAutoencoder:
+    """MAE sized by a run spec's `model` section; methods that only change masking reuse it."""
+    return build_mae(
+        img_size=model["img_size"],
+        patch_size=model["patch_size"],
+        embed_dim=model["embed_dim"],
+        depth=model["depth"],
+        num_heads=model["num_heads"],
+        decoder_dim=model["decoder_dim"],
+        decoder_depth=model["decoder_depth"],
+        decoder_num_heads=model["decoder_num_heads"],
+        mask_ratio=mask_ratio,
+        norm_pix_loss=norm_pix_loss,
+        in_chans=model.get("in_chans", 3),
+    )

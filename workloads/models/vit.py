@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import partial
+from typing import Any
 
 import torch
 from timm.layers import PatchEmbed
@@ -89,3 +91,15 @@ class ViTEncoder(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         return {"cls_token", "pos_embed"}
+
+
+def encoder_from_spec(model: Mapping[str, Any]) -> ViTEncoder:
+    """The encoder sized by a run spec's `model` section."""
+    return ViTEncoder(
+        model["img_size"],
+        model["patch_size"],
+        model.get("in_chans", 3),
+        model["embed_dim"],
+        model["depth"],
+        model["num_heads"],
+    )
