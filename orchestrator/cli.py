@@ -17,7 +17,8 @@ from rich.table import Table
 from orchestrator import __version__
 from orchestrator.spec import ConfigError, load_spec, load_sweep, preset_names, read_spec_source
 
-console = Console()
+# Tables of trials are wide: do not squeeze them to 80 columns when output is not a terminal.
+console = Console(width=None if sys.stdout.isatty() else 160)
 USAGE_ERROR = 2
 
 
@@ -104,6 +105,39 @@ def _pretrain(
         if result.tracking_uri.startswith("sqlite:")
         else f"Browse it in MLflow at {result.tracking_uri}"
     )
+
+
+@main.command()
+@click.argument("config")
+@set_option
+@click.option("--dry-run", is_flag=True, help="Print the trials and resources; start nothing.")
+@click.option("--name", help="Sweep name (default: the spec's); re-running a name restores it.")
+@click.option("--address", help="Ray cluster address (default: RAY_ADDRESS, else local Ray).")
+def sweep(
+    config: str, overrides: tuple[str, ...], dry_run: bool, name: str | None, address: str | None
+) -> None:
+    """Run the ablation grid of CONFIG (a sweep YAML or preset) on Ray Tune."""
+    try:
+        # The sweep name is part of every trial's name, so it is set before expansion.
+        sweep_spec, trials = load_sweep(config, [*overrides, *([f"name={name}"] if name else [])])
+    except ConfigError as err:
+        fail(str(err))
+    from orchestrator.sweep_plan import plan_summary, plan_table
+
+    console.print(plan_table(sweep_spec, trials))
+    console.print(plan_summary(sweep_spec, trials))
+    if dry_run:
+        return
+    from orchestrator.sweep import run_sweep, summary_table
+
+    result = run_sweep(sweep_spec, trials, address=address)
+    console.print(summary_table(result))
+    console.print(
+        f"sweep {result.name!r}: {result.wall_s:.0f} s wall; MLflow parent run "
+        f"{result.parent_run_id} (summary.md and summary.json attached)"
+    )
+    if any(o.status != "FINISHED" for o in result.outcomes):
+        sys.exit(1)
 
 
 @main.command()

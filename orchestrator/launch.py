@@ -57,17 +57,25 @@ def resolve_storage_path(spec: RunSpec) -> str:
     return str(Path(path).resolve())
 
 
-def ensure_ray(address: str | None = None) -> None:
-    """Connect to `address`/RAY_ADDRESS when given, else start local Ray on this machine."""
+def ensure_ray(address: str | None = None, log_to_driver: bool = True) -> None:
+    """Connect to `address`/RAY_ADDRESS when given, else start local Ray on this machine.
+
+    `log_to_driver=False` keeps workers' output in Ray's session logs instead of the console.
+    """
     import ray
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address)
+        ray.init(address=address, log_to_driver=log_to_driver)
     else:
-        ray.init(include_dashboard=True, configure_logging=True, logging_level="WARNING")
+        ray.init(
+            include_dashboard=True,
+            configure_logging=True,
+            logging_level="WARNING",
+            log_to_driver=log_to_driver,
+        )
 
 
 def git_commit() -> str | None:
@@ -106,6 +114,7 @@ def build_trainer(
     storage_path: str,
     schedule: Schedule,
     reporter: Any,
+    callbacks: list[Any] | None = None,
 ) -> Any:
     """The Ray Train V2 trainer for one pretrain run (a sweep trial builds the same)."""
     from ray.data import DataContext
@@ -146,28 +155,120 @@ def build_trainer(
             failure_config=FailureConfig(max_failures=spec.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=spec.train.keep_checkpoints),
             logging_config=LoggingConfig(log_level="WARNING"),
+            callbacks=callbacks or None,
         ),
         datasets={"train": pretraining_view(dataset, hflip=spec.data.hflip)},
     )
 
 
-def _already_complete(
-    tracker: Tracker, run_id: str, spec: RunSpec, name: str, tracking_uri: str, run_path: str
-) -> PretrainResult | None:
+@dataclass(frozen=True)
+class PreparedRun:
+    """A run whose MLflow record exists: everything needed to fit it, in plain picklable data."""
+
+    name: str
+    spec: RunSpec
+    schedule: Schedule
+    num_rows: int
+    storage_path: str
+    tracking_uri: str
+    run_id: str
+    resumed: bool
+
+    @property
+    def run_path(self) -> str:
+        return f"{self.storage_path}/{self.name}"
+
+
+def prepare_run(
+    spec: RunSpec,
+    name: str,
+    tracker: Tracker,
+    extra_tags: dict[str, str] | None = None,
+    parent_run_id: str | None = None,
+) -> PreparedRun:
+    """Validate the data/batch fit and find or create the run's MLflow record (no Ray)."""
+    info = describe_source(spec.data.source, split="train", num_images=spec.data.num_images)
+    schedule = make_schedule(spec.train.model_dump(), info.num_rows)
+    storage_path = resolve_storage_path(spec)
+    handle: RunHandle = tracker.open_run(
+        key=name,
+        params=spec.flat_params(),
+        tags={**run_tags(spec, f"{storage_path}/{name}"), **(extra_tags or {})},
+        run_name=name,
+        parent_run_id=parent_run_id,
+    )
+    if handle.resumed and handle.previous_fingerprint not in (None, spec.fingerprint()):
+        print(
+            f"[mimray] note: run {name!r} was started with a different config "
+            f"(fingerprint {handle.previous_fingerprint}); continuing it with this one"
+        )
+    return PreparedRun(
+        name=name,
+        spec=spec,
+        schedule=schedule,
+        num_rows=info.num_rows,
+        storage_path=storage_path,
+        tracking_uri=tracker.tracking_uri,
+        run_id=handle.run_id,
+        resumed=handle.resumed,
+    )
+
+
+def execute_run(
+    run: PreparedRun, address: str | None = None, callbacks: list[Any] | None = None
+) -> PretrainResult:
+    """Fit a prepared run to its last epoch (or report it finished) and close its MLflow run."""
+    spec = run.spec
+    tracker = Tracker(run.tracking_uri, spec.tracking.experiment)
+    if run.resumed:
+        done = _already_complete(tracker, run)
+        if done is not None:
+            return done
+    ensure_ray(address)
+    reporter = tracker.reporter(
+        run.run_id,
+        system_metrics=spec.tracking.system_metrics,
+        system_metrics_interval_s=spec.tracking.system_metrics_interval_s,
+    )
+    trainer = build_trainer(spec, run.name, run.storage_path, run.schedule, reporter, callbacks)
+    try:
+        result = trainer.fit()
+    except BaseException as err:
+        # Ctrl-C is not a failure of the run: it can be resumed by re-running the name.
+        status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+        tracker.finish_run(run.run_id, status=status)
+        raise
+    tracker.finish_run(run.run_id)
+    metrics = result.metrics or {}
+    checkpoint = result.checkpoint
+    return PretrainResult(
+        name=run.name,
+        run_id=run.run_id,
+        tracking_uri=run.tracking_uri,
+        run_path=run.run_path,
+        resumed=run.resumed,
+        epochs_done=int(metrics.get("epoch", 0)),
+        final_loss=metrics.get("loss"),
+        images_per_s=metrics.get("images_per_s"),
+        checkpoint_uri=f"{run.run_path}/{Path(checkpoint.path).name}" if checkpoint else None,
+    )
+
+
+def _already_complete(tracker: Tracker, run: PreparedRun) -> PretrainResult | None:
     """The recorded result when the run already has its final checkpoint: no Ray start-up."""
-    models = tracker.checkpoint_models(run_id)
-    if not models or int(models[-1].params["epoch"]) < spec.train.epochs:
+    models = tracker.checkpoint_models(run.run_id)
+    if not models or int(models[-1].params["epoch"]) < run.spec.train.epochs:
         return None
     last = models[-1]
-    tracker.finish_run(run_id)
-    losses = tracker.metric_history(run_id, "epoch/loss")
-    speeds = tracker.metric_history(run_id, "epoch/images_per_s")
-    print(f"[mimray] run {name!r} already finished {last.params['epoch']} epochs; nothing to train")
+    tracker.finish_run(run.run_id)
+    losses = tracker.metric_history(run.run_id, "epoch/loss")
+    speeds = tracker.metric_history(run.run_id, "epoch/images_per_s")
+    print(f"[mimray] run {run.name!r} already finished {last.params['epoch']} epochs")
     return PretrainResult(
-        name=name,
-        run_id=run_id,
-        tracking_uri=tracking_uri,
-        run_path=run_path,
+        name=run.name,
+        run_id=run.run_id,
+        tracking_uri=run.tracking_uri,
+        run_path=run.run_path,
         resumed=True,
         epochs_done=int(last.params["epoch"]),
         final_loss=losses[-1][1] if losses else None,
@@ -181,65 +282,13 @@ def run_pretrain(
 ) -> PretrainResult:
     """Train (or resume) the run `name` to `spec.train.epochs`, recorded in MLflow."""
     name = name or default_run_name(spec)
-    info = describe_source(spec.data.source, split="train", num_images=spec.data.num_images)
-    schedule = make_schedule(spec.train.model_dump(), info.num_rows)
-    storage_path = resolve_storage_path(spec)
-    run_path = f"{storage_path}/{name}"
-
-    tracking_uri = resolve_tracking_uri(spec.tracking.uri)
-    tracker = Tracker(tracking_uri, spec.tracking.experiment)
-    handle: RunHandle = tracker.open_run(
-        key=name, params=spec.flat_params(), tags=run_tags(spec, run_path), run_name=name
-    )
-    if handle.resumed and handle.previous_fingerprint not in (None, spec.fingerprint()):
-        print(
-            f"[mimray] note: run {name!r} was started with a different config "
-            f"(fingerprint {handle.previous_fingerprint}); continuing it with this one"
-        )
+    tracker = Tracker(resolve_tracking_uri(spec.tracking.uri), spec.tracking.experiment)
+    run = prepare_run(spec, name, tracker)
     print(
-        f"[mimray] {'resuming' if handle.resumed else 'starting'} run {name!r}: "
-        f"{spec.method.name} on {spec.data.source} ({info.num_rows} images), "
-        f"{spec.train.epochs} epochs x {schedule.steps_per_epoch} steps, "
-        f"{spec.scaling.num_workers} workers; MLflow run {handle.run_id}",
+        f"[mimray] {'resuming' if run.resumed else 'starting'} run {name!r}: "
+        f"{spec.method.name} on {spec.data.source} ({run.num_rows} images), "
+        f"{spec.train.epochs} epochs x {run.schedule.steps_per_epoch} steps, "
+        f"{spec.scaling.num_workers} workers; MLflow run {run.run_id}",
         flush=True,
     )
-
-    if handle.resumed:
-        done = _already_complete(tracker, handle.run_id, spec, name, tracking_uri, run_path)
-        if done is not None:
-            return done
-
-    ensure_ray(address)
-    trainer = build_trainer(
-        spec,
-        name,
-        storage_path,
-        schedule,
-        tracker.reporter(
-            handle.run_id,
-            system_metrics=spec.tracking.system_metrics,
-            system_metrics_interval_s=spec.tracking.system_metrics_interval_s,
-        ),
-    )
-    try:
-        result = trainer.fit()
-    except BaseException as err:
-        # Ctrl-C is not a failure of the run: it can be resumed by re-running the name.
-        status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
-        tracker.finish_run(handle.run_id, status=status)
-        raise
-    tracker.finish_run(handle.run_id)
-    metrics = result.metrics or {}
-    return PretrainResult(
-        name=name,
-        run_id=handle.run_id,
-        tracking_uri=tracking_uri,
-        run_path=run_path,
-        resumed=handle.resumed,
-        epochs_done=int(metrics.get("epoch", 0)),
-        final_loss=metrics.get("loss"),
-        images_per_s=metrics.get("images_per_s"),
-        checkpoint_uri=f"{run_path}/{Path(result.checkpoint.path).name}"
-        if result.checkpoint
-        else None,
-    )
+    return execute_run(run, address)

@@ -115,6 +115,9 @@ class Tracker:
             self.client.log_batch(run_id, params=items[start : start + 100])
         return RunHandle(run_id, self.experiment_id, resumed=False)
 
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.client.log_text(run_id, text, artifact_file)
+
     def finish_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 
@@ -228,3 +231,28 @@ class MlflowReporter:
         if self._monitor is not None:
             self._monitor.finish()
             self._monitor = None
+
+
+def measured_epoch_seconds(tracking_uri: str, experiment: str, fingerprint: str) -> float | None:
+    """Mean epoch time of earlier runs with this config fingerprint, read-only.
+
+    Returns None when there is no store yet (a dry run must not create one) or no such run.
+    """
+    from mlflow import MlflowClient
+
+    if tracking_uri.startswith("sqlite:///"):
+        if not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+            return None
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = client.search_runs(
+        [found.experiment_id], filter_string=f"tags.`{FINGERPRINT_TAG}` = '{fingerprint}'"
+    )
+    times = [
+        m.value
+        for run in runs
+        for m in client.get_metric_history(run.info.run_id, "epoch/epoch_time_s")
+    ]
+    return sum(times) / len(times) if times else None

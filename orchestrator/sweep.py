@@ -1,0 +1,280 @@
+"""Ablation sweeps on Ray Tune: one Tune trial = one pretrain run (a Ray Train V2 fit).
+
+The driver creates every trial's MLflow run up front, as a child of the sweep's parent run,
+keyed by the trial's deterministic name, and hands each Tune trial its prepared run. A Tune
+trial is a small function that fits a `TorchTrainer` with `TuneReportCallback`; its Train run
+name is the trial name, so a restored trial resumes from its own last checkpoint, and the
+MLflow runs are found again by key instead of duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from ray.tune import Callback
+from rich.table import Table
+
+from orchestrator.launch import PreparedRun, ensure_ray, execute_run, prepare_run
+from orchestrator.spec import SweepSpec, Trial
+from orchestrator.tracking import Tracker, resolve_tracking_uri
+
+# A trial's own driver only waits on its Train workers. A whole CPU per trial deadlocks small
+# machines, and Tune refuses zero, so it reserves a sliver.
+TRIAL_DRIVER_CPU = 0.01
+SWEEP_TAG = "mimray.sweep"
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    trial: Trial
+    status: str  # FINISHED | ERRORED | PENDING
+    final_loss: float | None
+    epochs: int | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    name: str
+    parent_run_id: str
+    outcomes: list[TrialOutcome]
+    restored: bool
+    wall_s: float
+
+
+def run_trial(config: dict[str, Any], runs: list[PreparedRun]) -> None:
+    """The Tune trainable: fit one prepared run, reporting epochs to Tune as they come."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    execute_run(runs[config["trial"]], callbacks=[TuneReportCallback()])
+
+
+def open_sweep_runs(
+    sweep: SweepSpec, trials: list[Trial], tracker: Tracker, name: str
+) -> tuple[str, list[PreparedRun]]:
+    """The sweep's parent run and one child run per trial (found again on a re-run)."""
+    parent = tracker.open_run(
+        key=f"sweep:{name}",
+        params={
+            "sweep.trials": len(trials),
+            "sweep.seeds": sweep.sweep.seeds,
+            "sweep.max_concurrent_trials": sweep.sweep.max_concurrent_trials,
+            **{f"sweep.grid.{k}": v for k, v in sweep.sweep.grid.items()},
+        },
+        tags={SWEEP_TAG: name, "mimray.kind": "sweep"},
+        run_name=name,
+    )
+    tracker.log_text(parent.run_id, sweep.model_dump_json(indent=2), "sweep_spec.json")
+    tracker.log_text(parent.run_id, trial_table_markdown(trials), "trials.md")
+    runs = [
+        prepare_run(
+            trial.spec,
+            trial.name,
+            tracker,
+            extra_tags={
+                SWEEP_TAG: name,
+                "mimray.trial_index": str(trial.index),
+                "mimray.kind": "trial",
+            },
+            parent_run_id=parent.run_id,
+        )
+        for trial in trials
+    ]
+    return parent.run_id, runs
+
+
+def run_sweep(
+    sweep: SweepSpec,
+    trials: list[Trial],
+    name: str | None = None,
+    address: str | None = None,
+    log_to_driver: bool = False,
+) -> SweepResult:
+    """Run (or restore) every trial of the sweep; returns one outcome per trial."""
+    from ray import tune
+
+    started = time.perf_counter()
+    name = name or sweep.name
+    base = trials[0].spec
+    tracker = Tracker(resolve_tracking_uri(base.tracking.uri), base.tracking.experiment)
+    parent_run_id, runs = open_sweep_runs(sweep, trials, tracker, name)
+    storage_path = runs[0].storage_path
+    experiment_path = f"{storage_path}/{name}"
+
+    ensure_ray(address, log_to_driver=log_to_driver)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, runs=runs), {"CPU": TRIAL_DRIVER_CPU}
+    )
+    progress = SweepProgress(trials)
+    restored = tune.Tuner.can_restore(experiment_path)
+    if restored:
+        tuner = tune.Tuner.restore(
+            experiment_path, trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
+        print(
+            f"[mimray] restoring sweep from {experiment_path}: finished trials are kept, "
+            "unfinished ones resume from their last checkpoint, errored ones are retried",
+            flush=True,
+        )
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"trial": tune.grid_search([t.index for t in trials])},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=sweep.sweep.max_concurrent_trials,
+                scheduler=_scheduler(sweep, base.train.epochs),
+                trial_name_creator=lambda t: trials[t.config["trial"]].name,
+                trial_dirname_creator=lambda t: trials[t.config["trial"]].name,
+            ),
+            run_config=tune.RunConfig(
+                name=name, storage_path=storage_path, verbose=0, callbacks=[progress]
+            ),
+        )
+    print(
+        f"[mimray] sweep {name!r}: {len(trials)} trials, "
+        f"{sweep.sweep.max_concurrent_trials} at a time; MLflow parent run {parent_run_id}; "
+        f"Ray logs in {ray_log_dir()}",
+        flush=True,
+    )
+    try:
+        grid = tuner.fit()
+    except KeyboardInterrupt:
+        tracker.finish_run(parent_run_id, status="KILLED")
+        raise
+    outcomes = _outcomes(trials, grid)
+    tracker.log_text(parent_run_id, summary_markdown(outcomes), "summary.md")
+    tracker.log_text(
+        parent_run_id, json.dumps([_as_row(o) for o in outcomes], indent=2), "summary.json"
+    )
+    failed = any(o.status != "FINISHED" for o in outcomes)
+    tracker.finish_run(parent_run_id, status="FAILED" if failed else "FINISHED")
+    return SweepResult(name, parent_run_id, outcomes, restored, time.perf_counter() - started)
+
+
+def _scheduler(sweep: SweepSpec, max_epochs: int) -> Any:
+    stop = sweep.sweep.early_stop
+    if stop is None:
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(
+        metric=stop.metric,
+        mode=stop.mode,
+        time_attr="epoch",
+        max_t=max_epochs,
+        grace_period=stop.grace_period,
+        reduction_factor=stop.reduction_factor,
+    )
+
+
+def _outcomes(trials: list[Trial], grid: Any) -> list[TrialOutcome]:
+    by_index = {}
+    for result in grid:
+        index = result.config["trial"]
+        metrics = result.metrics or {}
+        status = "ERRORED" if result.error else "FINISHED"
+        by_index[index] = TrialOutcome(
+            trials[index],
+            status,
+            metrics.get("loss"),
+            metrics.get("epoch"),
+            str(result.error).splitlines()[0] if result.error else None,
+        )
+    return [by_index.get(t.index, TrialOutcome(t, "PENDING", None, None)) for t in trials]
+
+
+def _as_row(outcome: TrialOutcome) -> dict[str, Any]:
+    return {
+        "trial": outcome.trial.name,
+        **outcome.trial.values,
+        "status": outcome.status,
+        "final_loss": outcome.final_loss,
+        "epochs": outcome.epochs,
+        "error": outcome.error,
+    }
+
+
+def trial_table_markdown(trials: list[Trial]) -> str:
+    keys = list(dict.fromkeys(k for t in trials for k in t.values))
+    lines = ["| # | trial | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
+    for t in trials:
+        values = " | ".join(str(t.values.get(k, "")) for k in keys)
+        lines.append(f"| {t.index} | {t.name} | {values} |")
+    return "\n".join(lines) + "\n"
+
+
+def summary_markdown(outcomes: list[TrialOutcome]) -> str:
+    keys = list(dict.fromkeys(k for o in outcomes for k in o.trial.values))
+    lines = [
+        "| trial | " + " | ".join(keys) + " | final loss | status |",
+        "|---" * (len(keys) + 3) + "|",
+    ]
+    for o in outcomes:
+        values = " | ".join(str(o.trial.values.get(k, "")) for k in keys)
+        loss = f"{o.final_loss:.4f}" if o.final_loss is not None else "-"
+        lines.append(f"| {o.trial.name} | {values} | {loss} | {o.status} |")
+    return "\n".join(lines) + "\n"
+
+
+def summary_table(result: SweepResult) -> Table:
+    keys = list(dict.fromkeys(k for o in result.outcomes for k in o.trial.values))
+    table = Table("trial", *keys, "final loss", "status", title=f"sweep {result.name!r}")
+    for o in result.outcomes:
+        loss = f"{o.final_loss:.4f}" if o.final_loss is not None else "-"
+        table.add_row(o.trial.name, *(str(o.trial.values.get(k, "")) for k in keys), loss, o.status)
+    return table
+
+
+def ray_log_dir() -> str:
+    try:
+        from ray._private.worker import _global_node
+
+        return _global_node.get_logs_dir_path()
+    except Exception:  # a client connection has no local node
+        return "the Ray cluster's session logs"
+
+
+class SweepProgress(Callback):
+    """One line per change of the sweep's state, instead of Tune's and Ray's log flood."""
+
+    def __init__(self, trials: list[Trial]) -> None:
+        self.names = {t.index: t.name for t in trials}
+        self.total = len(trials)
+        self.state: dict[str, str] = {}
+        self.best: tuple[float, str] | None = None
+
+    def _line(self) -> None:
+        counts = Counter(self.state.values())
+        pending = self.total - sum(counts.values())
+        best = f"; best loss {self.best[0]:.4f} ({self.best[1]})" if self.best else ""
+        print(
+            f"[mimray] trials: {counts['running']} running, {pending} pending, "
+            f"{counts['done']} done, {counts['errored']} errored{best}",
+            flush=True,
+        )
+
+    def _name(self, trial: Any) -> str:
+        return self.names.get(trial.config.get("trial"), str(trial))
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.state[self._name(trial)] = "running"
+        self._line()
+
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
+        loss = result.get("loss")
+        if loss is not None and (self.best is None or loss < self.best[0]):
+            self.best = (loss, self._name(trial))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.state[self._name(trial)] = "done"
+        self._line()
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.state[self._name(trial)] = "errored"
+        self._line()

@@ -1,0 +1,61 @@
+"""What a sweep will run, shown before anything starts (`mimray sweep --dry-run`): no Ray."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from orchestrator.spec import SweepSpec, Trial
+from orchestrator.tracking import measured_epoch_seconds, resolve_tracking_uri
+
+
+def trial_resources(trial: Trial) -> str:
+    scaling = trial.spec.scaling
+    per_worker = f"{scaling.cpus_per_worker:g} CPU"
+    if scaling.use_gpu:
+        per_worker += f" + {scaling.gpus_per_worker:g} GPU"
+    return f"{scaling.num_workers} x ({per_worker})"
+
+
+def plan_table(sweep: SweepSpec, trials: list[Trial]) -> Table:
+    keys = list(dict.fromkeys(k for t in trials for k in t.values))
+    table = Table("#", "trial", *keys, "epochs", "resources", title=f"sweep {sweep.name!r}")
+    for t in trials:
+        table.add_row(
+            str(t.index),
+            t.name,
+            *(str(t.values.get(k, "")) for k in keys),
+            str(t.spec.train.epochs),
+            trial_resources(t),
+        )
+    return table
+
+
+def estimate_worker_hours(trials: list[Trial]) -> tuple[float, int]:
+    """Worker-hours of the trials whose config ran before (MLflow), and how many that is."""
+    hours, measured = 0.0, 0
+    for t in trials:
+        tracking = t.spec.tracking
+        epoch_s = measured_epoch_seconds(
+            resolve_tracking_uri(tracking.uri), tracking.experiment, t.spec.fingerprint()
+        )
+        if epoch_s is not None:
+            hours += epoch_s * t.spec.train.epochs * t.spec.scaling.num_workers / 3600
+            measured += 1
+    return hours, measured
+
+
+def plan_summary(sweep: SweepSpec, trials: list[Trial]) -> str:
+    hours, measured = estimate_worker_hours(trials)
+    lines = [
+        f"{len(trials)} trials, {sweep.sweep.max_concurrent_trials} at a time; "
+        f"per trial: {trial_resources(trials[0])} for Train workers + a 0.01 CPU trial driver"
+    ]
+    if measured:
+        scale = len(trials) / measured
+        lines.append(
+            f"estimate: {hours * scale:.2f} worker-hours "
+            f"(from earlier runs of {measured} of the {len(trials)} trial configs in MLflow)"
+        )
+    else:
+        lines.append("estimate: no earlier run of these configs in MLflow to measure from")
+    return "\n".join(lines)
