@@ -97,7 +97,12 @@ def load_sweep(config: str, overrides: Iterable[str] = ()) -> tuple[SweepSpec, l
     if isinstance(base, str):
         base = read_spec_source(base)
     own = [o for o in overrides if o.startswith(("sweep.", "name="))]
-    raw = apply_overrides({**raw, "base": base}, own)
+    # A grid key is itself dotted (`sweep.grid.method.k=[2, 4]`): keep it whole.
+    grid = [o for o in own if o.startswith("sweep.grid.")]
+    raw = apply_overrides({**raw, "base": base}, [o for o in own if o not in grid])
+    for item in grid:
+        key, _, text = item.removeprefix("sweep.grid.").partition("=")
+        raw.setdefault("sweep", {}).setdefault("grid", {})[key] = yaml.safe_load(text)
     raw["base"] = apply_overrides(raw["base"], [o for o in overrides if o not in own])
     sweep = parse_sweep(raw, default_name=Path(config).stem)
     return sweep, expand_trials(sweep, validate_spec)

@@ -1,0 +1,151 @@
+"""`mimray sweep` on real local Ray and a real SQLite MLflow store: plan, run, kill, restore."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from orchestrator.cli import main
+from orchestrator.spec import preset_names, read_spec_source
+from orchestrator.tracking import Tracker, resolve_tracking_uri
+
+SWEEP = """
+name: ktiny
+base:
+  method: {name: emae}
+  model: {embed_dim: 32, depth: 2, num_heads: 2, decoder_dim: 32, decoder_depth: 1,
+          decoder_num_heads: 2}
+  data: {source: shapes, num_images: 64}
+  train: {epochs: 1, batch_size: 32}
+  scaling: {num_workers: 1}
+  tracking: {experiment: sweeps, system_metrics: false}
+sweep:
+  grid:
+    method.k: [2, 4]
+  seeds: 2
+"""
+TRIALS = ["ktiny-k-2_seed-0", "ktiny-k-2_seed-1", "ktiny-k-4_seed-0", "ktiny-k-4_seed-1"]
+
+# A fresh interpreter tells whether the command itself started Ray.
+PROBE = """
+import sys, ray
+from orchestrator.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as done:
+    print("ray started:", ray.is_initialized())
+    sys.exit(done.code)
+"""
+
+
+@pytest.fixture
+def sweep_file(workdir):
+    path = workdir / "sweep.yaml"
+    path.write_text(SWEEP)
+    return str(path)
+
+
+def test_dry_run_prints_every_trial_and_starts_nothing(sweep_file, workdir):
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, "sweep", sweep_file, "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if "ktiny-k-" in line]
+    assert len(rows) == 4
+    assert all(any(name in row for row in rows) for name in TRIALS)
+    assert "4 trials, 1 at a time" in proc.stdout
+    assert "1 x (0.5 CPU)" in proc.stdout
+    assert "ray started: False" in proc.stdout
+    assert not (workdir / "mimray-runs").exists()
+
+
+@pytest.mark.parametrize("preset", [p for p in preset_names() if "sweep" in read_spec_source(p)])
+def test_every_preset_passes_dry_run(preset, workdir):
+    result = CliRunner().invoke(main, ["sweep", preset, "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert f"sweep '{preset}'" in result.output
+    assert not (workdir / "mimray-runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("sweep.grid.method.kk=[2]", "method.kk: unknown key"),
+        ("sweep.grid.method.k=[4, 5]", "method.k: K=5 does not divide the 64 patches"),
+    ],
+)
+def test_bad_grid_exits_2_naming_key_and_point(override, expected, sweep_file, workdir):
+    result = CliRunner().invoke(main, ["sweep", sweep_file, "--set", override, "--dry-run"])
+    assert result.exit_code == 2
+    assert result.output.startswith(f"mimray: error: {expected}")
+    assert "(grid point" in result.output
+    assert not (workdir / "mimray-runs").exists()
+
+
+def _child_runs(tracker: Tracker) -> list:
+    runs = tracker.client.search_runs([tracker.experiment_id])
+    return [r for r in runs if r.data.tags.get("mimray.kind") == "trial"]
+
+
+@pytest.mark.slow
+def test_killed_sweep_restores_without_retraining_or_duplicating(sweep_file, workdir):
+    command = [sys.executable, "-m", "orchestrator.cli", "sweep", sweep_file]
+    started = time.monotonic()
+    driver = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    tracker = None
+    try:
+        deadline = time.monotonic() + 420
+        while time.monotonic() < deadline:
+            if (workdir / "mimray-runs" / "mlflow.db").exists():
+                tracker = tracker or Tracker(resolve_tracking_uri(), "sweeps")
+                done = [r for r in _child_runs(tracker) if r.info.status == "FINISHED"]
+                if done:
+                    break
+            assert driver.poll() is None, "the sweep ended before it could be killed"
+            time.sleep(1)
+        else:
+            pytest.fail("no trial finished within 420 s")
+        first_done = time.monotonic() - started
+        assert [r.info.run_name for r in done] == [TRIALS[0]]
+        os.kill(driver.pid, signal.SIGKILL)  # the driver dies; Ray's processes follow it
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+
+    restart = time.monotonic()
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert "restoring sweep" in rerun.stdout
+    print(
+        f"first trial done after {first_done:.0f} s; restored run took "
+        f"{time.monotonic() - restart:.0f} s"
+    )
+
+    runs = tracker.client.search_runs([tracker.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("mimray.kind") == "sweep"]
+    children = _child_runs(tracker)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(r.info.run_name for r in children) == TRIALS  # exactly 4, no duplicates
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert run.data.params["method.k"] == run.info.run_name.split("-k-")[1][0]
+        assert run.data.tags["mimray.sweep"] == "ktiny"
+        # One epoch of 64 images in batches of 32: one epoch metric, two step metrics.
+        # The trial finished before the kill was not trained a second time.
+        assert len(tracker.metric_history(run.info.run_id, "epoch/loss")) == 1
+        assert len(tracker.metric_history(run.info.run_id, "train/loss")) == 2
+    for row in TRIALS:
+        assert row in rerun.stdout  # the summary table names every trial
