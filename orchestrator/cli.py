@@ -136,7 +136,9 @@ def sweep(
         f"sweep {result.name!r}: {result.wall_s:.0f} s wall; MLflow parent run "
         f"{result.parent_run_id} (summary.md and summary.json attached)"
     )
-    if any(o.status != "FINISHED" for o in result.outcomes):
+    left = sum(o.status != "FINISHED" for o in result.outcomes)
+    if left:
+        console.print(f"{left} trials did not finish; re-run the same command to resume them")
         sys.exit(1)
 
 

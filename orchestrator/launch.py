@@ -173,6 +173,7 @@ class PreparedRun:
     tracking_uri: str
     run_id: str
     resumed: bool
+    previous_status: str | None = None
 
     @property
     def run_path(self) -> str:
@@ -211,6 +212,7 @@ def prepare_run(
         tracking_uri=tracker.tracking_uri,
         run_id=handle.run_id,
         resumed=handle.resumed,
+        previous_status=handle.previous_status,
     )
 
 
@@ -231,6 +233,7 @@ def execute_run(
         system_metrics_interval_s=spec.tracking.system_metrics_interval_s,
     )
     trainer = build_trainer(spec, run.name, run.storage_path, run.schedule, reporter, callbacks)
+    tracker.mark_running(run.run_id)
     try:
         result = trainer.fit()
     except BaseException as err:

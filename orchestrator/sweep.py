@@ -31,7 +31,7 @@ SWEEP_TAG = "mimray.sweep"
 @dataclass(frozen=True)
 class TrialOutcome:
     trial: Trial
-    status: str  # FINISHED | ERRORED | PENDING
+    status: str  # FINISHED | ERRORED | UNFINISHED | PENDING
     final_loss: float | None
     epochs: int | None
     error: str | None = None
@@ -105,6 +105,7 @@ def run_sweep(
     storage_path = runs[0].storage_path
     experiment_path = f"{storage_path}/{name}"
 
+    tracker.mark_running(parent_run_id)
     ensure_ray(address, log_to_driver=log_to_driver)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, runs=runs), {"CPU": TRIAL_DRIVER_CPU}
@@ -115,9 +116,11 @@ def run_sweep(
         tuner = tune.Tuner.restore(
             experiment_path, trainable=trainable, resume_unfinished=True, resume_errored=True
         )
+        finished = sum(run.previous_status == "FINISHED" for run in runs)
         print(
-            f"[mimray] restoring sweep from {experiment_path}: finished trials are kept, "
-            "unfinished ones resume from their last checkpoint, errored ones are retried",
+            f"[mimray] restoring sweep from {experiment_path}: {finished} of {len(runs)} "
+            f"trials finished (kept), {len(runs) - finished} to resume from their last "
+            "checkpoint or start; errored trials are retried",
             flush=True,
         )
     else:
@@ -150,8 +153,15 @@ def run_sweep(
     tracker.log_text(
         parent_run_id, json.dumps([_as_row(o) for o in outcomes], indent=2), "summary.json"
     )
-    failed = any(o.status != "FINISHED" for o in outcomes)
-    tracker.finish_run(parent_run_id, status="FAILED" if failed else "FINISHED")
+    statuses = {o.status for o in outcomes}
+    tracker.finish_run(
+        parent_run_id,
+        status="FAILED"
+        if "ERRORED" in statuses
+        else "KILLED"
+        if statuses - {"FINISHED"}
+        else "FINISHED",
+    )
     return SweepResult(name, parent_run_id, outcomes, restored, time.perf_counter() - started)
 
 
@@ -176,7 +186,13 @@ def _outcomes(trials: list[Trial], grid: Any) -> list[TrialOutcome]:
     for result in grid:
         index = result.config["trial"]
         metrics = result.metrics or {}
-        status = "ERRORED" if result.error else "FINISHED"
+        epochs_wanted = trials[index].spec.train.epochs
+        if result.error:
+            status = "ERRORED"
+        elif metrics.get("epoch") == epochs_wanted or _stopped_early(result):
+            status = "FINISHED"
+        else:
+            status = "UNFINISHED"  # interrupted (Ctrl-C): the next run resumes it
         by_index[index] = TrialOutcome(
             trials[index],
             status,
@@ -185,6 +201,11 @@ def _outcomes(trials: list[Trial], grid: Any) -> list[TrialOutcome]:
             str(result.error).splitlines()[0] if result.error else None,
         )
     return [by_index.get(t.index, TrialOutcome(t, "PENDING", None, None)) for t in trials]
+
+
+def _stopped_early(result: Any) -> bool:
+    # ASHA stops trials between epochs; they are complete as far as the sweep goes.
+    return bool((result.metrics or {}).get("done")) and not result.error
 
 
 def _as_row(outcome: TrialOutcome) -> dict[str, Any]:

@@ -46,6 +46,7 @@ class RunHandle:
     experiment_id: str
     resumed: bool
     previous_fingerprint: str | None = None
+    previous_status: str | None = None  # FINISHED, FAILED, KILLED, RUNNING (None: new run)
 
 
 class Tracker:
@@ -103,10 +104,15 @@ class Tracker:
         if existing is not None:
             run_id = existing.info.run_id
             previous = existing.data.tags.get(FINGERPRINT_TAG)
-            self.client.update_run(run_id, status="RUNNING")
+            # The status stays as it was until training really starts (`mark_running`):
+            # a finished sweep trial that is not run again must not look RUNNING.
             self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in run_tags.items()])
             return RunHandle(
-                run_id, self.experiment_id, resumed=True, previous_fingerprint=previous
+                run_id,
+                self.experiment_id,
+                resumed=True,
+                previous_fingerprint=previous,
+                previous_status=existing.info.status,
             )
         run = self.client.create_run(self.experiment_id, run_name=run_name or key, tags=run_tags)
         run_id = run.info.run_id
@@ -117,6 +123,9 @@ class Tracker:
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         self.client.log_text(run_id, text, artifact_file)
+
+    def mark_running(self, run_id: str) -> None:
+        self.client.update_run(run_id, status="RUNNING")
 
     def finish_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
