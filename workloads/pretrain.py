@@ -85,6 +85,41 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
+def select_decodable(batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor | None, int]:
+    """The batch's decodable images and how many were not (sources mark them `ok=False`).
+
+    None when nothing in the batch decoded; the caller then steps with zero weight.
+    """
+    if "ok" not in batch:
+        return batch["image"], 0
+    ok = batch["ok"].bool()
+    corrupt = int((~ok).sum())
+    if corrupt == len(ok):
+        return None, corrupt
+    return (batch["image"][ok] if corrupt else batch["image"]), corrupt
+
+
+class DataQualityError(RuntimeError):
+    """Too many undecodable images: the source is broken, not just a few bad records."""
+
+
+def check_skipped_share(skipped: int, seen: int, threshold: float, epoch: int) -> None:
+    if seen and skipped / seen > threshold:
+        raise DataQualityError(
+            f"data: {skipped} of {seen} images ({skipped / seen:.1%}) in epoch {epoch} could "
+            f"not be decoded, above data.max_skipped_share={threshold:.1%}; fix the source "
+            "or raise the threshold"
+        )
+
+
+def global_sum(values: list[int], device: torch.device) -> list[int]:
+    """Element-wise sum over every worker (all ranks get the same totals)."""
+    totals = torch.tensor(values, device=device, dtype=torch.float64)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(totals)
+    return [int(v) for v in totals.tolist()]
+
+
 def global_mean(values: list[float], device: torch.device) -> float:
     """Mean over every worker's values (the epoch loss every rank saw, not rank 0's only)."""
     totals = torch.tensor([sum(values), float(len(values))], device=device, dtype=torch.float64)
@@ -139,7 +174,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     batch_size=per_worker_batch, drop_last=True, prefetch_batches=2
                 )
             )
+            seen = skipped = 0
             for wait, batch in batches:
+                seen += len(batch["image"])
                 # Workers must take the same number of steps, or DDP's all-reduce hangs;
                 # drain surplus batches rather than abandon the shard's iterator mid-stream.
                 if len(losses) == schedule.steps_per_epoch:
@@ -153,11 +190,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     schedule.min_lr,
                 )
                 set_lr(optimizer, lr)
-                images = to_model_input(batch["image"], device)
+                decodable, corrupt = select_decodable(batch)
+                skipped += corrupt
+                images = to_model_input(
+                    decodable if decodable is not None else batch["image"], device
+                )
                 with _autocast(device, amp_dtype):
                     out = model(images)
+                # A batch with nothing decodable still steps (DDP needs every rank), weightless.
+                objective = out.loss if decodable is not None else out.loss * 0.0
                 optimizer.zero_grad(set_to_none=True)
-                scaler.scale(out.loss).backward()
+                scaler.scale(objective).backward()
                 scaler.step(optimizer)
                 scaler.update()
                 step_hook = getattr(unwrap(model), "after_optimizer_step", None)
@@ -177,12 +220,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     step,
                 )
             elapsed = time.perf_counter() - started
+            seen, skipped = global_sum([seen, skipped], device)
+            check_skipped_share(skipped, seen, spec["data"]["max_skipped_share"], epoch + 1)
             epoch_metrics = {
                 "epoch": epoch + 1,
                 "step": step,
                 "loss": global_mean(losses, device),
                 "images_per_s": len(losses) * per_worker_batch * world_size / elapsed,
                 "data_wait_s": data_wait,
+                "images_seen": seen,
+                "skipped": skipped,
                 "epoch_time_s": elapsed,
             }
             _report_epoch(model, optimizer, scaler, epoch_metrics, config, reporter, rank)

@@ -66,6 +66,9 @@ class DataSpec(_Section):
     source: str = Field("shapes", description="built-in name, image folder")
     num_images: int | None = Field(None, ge=1, description="rows used (None: all / default)")
     hflip: bool = Field(True, description="random horizontal flip")
+    max_skipped_share: float = Field(
+        0.01, ge=0, le=1, description="fail when more undecodable images than this share"
+    )
 
     @field_validator("source")
     @classmethod

@@ -13,16 +13,17 @@ def random_hflip(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     flip = np.random.default_rng().random(len(images)) < 0.5
     images = images.copy()
     images[flip] = images[flip, :, ::-1]
-    return {"image": images}
+    return {**batch, "image": images}
 
 
-def pretraining_view(dataset: Any, hflip: bool = True) -> Any:
+def pretraining_view(dataset: Any, hflip: bool = True, with_ok: bool = False) -> Any:
     """Only what pretraining consumes: the image column, augmented.
 
     Labels and ids stay out of the stream (strings do not convert to tensors, and the
     worker has no use for labels during pretraining).
     """
-    dataset = dataset.select_columns(["image"])
+    # Sources that decode stored bytes flag undecodable rows with `ok`; the loop counts them.
+    dataset = dataset.select_columns(["image", "ok"] if with_ok else ["image"])
     if hflip:
         dataset = dataset.map_batches(random_hflip, batch_format="numpy")
     return dataset
