@@ -134,7 +134,7 @@ def build_trainer(
         img_size=spec.model.img_size,
         split="train",
         num_images=spec.data.num_images,
-        seed=spec.train.seed,
+        seed=spec.data.seed,
     )
     return TorchTrainer(
         train_loop_per_worker,
@@ -188,7 +188,9 @@ def prepare_run(
     parent_run_id: str | None = None,
 ) -> PreparedRun:
     """Validate the data/batch fit and find or create the run's MLflow record (no Ray)."""
-    info = describe_source(spec.data.source, split="train", num_images=spec.data.num_images)
+    info = describe_source(
+        spec.data.source, split="train", num_images=spec.data.num_images, seed=spec.data.seed
+    )
     schedule = make_schedule(spec.train.model_dump(), info.num_rows)
     storage_path = resolve_storage_path(spec)
     handle: RunHandle = tracker.open_run(
@@ -197,6 +199,14 @@ def prepare_run(
         tags={**run_tags(spec, f"{storage_path}/{name}"), **(extra_tags or {})},
         run_name=name,
         parent_run_id=parent_run_id,
+    )
+    tracker.log_dataset(
+        handle.run_id,
+        name=f"{spec.data.source.rstrip('/').rsplit('/', 1)[-1]}-train",
+        uri=spec.data.source,
+        digest=info.digest,
+        num_rows=info.num_rows,
+        context="training",
     )
     if handle.resumed and handle.previous_fingerprint not in (None, spec.fingerprint()):
         print(

@@ -11,6 +11,7 @@ checkpoint's URI in Ray storage; the weights are not copied into MLflow.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Mapping
@@ -123,6 +124,22 @@ class Tracker:
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         self.client.log_text(run_id, text, artifact_file)
+
+    def log_dataset(
+        self, run_id: str, name: str, uri: str, digest: str, num_rows: int, context: str
+    ) -> None:
+        """Declare the data a run read (MLflow dataset input): lineage from run to data."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(
+            name=name,
+            digest=digest,
+            source_type="s3" if uri.startswith("s3://") else "mimray",
+            source=json.dumps({"uri": uri}),
+            profile=json.dumps({"num_rows": num_rows}),
+        )
+        tags = [InputTag("mlflow.data.context", context)]
+        self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags)])
 
     def mark_running(self, run_id: str) -> None:
         self.client.update_run(run_id, status="RUNNING")

@@ -9,6 +9,7 @@ import pytest
 from orchestrator.launch import run_pretrain
 from orchestrator.spec import load_spec
 from orchestrator.tracking import CHECKPOINT_URI_TAG, Tracker, resolve_tracking_uri
+from workloads.data import describe_source
 
 pytestmark = pytest.mark.slow
 
@@ -48,6 +49,12 @@ def test_pretrain_records_run_and_checkpoints_then_resumes_same_run(ray_session,
     images_per_s = tracker.metric_history(first.run_id, "epoch/images_per_s")
     assert len(images_per_s) == 2 and all(v > 0 for _, v in images_per_s)
     assert any(key.startswith("system/") for key in run.data.metrics), sorted(run.data.metrics)
+    inputs = run.inputs.dataset_inputs
+    expected = describe_source("shapes", split="train", num_images=256, seed=0)
+    assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [
+        ("shapes-train", expected.digest)
+    ]
+    assert [t.value for t in inputs[0].tags if t.key == "mlflow.data.context"] == ["training"]
 
     models = tracker.checkpoint_models(first.run_id)
     assert [m.params["epoch"] for m in models] == ["1", "2"]
@@ -71,3 +78,6 @@ def test_pretrain_records_run_and_checkpoints_then_resumes_same_run(ray_session,
     assert (third.resumed, third.run_id, third.epochs_done) == (True, first.run_id, 3)
     assert third.checkpoint_uri == second.checkpoint_uri
     assert len(tracker.metric_history(first.run_id, "train/loss")) == 12
+    # The data is declared once, however often the run is resumed.
+    resumed_run = tracker.client.get_run(first.run_id)
+    assert len(resumed_run.inputs.dataset_inputs) == 1

@@ -65,6 +65,7 @@ class ModelSpec(_Section):
 class DataSpec(_Section):
     source: str = Field("shapes", description="built-in name, image folder")
     num_images: int | None = Field(None, ge=1, description="rows used (None: all / default)")
+    seed: int = Field(0, description="generation seed of built-in data (not the training seed)")
     hflip: bool = Field(True, description="random horizontal flip")
     max_skipped_share: float = Field(
         0.01, ge=0, le=1, description="fail when more undecodable images than this share"

@@ -13,6 +13,7 @@ and a rerun sees exactly the same images.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -53,7 +54,10 @@ class DatasetInfo:
     num_rows: int
     class_names: list[str]
     split: str = "train"
-    kind: str = "builtin"  # "builtin" or "folder"
+    kind: str = "builtin"  # "builtin", "folder" or "remote"
+    # Identifies the exact data: generation parameters for built-ins, file list for folders,
+    # the manifest digest for pushed shards. Recorded with every run that reads it.
+    digest: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -77,7 +81,7 @@ def validate_source(source: str) -> None:
 
 
 def describe_source(
-    source: str, *, split: str = "train", num_images: int | None = None
+    source: str, *, split: str = "train", num_images: int | None = None, seed: int = 0
 ) -> DatasetInfo:
     """Row count and class names of a source split, from metadata or a directory listing."""
     validate_source(source)
@@ -85,14 +89,21 @@ def describe_source(
     _check_num_images(num_images)
     if source == "shapes":
         num_rows = _shapes_num_images(split, num_images)
-        return DatasetInfo(source, num_rows, list(SHAPE_CLASSES), split)
+        digest = _digest(source, split, num_rows, seed)
+        return DatasetInfo(source, num_rows, list(SHAPE_CLASSES), split, digest=digest)
     if source == "digits":
         num_rows = len(digits_split_indices(split, num_images))
-        return DatasetInfo(source, num_rows, list(DIGIT_CLASSES), split)
+        digest = _digest(source, split, num_rows)
+        return DatasetInfo(source, num_rows, list(DIGIT_CLASSES), split, digest=digest)
     root = os.path.expanduser(source)
-    num_rows = len(folder.folder_image_files(folder.split_folder(root, split), num_images))
+    files = folder.folder_image_files(folder.split_folder(root, split), num_images)
     class_names = folder.split_class_names(root, SPLITS)
-    return DatasetInfo(source, num_rows, class_names, split, kind="folder")
+    digest = _digest(*(f"{os.path.relpath(f, root)}:{os.path.getsize(f)}" for f in files))
+    return DatasetInfo(source, len(files), class_names, split, kind="folder", digest=digest)
+
+
+def _digest(*parts: object) -> str:
+    return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:16]
 
 
 def build_dataset(
