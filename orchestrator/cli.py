@@ -142,6 +142,82 @@ def sweep(
         sys.exit(1)
 
 
+@main.group()
+def data() -> None:
+    """Datasets in object storage: push images as Parquet shards, inspect what is there."""
+
+
+@data.command("push")
+@click.argument("src")
+@click.argument("dest")
+@click.option("--shard-mb", default=128.0, show_default=True, help="Target shard size.")
+@click.option("--img-size", default=32, show_default=True, help="Size built-ins are drawn at.")
+@click.option("--num-images", type=int, help="Images to take (shapes default: 2048).")
+@click.option("--split", default="train", show_default=True, type=click.Choice(["train", "val"]))
+def data_push(
+    src: str, dest: str, shard_mb: float, img_size: int, num_images: int | None, split: str
+) -> None:
+    """Write SRC (image folder, built-in name or Parquet file) as shards + manifest to DEST.
+
+    DEST is s3://bucket/prefix (settings from the AWS environment, AWS_ENDPOINT_URL included)
+    or a local folder.
+    """
+    from rich.progress import Progress
+
+    from workloads.data.object_store import DataSourceError
+    from workloads.data.shards import push_dataset
+
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task(f"pushing {src} -> {dest}", total=None)
+        try:
+            manifest = push_dataset(
+                src,
+                dest,
+                shard_bytes=int(shard_mb * 2**20),
+                img_size=img_size,
+                num_images=num_images,
+                split=split,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        except (DataSourceError, ValueError, FileNotFoundError) as err:
+            fail(str(err), code=1)
+    console.print(
+        f"pushed {manifest.num_rows} images in {len(manifest.shards)} shards to {dest} "
+        f"({len(manifest.class_names)} classes); manifest digest {manifest.digest}"
+    )
+
+
+@data.command("inspect")
+@click.argument("uri")
+@click.option("--samples", default=5, show_default=True, help="Sample ids to show.")
+def data_inspect(uri: str, samples: int) -> None:
+    """Show the manifest at URI (or count rows and classes when there is none)."""
+    from workloads.data.object_store import DataSourceError
+    from workloads.data.remote import describe_remote, sample_ids
+    from workloads.data.shards import read_manifest
+
+    try:
+        manifest = read_manifest(uri)
+        info = describe_remote(uri)
+        ids = sample_ids(uri, samples)
+    except (DataSourceError, ValueError, FileNotFoundError) as err:
+        fail(str(err), code=1)
+    table = Table(show_header=False, title=uri)
+    table.add_row("rows", str(info.num_rows))
+    table.add_row("classes", f"{len(info.class_names)}: {', '.join(info.class_names[:20])}")
+    if manifest is not None:
+        table.add_row("format", "mimray Parquet shards (manifest.json)")
+        table.add_row("digest", manifest.digest)
+        for shard in manifest.shards:
+            table.add_row(
+                shard.path, f"{shard.rows} rows, {shard.bytes} bytes, sha256 {shard.sha256[:16]}"
+            )
+    else:
+        table.add_row("format", f"{info.kind} (no manifest)")
+    table.add_row("sample ids", ", ".join(ids))
+    console.print(table)
+
+
 @main.command()
 @click.option("--port", default=5000, show_default=True, type=int)
 @click.option(

@@ -25,6 +25,7 @@ from orchestrator.tracking import (
 )
 from workloads.data import build_dataset, describe_source
 from workloads.data.augment import pretraining_view
+from workloads.data.sources import is_stored_source
 from workloads.pretrain import Schedule, make_schedule, train_loop_per_worker
 
 
@@ -157,7 +158,7 @@ def build_trainer(
             logging_config=LoggingConfig(log_level="WARNING"),
             callbacks=callbacks or None,
         ),
-        datasets={"train": pretraining_view(dataset, hflip=spec.data.hflip)},
+        datasets={"train": training_stream(spec, dataset)},
     )
 
 
@@ -265,6 +266,14 @@ def execute_run(
         images_per_s=metrics.get("images_per_s"),
         checkpoint_uri=f"{run.run_path}/{Path(checkpoint.path).name}" if checkpoint else None,
     )
+
+
+def training_stream(spec: RunSpec, dataset: Any) -> Any:
+    """Stored images are cropped and flipped as they are decoded, and flag undecodable rows;
+    built-in images only need the flip."""
+    if is_stored_source(spec.data.source):
+        return pretraining_view(dataset, hflip=False, with_ok=True)
+    return pretraining_view(dataset, hflip=spec.data.hflip)
 
 
 def _already_complete(tracker: Tracker, run: PreparedRun) -> PretrainResult | None:

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
 
 import pytest
 
@@ -25,3 +32,82 @@ def workdir(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     os.environ.pop("RAY_ADDRESS", None)
     return tmp_path
+
+
+# ---------------------------------------------------------------------------------------------
+# A real S3 endpoint for tests: moto in server mode, spoken to over HTTP on 127.0.0.1.
+# ---------------------------------------------------------------------------------------------
+
+_MOTO_START_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    """A TCP port that nothing listens on right now (the OS picks it)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """Start `moto_server` on 127.0.0.1 on a free port; yield its URL; stop it after."""
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + _MOTO_START_TIMEOUT_S
+        while not _answers(endpoint):
+            if server.poll() is not None:
+                raise RuntimeError(f"moto_server exited with status {server.returncode}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"moto_server did not answer on {endpoint}")
+            time.sleep(0.1)
+        yield endpoint
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+@pytest.fixture
+def s3_env(s3_endpoint, monkeypatch):
+    """The standard AWS environment pointing at the moto server, for one test."""
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    return s3_endpoint
+
+
+@pytest.fixture
+def s3_client(s3_env):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=s3_env, region_name="us-east-1")
+
+
+@pytest.fixture
+def bucket(s3_client) -> str:
+    """A fresh, empty bucket per test, so tests never see each other's objects."""
+    name = f"mimray-test-{uuid.uuid4().hex[:12]}"
+    s3_client.create_bucket(Bucket=name)
+    return name
+
+
+def _answers(endpoint: str) -> bool:
+    try:
+        urllib.request.urlopen(endpoint, timeout=1).read()
+    except urllib.error.HTTPError:
+        return True  # any HTTP answer means the server is up
+    except OSError:
+        return False
+    return True

@@ -145,7 +145,7 @@ def test_asking_for_more_digits_than_the_split_holds_is_an_error():
     [
         ("imagenet", "'imagenet'"),
         ("/no/such/folder", "'/no/such/folder'"),
-        ("s3://bucket/images", "not yet supported"),
+        ("gs://bucket/images", "only s3://bucket"),
     ],
 )
 def test_bad_source_raises_naming_it(source, expected):

@@ -64,19 +64,49 @@ class DatasetInfo:
         return len(self.class_names)
 
 
+def is_stored_source(source: str) -> bool:
+    """Object storage, or a local folder / file written by `mimray data push` (or Parquet):
+    sources of encoded images that are decoded while streaming (rows carry `ok`)."""
+    if "://" in source:
+        return True
+    path = os.path.expanduser(source)
+    if os.path.isfile(path):
+        return path.endswith(".parquet")
+    return os.path.isfile(os.path.join(path, "manifest.json")) or any(
+        name.endswith(".parquet") for name in _listdir(path)
+    )
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
 def validate_source(source: str) -> None:
-    """Cheap check, usable before Ray starts; raises ValueError with one clear line."""
+    """Cheap check, usable before Ray starts; raises ValueError with one clear line.
+
+    Object storage is only checked for its form here; `describe_source` reaches it.
+    """
     if source in BUILTIN_DATASETS:
         return
     if "://" in source:
-        scheme = source.split("://", 1)[0]
-        raise ValueError(
-            f"data source {source!r}: object storage ({scheme}://) is not yet supported; "
-            f"use {_ALLOWED_SOURCES}"
-        )
+        scheme, _, rest = source.partition("://")
+        if scheme != "s3" or not rest.split("/", 1)[0]:
+            raise ValueError(
+                f"data source {source!r}: only s3://bucket[/prefix] object storage is "
+                f"supported; or use {_ALLOWED_SOURCES}"
+            )
+        return
+    if is_stored_source(source):
+        return
     path = os.path.expanduser(source)
     if not os.path.isdir(path):
-        raise ValueError(f"unknown data source {source!r}: expected {_ALLOWED_SOURCES}")
+        raise ValueError(
+            f"unknown data source {source!r}: expected {_ALLOWED_SOURCES}, an s3:// URI, "
+            "or a folder written by `mimray data push`"
+        )
     folder.folder_class_names(path)  # raises, naming the folder, when it holds no classes
 
 
@@ -87,6 +117,8 @@ def describe_source(
     validate_source(source)
     _check_split(split)
     _check_num_images(num_images)
+    if is_stored_source(source):
+        return _describe_stored(source, split, num_images)
     if source == "shapes":
         num_rows = _shapes_num_images(split, num_images)
         digest = _digest(source, split, num_rows, seed)
@@ -100,6 +132,17 @@ def describe_source(
     class_names = folder.split_class_names(root, SPLITS)
     digest = _digest(*(f"{os.path.relpath(f, root)}:{os.path.getsize(f)}" for f in files))
     return DatasetInfo(source, len(files), class_names, split, kind="folder", digest=digest)
+
+
+def _describe_stored(source: str, split: str, num_images: int | None) -> DatasetInfo:
+    from workloads.data import remote  # imports boto3/pyarrow only when data is stored
+
+    info = remote.describe_remote(source)
+    manifest = remote.read_manifest(source)
+    num_rows = min(info.num_rows, num_images) if num_images else info.num_rows
+    # The manifest's digest names the exact shards; without one, the listing stands in.
+    digest = manifest.digest if manifest is not None else _digest(source, info.num_rows)
+    return DatasetInfo(source, num_rows, info.class_names, split, kind=info.kind, digest=digest)
 
 
 def _digest(*parts: object) -> str:
@@ -125,6 +168,12 @@ def build_dataset(
     _check_num_images(num_images)
     if img_size < 1:
         raise ValueError(f"img_size must be positive, got {img_size}")
+    if is_stored_source(source):
+        from workloads.data import remote
+
+        # Pushed data has one split per prefix; augmentation only for training.
+        dataset = remote.build_remote_dataset(source, img_size=img_size, augment=split == "train")
+        return dataset.limit(num_images) if num_images else dataset
     if source == "shapes":
         return _build_shapes(split, img_size, _shapes_num_images(split, num_images), seed)
     if source == "digits":
