@@ -27,6 +27,13 @@ def fail(message: str, code: int = USAGE_ERROR) -> None:
     sys.exit(code)
 
 
+def root_cause(err: BaseException) -> str:
+    """The line that says why, out of a Ray error that wraps a worker's traceback."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    raised = [line for line in lines if "Error:" in line and not line.startswith("File ")]
+    return (raised[-1] if raised else lines[-1] if lines else type(err).__name__)[:500]
+
+
 set_option = click.option(
     "--set",
     "overrides",
@@ -83,8 +90,10 @@ def _pretrain(
     started = time.perf_counter()
     try:
         result = run_pretrain(spec, name=name, address=address)
-    except ValueError as err:  # e.g. a batch larger than the dataset, found once it is known
+    except ValueError as err:  # e.g. a batch larger than the dataset, or unreadable data
         fail(str(err))
+    except Exception as err:  # noqa: BLE001 - training failed inside Ray: say why in one line
+        fail(f"training failed: {root_cause(err)}", code=1)
     wall = time.perf_counter() - started
     table = Table(title=f"mimray run {result.name!r}", show_header=False)
     rows = [

@@ -23,7 +23,7 @@ from orchestrator.tracking import (
     default_root,
     resolve_tracking_uri,
 )
-from workloads.data import build_dataset, describe_source
+from workloads.data import DatasetInfo, build_dataset, describe_source
 from workloads.data.augment import pretraining_view
 from workloads.data.sources import is_stored_source
 from workloads.pretrain import Schedule, make_schedule, train_loop_per_worker
@@ -181,6 +181,14 @@ class PreparedRun:
         return f"{self.storage_path}/{self.name}"
 
 
+def describe_training_data(spec: RunSpec) -> DatasetInfo:
+    """Rows, classes and digest of the training data; reaches object storage, so a missing
+    bucket or bad credentials fail here, in seconds, before anything is recorded."""
+    return describe_source(
+        spec.data.source, split="train", num_images=spec.data.num_images, seed=spec.data.seed
+    )
+
+
 def prepare_run(
     spec: RunSpec,
     name: str,
@@ -189,9 +197,7 @@ def prepare_run(
     parent_run_id: str | None = None,
 ) -> PreparedRun:
     """Validate the data/batch fit and find or create the run's MLflow record (no Ray)."""
-    info = describe_source(
-        spec.data.source, split="train", num_images=spec.data.num_images, seed=spec.data.seed
-    )
+    info = describe_training_data(spec)
     schedule = make_schedule(spec.train.model_dump(), info.num_rows)
     storage_path = resolve_storage_path(spec)
     handle: RunHandle = tracker.open_run(
@@ -304,6 +310,7 @@ def run_pretrain(
 ) -> PretrainResult:
     """Train (or resume) the run `name` to `spec.train.epochs`, recorded in MLflow."""
     name = name or default_run_name(spec)
+    describe_training_data(spec)  # fail on unreadable data before the store is touched
     tracker = Tracker(resolve_tracking_uri(spec.tracking.uri), spec.tracking.experiment)
     run = prepare_run(spec, name, tracker)
     print(

@@ -18,7 +18,13 @@ from typing import Any
 from ray.tune import Callback
 from rich.table import Table
 
-from orchestrator.launch import PreparedRun, ensure_ray, execute_run, prepare_run
+from orchestrator.launch import (
+    PreparedRun,
+    describe_training_data,
+    ensure_ray,
+    execute_run,
+    prepare_run,
+)
 from orchestrator.spec import SweepSpec, Trial
 from orchestrator.tracking import Tracker, resolve_tracking_uri
 
@@ -100,6 +106,8 @@ def run_sweep(
     started = time.perf_counter()
     name = name or sweep.name
     base = trials[0].spec
+    for source in {t.spec.data.source for t in trials}:  # unreadable data fails before MLflow
+        describe_training_data(next(t.spec for t in trials if t.spec.data.source == source))
     tracker = Tracker(resolve_tracking_uri(base.tracking.uri), base.tracking.experiment)
     parent_run_id, runs = open_sweep_runs(sweep, trials, tracker, name)
     storage_path = runs[0].storage_path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -111,3 +112,30 @@ def _answers(endpoint: str) -> bool:
     except OSError:
         return False
     return True
+
+
+@contextlib.contextmanager
+def moto_checks_credentials(endpoint: str):
+    """Make the moto server verify signatures against its IAM users, then stop again.
+
+    moto accepts any credentials by default. Its `/moto-api/reset-auth` endpoint sets
+    INITIAL_NO_AUTH_ACTION_COUNT (the same setting as the env variable): after that many
+    requests every request must be signed by a known IAM access key with a policy that allows
+    the action. 0 turns checking on at once; "inf" (the default) turns it off.
+    """
+
+    def reset_auth(value: bytes) -> None:
+        request = urllib.request.Request(
+            f"{endpoint}/moto-api/reset-auth",
+            data=value,
+            method="POST",
+            # Not form-encoded: Flask would swallow a form body and moto would read "".
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        urllib.request.urlopen(request, timeout=5).read()
+
+    reset_auth(b"0")
+    try:
+        yield
+    finally:
+        reset_auth(b"inf")

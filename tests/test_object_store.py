@@ -6,20 +6,17 @@ mocked. Ray is only started (through the shared `ray_session`) by tests that rea
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import time
-import urllib.error
-import urllib.request
 import uuid
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import free_port
+from conftest import free_port, moto_checks_credentials
 from PIL import Image
 
 from workloads.data.object_store import DataSourceError, S3Settings, check_reachable
@@ -32,34 +29,6 @@ from workloads.data.remote import (
 )
 from workloads.data.shapes import SHAPE_CLASSES, render_shapes
 from workloads.data.shards import MANIFEST_NAME, Manifest, ShardInfo, push_dataset, read_manifest
-
-
-@contextlib.contextmanager
-def moto_checks_credentials(endpoint: str):
-    """Make the moto server verify signatures against its IAM users, then stop again.
-
-    moto accepts any credentials by default. Its `/moto-api/reset-auth` endpoint sets
-    INITIAL_NO_AUTH_ACTION_COUNT (the same setting as the env variable): after that many
-    requests every request must be signed by a known IAM access key with a policy that allows
-    the action. 0 turns checking on at once; "inf" (the default) turns it off.
-    """
-
-    def reset_auth(value: bytes) -> None:
-        request = urllib.request.Request(
-            f"{endpoint}/moto-api/reset-auth",
-            data=value,
-            method="POST",
-            # Not form-encoded: Flask would swallow a form body and moto would read "".
-            headers={"Content-Type": "application/octet-stream"},
-        )
-        urllib.request.urlopen(request, timeout=5).read()
-
-    reset_auth(b"0")
-    try:
-        yield
-    finally:
-        reset_auth(b"inf")
-
 
 # ---------------------------------------------------------------------------------------------
 # Helpers

@@ -228,8 +228,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 "loss": global_mean(losses, device),
                 "images_per_s": len(losses) * per_worker_batch * world_size / elapsed,
                 "data_wait_s": data_wait,
-                "images_seen": seen,
-                "skipped": skipped,
+                "data/images_seen": seen,
+                "data/skipped": skipped,
                 "epoch_time_s": elapsed,
             }
             _report_epoch(model, optimizer, scaler, epoch_metrics, config, reporter, rank)
@@ -250,7 +250,9 @@ def _report_epoch(
 
     train = config["spec"]["train"]
     epoch = int(metrics["epoch"])
-    reporter.log_metrics({f"epoch/{k}": v for k, v in metrics.items() if k != "epoch"}, epoch)
+    reporter.log_metrics(
+        {k if "/" in k else f"epoch/{k}": v for k, v in metrics.items() if k != "epoch"}, epoch
+    )
     if rank == 0:
         say(
             f"epoch {epoch}/{train['epochs']}  loss {metrics['loss']:.4f}  "

@@ -1,0 +1,116 @@
+"""Pretraining from object storage, end to end: moto S3 server, real Ray, real MLflow."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from conftest import moto_checks_credentials
+from PIL import Image
+
+from orchestrator.cli import main
+from orchestrator.launch import run_pretrain
+from orchestrator.spec import load_spec
+from orchestrator.tracking import Tracker, resolve_tracking_uri
+from workloads.data.shapes import render_shapes
+from workloads.data.shards import read_manifest
+
+pytestmark = pytest.mark.slow
+
+TINY = [
+    "model.embed_dim=32",
+    "model.depth=2",
+    "model.num_heads=2",
+    "model.decoder_dim=32",
+    "model.decoder_depth=1",
+    "model.decoder_num_heads=2",
+    "train.epochs=1",
+    "train.max_failures=0",
+    "scaling.num_workers=2",
+    "tracking.experiment=s3",
+    "tracking.system_metrics=false",
+]
+
+
+def upload_parquet(s3_client, bucket: str, key: str, count: int, corrupt: int) -> None:
+    """A Hugging Face-style Parquet file (image struct {bytes, path}, label), `corrupt` of
+    whose images are garbage bytes."""
+    images, labels = render_shapes(np.arange(count), 32, seed=0)
+    records = []
+    for index, image in enumerate(images):
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        data = b"not an image" if index < corrupt else buffer.getvalue()
+        records.append({"bytes": data, "path": f"{index}.png"})
+    table = pa.table({"image": records, "label": pa.array(labels, pa.int64())})
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    s3_client.put_object(Bucket=bucket, Key=key, Body=sink.getvalue())
+
+
+def test_push_inspect_then_pretrain_from_s3(ray_session, workdir, bucket):
+    uri = f"s3://{bucket}/shapes"
+    pushed = CliRunner().invoke(
+        main, ["data", "push", "shapes", uri, "--num-images", "64", "--shard-mb", "0.05"]
+    )
+    assert pushed.exit_code == 0, pushed.output
+    manifest = read_manifest(uri)
+    assert manifest.num_rows == 64 and len(manifest.shards) >= 2
+    inspected = CliRunner().invoke(main, ["data", "inspect", uri])
+    assert inspected.exit_code == 0, inspected.output
+    assert manifest.digest in inspected.output and "64" in inspected.output
+
+    spec = load_spec(None, [*TINY, f"data.source={uri}", "train.batch_size=32"])
+    result = run_pretrain(spec, name="from-s3")
+    tracker = Tracker(resolve_tracking_uri(), "s3")
+    # Every image streamed exactly once in the epoch, counted by the workers themselves.
+    assert tracker.metric_history(result.run_id, "data/images_seen") == [(1, 64.0)]
+    assert tracker.metric_history(result.run_id, "data/skipped") == [(1, 0.0)]
+    inputs = tracker.client.get_run(result.run_id).inputs.dataset_inputs
+    assert [(i.dataset.digest, i.dataset.source_type) for i in inputs] == [(manifest.digest, "s3")]
+    assert uri in inputs[0].dataset.source
+
+
+def test_two_corrupt_of_400_train_and_are_counted(ray_session, workdir, bucket, s3_client):
+    upload_parquet(s3_client, bucket, "hf/train.parquet", count=400, corrupt=2)
+    spec = load_spec(None, [*TINY, f"data.source=s3://{bucket}/hf", "train.batch_size=40"])
+    result = run_pretrain(spec, name="two-corrupt")
+    tracker = Tracker(resolve_tracking_uri(), "s3")
+    assert tracker.metric_history(result.run_id, "data/skipped") == [(1, 2.0)]
+    assert tracker.metric_history(result.run_id, "data/images_seen") == [(1, 400.0)]
+
+
+def test_fifteen_percent_corrupt_fails_naming_share_and_threshold(
+    ray_session, workdir, bucket, s3_client
+):
+    upload_parquet(s3_client, bucket, "bad/train.parquet", count=200, corrupt=30)
+    spec = load_spec(None, [*TINY, f"data.source=s3://{bucket}/bad", "train.batch_size=40"])
+    with pytest.raises(Exception) as failed:
+        run_pretrain(spec, name="too-corrupt")
+    message = str(failed.value)
+    assert "30 of 200 images (15.0%)" in message
+    assert "data.max_skipped_share=1.0%" in message
+
+
+@pytest.mark.parametrize("problem", ["missing bucket", "wrong credentials"])
+def test_unreadable_bucket_fails_fast_with_a_clear_line(problem, workdir, bucket, s3_env):
+    uri = f"s3://{bucket}/data" if problem == "wrong credentials" else "s3://no-such-bucket/x"
+    args = ["pretrain", "demo", "--set", f"data.source={uri}"]
+    started = time.monotonic()
+    if problem == "wrong credentials":
+        with moto_checks_credentials(s3_env):  # moto now rejects the unknown test keys
+            result = CliRunner().invoke(main, args)
+        expected = "access denied"
+    else:
+        result = CliRunner().invoke(main, args)
+        expected = "bucket 'no-such-bucket' does not exist"
+    assert time.monotonic() - started < 30
+    assert result.exit_code != 0
+    assert result.output.startswith("mimray: error:") and expected in result.output
+    assert uri in result.output
+    assert not (workdir / "mimray-runs").exists()
