@@ -181,12 +181,14 @@ class PreparedRun:
         return f"{self.storage_path}/{self.name}"
 
 
-def describe_training_data(spec: RunSpec) -> DatasetInfo:
-    """Rows, classes and digest of the training data; reaches object storage, so a missing
-    bucket or bad credentials fail here, in seconds, before anything is recorded."""
-    return describe_source(
+def check_trainable(spec: RunSpec) -> tuple[DatasetInfo, Schedule]:
+    """The training data and step schedule, or a ValueError: reaches object storage, so a
+    missing bucket, bad credentials or a batch larger than the data fail here, in seconds,
+    before anything is recorded."""
+    info = describe_source(
         spec.data.source, split="train", num_images=spec.data.num_images, seed=spec.data.seed
     )
+    return info, make_schedule(spec.train.model_dump(), info.num_rows)
 
 
 def prepare_run(
@@ -197,8 +199,7 @@ def prepare_run(
     parent_run_id: str | None = None,
 ) -> PreparedRun:
     """Validate the data/batch fit and find or create the run's MLflow record (no Ray)."""
-    info = describe_training_data(spec)
-    schedule = make_schedule(spec.train.model_dump(), info.num_rows)
+    info, schedule = check_trainable(spec)
     storage_path = resolve_storage_path(spec)
     handle: RunHandle = tracker.open_run(
         key=name,
@@ -310,7 +311,7 @@ def run_pretrain(
 ) -> PretrainResult:
     """Train (or resume) the run `name` to `spec.train.epochs`, recorded in MLflow."""
     name = name or default_run_name(spec)
-    describe_training_data(spec)  # fail on unreadable data before the store is touched
+    check_trainable(spec)  # fail on unreadable data before the store is touched
     tracker = Tracker(resolve_tracking_uri(spec.tracking.uri), spec.tracking.experiment)
     run = prepare_run(spec, name, tracker)
     print(

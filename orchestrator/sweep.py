@@ -20,7 +20,7 @@ from rich.table import Table
 
 from orchestrator.launch import (
     PreparedRun,
-    describe_training_data,
+    check_trainable,
     ensure_ray,
     execute_run,
     prepare_run,
@@ -107,7 +107,7 @@ def run_sweep(
     name = name or sweep.name
     base = trials[0].spec
     for source in {t.spec.data.source for t in trials}:  # unreadable data fails before MLflow
-        describe_training_data(next(t.spec for t in trials if t.spec.data.source == source))
+        check_trainable(next(t.spec for t in trials if t.spec.data.source == source))
     tracker = Tracker(resolve_tracking_uri(base.tracking.uri), base.tracking.experiment)
     parent_run_id, runs = open_sweep_runs(sweep, trials, tracker, name)
     storage_path = runs[0].storage_path

@@ -133,10 +133,10 @@ class Tracker:
 
         dataset = Dataset(
             name=name,
-            digest=digest,
+            digest=digest[:36],  # MLflow's limit; the profile keeps the whole digest
             source_type="s3" if uri.startswith("s3://") else "mimray",
             source=json.dumps({"uri": uri}),
-            profile=json.dumps({"num_rows": num_rows}),
+            profile=json.dumps({"num_rows": num_rows, "digest": digest}),
         )
         tags = [InputTag("mlflow.data.context", context)]
         self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags)])

@@ -97,11 +97,15 @@ def _child_runs(tracker: Tracker) -> list:
 
 
 @pytest.mark.slow
-def test_killed_sweep_restores_without_retraining_or_duplicating(sweep_file, workdir):
+def test_killed_sweep_restores_without_retraining_or_duplicating(sweep_file, workdir, ray_session):
+    # The drivers join the session's Ray, as `mimray sweep` joins a cluster via RAY_ADDRESS:
+    # a second local Ray on the same machine would confuse Ray's own address lookups.
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
     command = [sys.executable, "-m", "orchestrator.cli", "sweep", sweep_file]
     started = time.monotonic()
+    log = (workdir / "killed-driver.log").open("w")
     driver = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
     )
     tracker = None
     try:
@@ -112,7 +116,9 @@ def test_killed_sweep_restores_without_retraining_or_duplicating(sweep_file, wor
                 done = [r for r in _child_runs(tracker) if r.info.status == "FINISHED"]
                 if done:
                     break
-            assert driver.poll() is None, "the sweep ended before it could be killed"
+            if driver.poll() is not None:
+                output = (workdir / "killed-driver.log").read_text()[-3000:]
+                pytest.fail(f"the sweep ended before it could be killed:\n{output}")
             time.sleep(1)
         else:
             pytest.fail("no trial finished within 420 s")
@@ -125,7 +131,7 @@ def test_killed_sweep_restores_without_retraining_or_duplicating(sweep_file, wor
             os.killpg(driver.pid, signal.SIGKILL)
 
     restart = time.monotonic()
-    rerun = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert "restoring sweep" in rerun.stdout
     print(
