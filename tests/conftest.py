@@ -14,6 +14,16 @@ import uuid
 
 import pytest
 
+# A ViT small enough that a Ray Train fit in a test is dominated by start-up, not compute.
+TINY_MODEL = [
+    "model.embed_dim=32",
+    "model.depth=2",
+    "model.num_heads=2",
+    "model.decoder_dim=32",
+    "model.decoder_depth=1",
+    "model.decoder_num_heads=2",
+]
+
 
 @pytest.fixture(scope="session")
 def ray_session():

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from conftest import moto_checks_credentials
+from conftest import TINY_MODEL, moto_checks_credentials
 from PIL import Image
 
 from orchestrator.cli import main
@@ -23,12 +23,7 @@ from workloads.data.shards import read_manifest
 pytestmark = pytest.mark.slow
 
 TINY = [
-    "model.embed_dim=32",
-    "model.depth=2",
-    "model.num_heads=2",
-    "model.decoder_dim=32",
-    "model.decoder_depth=1",
-    "model.decoder_num_heads=2",
+    *TINY_MODEL,
     "train.epochs=1",
     "train.max_failures=0",
     "scaling.num_workers=2",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TINY_MODEL
 
 from orchestrator.spec import ConfigError, load_spec
 from workloads.methods.emae import (
@@ -19,12 +20,7 @@ from workloads.pretrain import build_model
 TINY_OVERRIDES = [
     "model.img_size=32",
     "model.patch_size=4",
-    "model.embed_dim=32",
-    "model.depth=2",
-    "model.num_heads=2",
-    "model.decoder_dim=32",
-    "model.decoder_depth=1",
-    "model.decoder_num_heads=2",
+    *TINY_MODEL,
 ]
 
 

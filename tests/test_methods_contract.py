@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import TINY_MODEL
 
 from orchestrator.spec import load_spec
 from workloads.methods import MethodOutput, method_names
@@ -13,12 +14,7 @@ from workloads.optim import param_groups_weight_decay
 from workloads.pretrain import build_model
 
 TINY = [
-    "model.embed_dim=32",
-    "model.depth=2",
-    "model.num_heads=2",
-    "model.decoder_dim=32",
-    "model.decoder_depth=1",
-    "model.decoder_num_heads=2",
+    *TINY_MODEL,
 ]
 
 

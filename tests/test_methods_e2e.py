@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from conftest import TINY_MODEL
 
 from orchestrator.launch import run_pretrain
 from orchestrator.spec import load_spec
@@ -14,12 +15,7 @@ from workloads.methods import method_names
 pytestmark = pytest.mark.slow
 
 TINY = [
-    "model.embed_dim=32",
-    "model.depth=2",
-    "model.num_heads=2",
-    "model.decoder_dim=32",
-    "model.decoder_depth=1",
-    "model.decoder_num_heads=2",
+    *TINY_MODEL,
     "data.num_images=64",
     "train.batch_size=32",
     "train.epochs=1",
