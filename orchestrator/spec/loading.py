@@ -129,9 +129,7 @@ def describe_validation_error(err: ValidationError, raw: Mapping[str, Any]) -> s
     if kind == "extra_forbidden":
         allowed = _allowed_keys(loc[:-1], raw)
         return f"{key}: unknown key; allowed: {', '.join(allowed)}"
-    if kind == "literal_error":
-        return f"{key}: {message} (got {first.get('input')!r})"
-    if "input" in first and kind not in ("missing",) and not isinstance(first["input"], dict):
+    if "input" in first and kind != "missing" and not isinstance(first["input"], dict):
         return f"{key}: {message} (got {first['input']!r})"
     return f"{key}: {message}"
 
