@@ -111,7 +111,9 @@ def test_killed_sweep_restores_without_retraining_or_duplicating(sweep_file, wor
     try:
         deadline = time.monotonic() + 420
         while time.monotonic() < deadline:
-            if (workdir / "mimray-runs" / "mlflow.db").exists():
+            # Open the store only once the driver has created it: two processes creating one
+            # SQLite database at once race in MLflow's schema migration.
+            if "[mimray] sweep 'ktiny'" in (workdir / "killed-driver.log").read_text():
                 tracker = tracker or Tracker(resolve_tracking_uri(), "sweeps")
                 done = [r for r in _child_runs(tracker) if r.info.status == "FINISHED"]
                 if done:
