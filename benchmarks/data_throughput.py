@@ -27,6 +27,7 @@ import numpy as np
 
 
 def start_moto() -> tuple[subprocess.Popen, str]:
+    """moto's S3 server on a free loopback port, with the AWS environment pointing at it."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -44,6 +45,12 @@ def start_moto() -> tuple[subprocess.Popen, str]:
             break
         except OSError:
             time.sleep(0.1)
+    os.environ.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
     return server, endpoint
 
 
@@ -113,12 +120,6 @@ def main() -> None:
     args = parser.parse_args()
 
     server, endpoint = start_moto()
-    os.environ.update(
-        AWS_ENDPOINT_URL=endpoint,
-        AWS_ACCESS_KEY_ID="bench",
-        AWS_SECRET_ACCESS_KEY="bench",
-        AWS_DEFAULT_REGION="us-east-1",
-    )
     try:
         import boto3
         import ray

@@ -25,6 +25,19 @@ TINY_MODEL = [
 ]
 
 
+# Runs the CLI in a fresh interpreter and says whether it started Ray: the test session's own
+# Ray would hide a command that started one.
+PROBE = """
+import sys, ray
+from orchestrator.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as done:
+    print("ray started:", ray.is_initialized())
+    sys.exit(done.code)
+"""
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """Start local Ray once; every test that needs Ray shares it (start-up costs seconds)."""

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 from click.testing import CliRunner
+from conftest import PROBE
 
 from orchestrator.cli import main
 from orchestrator.spec import (
@@ -48,18 +49,6 @@ def test_cli_exits_2_and_writes_nothing(overrides, key, allowed, workdir):
     assert result.exit_code == 2
     assert f"mimray: error: {key}:" in result.output
     assert not (workdir / "mimray-runs").exists()  # nothing half-written
-
-
-# Run in a fresh interpreter: the test session's own Ray would hide a CLI that started one.
-PROBE = """
-import sys, ray
-from orchestrator.cli import main
-try:
-    main(sys.argv[1:])
-except SystemExit as done:
-    print("ray started:", ray.is_initialized())
-    sys.exit(done.code)
-"""
 
 
 def test_cli_rejects_bad_input_before_ray_starts(workdir):

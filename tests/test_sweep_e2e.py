@@ -10,6 +10,7 @@ import time
 
 import pytest
 from click.testing import CliRunner
+from conftest import PROBE
 
 from orchestrator.cli import main
 from orchestrator.spec import preset_names, read_spec_source
@@ -31,17 +32,6 @@ sweep:
   seeds: 2
 """
 TRIALS = ["ktiny-k-2_seed-0", "ktiny-k-2_seed-1", "ktiny-k-4_seed-0", "ktiny-k-4_seed-1"]
-
-# A fresh interpreter tells whether the command itself started Ray.
-PROBE = """
-import sys, ray
-from orchestrator.cli import main
-try:
-    main(sys.argv[1:])
-except SystemExit as done:
-    print("ray started:", ray.is_initialized())
-    sys.exit(done.code)
-"""
 
 
 @pytest.fixture
