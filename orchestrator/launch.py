@@ -127,7 +127,7 @@ def build_trainer(
     DataContext.get_current().enable_progress_bars = False
 
     scaling = spec.scaling
-    resources = {"CPU": scaling.cpus_per_worker}
+    resources = {**scaling.worker_resources, "CPU": scaling.cpus_per_worker}
     if scaling.use_gpu:
         resources["GPU"] = scaling.gpus_per_worker
     dataset = build_dataset(

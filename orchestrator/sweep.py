@@ -116,7 +116,8 @@ def run_sweep(
     tracker.mark_running(parent_run_id)
     ensure_ray(address, log_to_driver=log_to_driver)
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, runs=runs), {"CPU": TRIAL_DRIVER_CPU}
+        tune.with_parameters(run_trial, runs=runs),
+        {**sweep.sweep.driver_resources, "CPU": TRIAL_DRIVER_CPU},
     )
     progress = SweepProgress(trials)
     restored = tune.Tuner.can_restore(experiment_path)

@@ -13,6 +13,8 @@ def trial_resources(trial: Trial) -> str:
     per_worker = f"{scaling.cpus_per_worker:g} CPU"
     if scaling.use_gpu:
         per_worker += f" + {scaling.gpus_per_worker:g} GPU"
+    for name, amount in scaling.worker_resources.items():
+        per_worker += f" + {amount:g} {name}"
     return f"{scaling.num_workers} x ({per_worker})"
 
 

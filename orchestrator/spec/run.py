@@ -101,6 +101,32 @@ class ScalingSpec(_Section):
     # small machine leave the data pipeline nothing, and it stalls. Fractions keep it fed.
     cpus_per_worker: float = Field(0.5, gt=0)
     gpus_per_worker: float = Field(1.0, gt=0)
+    # Custom resources each Train worker also reserves, e.g. {gpu_8x: 1} to pin a sweep to one
+    # node type of a cluster: the autoscaler starts nodes that advertise them.
+    worker_resources: dict[str, float] = Field(
+        default_factory=dict, description="extra custom resources per worker"
+    )
+
+    @field_validator("worker_resources")
+    @classmethod
+    def _custom_resources_only(cls, resources: dict[str, float]) -> dict[str, float]:
+        return check_custom_resources(
+            resources, instead="set CPU/GPU with cpus_per_worker, use_gpu, gpus_per_worker"
+        )
+
+
+# Ray's own resources: a custom-resource map must not reserve them behind their keys' backs.
+BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+
+
+def check_custom_resources(resources: dict[str, float], instead: str) -> dict[str, float]:
+    """Custom resource amounts: positive, and none of Ray's built-in resources."""
+    for name, amount in resources.items():
+        if name in BUILTIN_RESOURCES:
+            raise ValueError(f"{name}: is not a custom resource; {instead}")
+        if amount <= 0:
+            raise ValueError(f"{name}: must be greater than 0 (got {amount!r})")
+    return resources
 
 
 class TrackingSpec(_Section):
@@ -167,7 +193,12 @@ class RunSpec(_Section):
 
     def fingerprint(self) -> str:
         """Hash of the resolved spec: equal specs train equal runs."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        tree = self.model_dump(mode="json")
+        # The empty default is left out so that runs made before the key existed keep their
+        # fingerprints, and so their default names.
+        if not tree["scaling"]["worker_resources"]:
+            del tree["scaling"]["worker_resources"]
+        canonical = json.dumps(tree, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def flat_params(self) -> dict[str, str]:

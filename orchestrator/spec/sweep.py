@@ -23,9 +23,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from orchestrator.spec.run import ConfigError, RunSpec
+from orchestrator.spec.run import ConfigError, RunSpec, check_custom_resources
 
 
 class EarlyStop(BaseModel):
@@ -48,6 +48,14 @@ class SweepSection(BaseModel):
     # One at a time by default: three concurrent trials peaked at 6.5 GB on a 2-core machine.
     max_concurrent_trials: int = Field(1, ge=1)
     early_stop: EarlyStop | None = None
+    # Custom resources of each trial's driver, e.g. {on_demand: 0.01} keeps drivers off spot
+    # nodes: a preempted driver takes its trial's whole worker group down with it.
+    driver_resources: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("driver_resources")
+    @classmethod
+    def _custom_resources_only(cls, resources: dict[str, float]) -> dict[str, float]:
+        return check_custom_resources(resources, instead="a trial driver reserves 0.01 CPU")
 
 
 class SweepSpec(BaseModel):
@@ -88,8 +96,12 @@ def parse_sweep(raw: Mapping[str, Any], default_name: str) -> SweepSpec:
         return SweepSpec.model_validate({"name": default_name, **raw})
     except ValidationError as err:
         first = err.errors()[0]
-        key = ".".join(str(part) for part in first["loc"]) or "sweep"
-        raise ConfigError(f"{key}: {first['msg']}") from None
+        loc = [str(part) for part in first["loc"]]
+        message = first["msg"].removeprefix("Value error, ")
+        head, sep, rest = message.partition(": ")
+        if sep and " " not in head:  # a validator named the sub-key: `on_demand: ...`
+            loc, message = [*loc, head], rest
+        raise ConfigError(f"{'.'.join(loc) or 'sweep'}: {message}") from None
 
 
 def point_values(sweep: SweepSection) -> list[dict[str, Any]]:
