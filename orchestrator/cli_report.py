@@ -1,0 +1,49 @@
+"""`mimray report SWEEP`: the sweep's ablation table from MLflow, as Markdown, HTML and text.
+
+Registered on the `mimray` group at the end of `orchestrator/cli.py`; it imports from there
+only inside the command, since cli.py imports this module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.argument("sweep")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for report.md and report.html (default: ./mimray-reports/SWEEP/).",
+)
+@click.option("--experiment", help="MLflow experiment of the sweep (default: search them all).")
+@click.option(
+    "--tracking-uri",
+    help="MLflow store (default: MLFLOW_TRACKING_URI, else ./mimray-runs/mlflow.db).",
+)
+def report(sweep: str, out: Path | None, experiment: str | None, tracking_uri: str | None) -> None:
+    """Ablation table of SWEEP: mean ± std over seeds of final loss and every evaluation.
+
+    Writes report.md and report.html (plots inline) and attaches both to the sweep's parent
+    run in MLflow under report/."""
+    from orchestrator.cli import console, fail
+    from orchestrator.report import ReportError, attach_report, build_report
+    from orchestrator.report_render import report_paths, rich_table, write_report
+    from orchestrator.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    try:
+        built = build_report(uri, experiment, sweep)
+    except ReportError as err:
+        fail(str(err))
+    paths = write_report(built, report_paths(out, sweep))
+    logged = attach_report(built, paths)
+    console.print(rich_table(built))
+    if not built.has_evals:
+        console.print(
+            "No evaluation runs recorded for this sweep yet: the table shows pretraining loss only."
+        )
+    console.print(f"wrote {', '.join(str(p) for p in paths)}")
+    console.print(f"attached to MLflow parent run {built.parent_run_id}: {', '.join(logged)}")

@@ -1,0 +1,323 @@
+"""The paper-style ablation table of a sweep, read back from MLflow.
+
+One row per grid point (the values of the sweep's knobs; seeds are folded into the row), one
+column for the final pretraining loss and one per evaluation protocol and checkpoint epoch
+(`knn@e8`, `linear@e8`, ...). A cell is the mean and spread over the seeds that reached it.
+
+Reading is strictly read-only: a missing SQLite file or an unknown sweep is an error, never a
+new empty store. The only write is `attach_report`, which logs the rendered files as artifacts
+of the sweep's parent run. Rendering (Markdown, HTML with plots, rich) is in `report_render`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.tracking import (
+    CHECKPOINT_EPOCH_TAG,
+    EVAL_PROTOCOL_TAG,
+    KIND_TAG,
+    PRETRAIN_RUN_TAG,
+    RUN_KEY_TAG,
+    SWEEP_TAG,
+    TRIAL_INDEX_TAG,
+)
+
+LOSS_METRIC = "epoch/loss"
+PROTOCOLS = ("knn", "linear", "finetune")  # column order: cheapest probe first, as in papers
+SEED_KEY = "train.seed"  # repeats of a grid point, not a knob: rows aggregate over it
+# Sweep names are restricted by the spec; anything else cannot name a sweep (and must not
+# reach a filter string unquoted).
+SWEEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class ReportError(Exception):
+    """The report cannot be built: no store, no such experiment, no such sweep."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One table cell: the values of the seeds of a grid point that recorded this metric."""
+
+    values: tuple[float, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def std(self) -> float | None:
+        """Sample standard deviation (ddof=1) over seeds; None for a single seed."""
+        return statistics.stdev(self.values) if self.n >= 2 else None
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str  # "loss" or "{protocol}@e{epoch}"
+    metric: str  # the MLflow metric behind it
+    higher_is_better: bool
+    protocol: str | None = None
+    epoch: int | None = None
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    run_id: str
+    name: str
+    index: int
+    seed: str | None
+    knobs: tuple[str | None, ...]  # the trial's value of each knob, as logged (params are str)
+    status: str
+    loss_curve: tuple[tuple[int, float], ...]  # (epoch, epoch/loss)
+
+
+@dataclass
+class Row:
+    knobs: tuple[str | None, ...]
+    label: str
+    trials: list[TrialRecord]
+    cells: dict[str, Cell] = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    sweep: str
+    experiment: str
+    tracking_uri: str
+    parent_run_id: str
+    knob_keys: list[str]
+    columns: list[Column]
+    rows: list[Row]
+    trials: list[TrialRecord]
+    eval_runs: int  # evaluation runs that fed the table
+
+    @property
+    def has_evals(self) -> bool:
+        return any(c.protocol for c in self.columns)
+
+    def best_rows(self, column: Column) -> set[int]:
+        """Indices of the rows with the best mean in `column` (ties all win).
+
+        Nothing is best with fewer than two rows to compare."""
+        means = {
+            i: row.cells[column.key].mean
+            for i, row in enumerate(self.rows)
+            if column.key in row.cells
+        }
+        if len(means) < 2:
+            return set()
+        best = max(means.values()) if column.higher_is_better else min(means.values())
+        return {i for i, mean in means.items() if mean == best}
+
+
+def build_report(tracking_uri: str, experiment: str | None, sweep_name: str) -> Report:
+    """Read the sweep `sweep_name` (its parent, trials and their eval runs) into a Report.
+
+    `experiment=None` looks for the sweep in every experiment of the store."""
+    client = _open_store(tracking_uri)
+    experiments = _experiments(client, experiment)
+    if not SWEEP_NAME.match(sweep_name):
+        raise ReportError(f"{sweep_name!r} is not a sweep name (letters, digits, _ . -)")
+    parents = _search(client, list(experiments), f"tags.`{RUN_KEY_TAG}` = 'sweep:{sweep_name}'")
+    where = f"experiment {experiment!r}" if experiment else "any experiment"
+    if not parents:
+        known = _sweep_names(client, list(experiments))
+        hint = f"; sweeps there: {', '.join(known)}" if known else "; no sweeps recorded there"
+        raise ReportError(f"no sweep {sweep_name!r} in {where} at {tracking_uri}{hint}")
+    if len({p.info.experiment_id for p in parents}) > 1:
+        names = sorted(experiments[p.info.experiment_id] for p in parents)
+        raise ReportError(
+            f"sweep {sweep_name!r} is in several experiments ({', '.join(names)}); "
+            "pick one with --experiment"
+        )
+    parent = parents[0]
+    experiment_id = parent.info.experiment_id
+    knob_keys = _knob_keys(client, parent)
+
+    trial_runs = _search(
+        client,
+        [experiment_id],
+        f"tags.`{SWEEP_TAG}` = '{sweep_name}' and tags.`{KIND_TAG}` = 'trial'",
+    )
+    trials = sorted(
+        (_trial_record(client, run, knob_keys) for run in trial_runs if _child_of(run, parent)),
+        key=lambda t: t.index,
+    )
+    columns, cells_by_trial, used = _eval_cells(client, experiment_id, {t.run_id for t in trials})
+    loss = Column("loss", LOSS_METRIC, higher_is_better=False)
+    rows = _rows(trials, knob_keys)
+    for row in rows:
+        finals = [t.loss_curve[-1][1] for t in row.trials if t.loss_curve]
+        if finals:
+            row.cells[loss.key] = Cell(tuple(finals))
+        for column in columns:
+            values = [cells_by_trial[(t.run_id, column.key)] for t in row.trials]
+            present = [v for v in values if v is not None]
+            if present:
+                row.cells[column.key] = Cell(tuple(present))
+    return Report(
+        sweep=sweep_name,
+        experiment=experiments[experiment_id],
+        tracking_uri=tracking_uri,
+        parent_run_id=parent.info.run_id,
+        knob_keys=knob_keys,
+        columns=[loss, *columns],
+        rows=rows,
+        trials=trials,
+        eval_runs=used,
+    )
+
+
+def attach_report(report: Report, paths: Iterable[Path]) -> list[str]:
+    """Log the rendered files under `report/` of the sweep's parent run; their artifact paths."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(report.tracking_uri)
+    logged = []
+    for path in paths:
+        client.log_artifact(report.parent_run_id, str(path), artifact_path="report")
+        logged.append(f"report/{Path(path).name}")
+    return logged
+
+
+def _open_store(tracking_uri: str) -> Any:
+    from mlflow import MlflowClient
+
+    # MLflow creates an empty SQLite database for a path that does not exist; a report must
+    # not leave one behind for a mistyped path.
+    if tracking_uri.startswith("sqlite:///"):
+        path = Path(tracking_uri.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise ReportError(f"no MLflow store at {tracking_uri} (no file {path})")
+    return MlflowClient(tracking_uri)
+
+
+def _experiments(client: Any, name: str | None) -> dict[str, str]:
+    """experiment id -> name: the one named, or all active ones."""
+    if name is not None:
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise ReportError(f"no experiment {name!r} in the MLflow store")
+        return {found.experiment_id: found.name}
+    return {e.experiment_id: e.name for e in client.search_experiments()}
+
+
+def _search(client: Any, experiment_ids: Sequence[str], filter_string: str) -> list[Any]:
+    runs: list[Any] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            list(experiment_ids), filter_string=filter_string, max_results=1000, page_token=token
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _sweep_names(client: Any, experiment_ids: list[str]) -> list[str]:
+    parents = _search(client, experiment_ids, f"tags.`{KIND_TAG}` = 'sweep'")
+    return sorted({p.data.tags.get(SWEEP_TAG, "?") for p in parents})
+
+
+def _child_of(run: Any, parent: Any) -> bool:
+    return run.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+
+
+def _knob_keys(client: Any, parent: Any) -> list[str]:
+    """The dotted keys the sweep varies: its points' keys and grid keys, in spec order."""
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = client.download_artifacts(parent.info.run_id, "sweep_spec.json", tmp)
+            section = json.loads(Path(local).read_text()).get("sweep", {})
+        keys = [k for point in section.get("points", []) for k in point]
+        keys += list(section.get("grid", {}))
+    except Exception:  # noqa: BLE001 - an older parent without the artifact: use its params
+        keys = [
+            k.removeprefix("sweep.grid.") for k in parent.data.params if k.startswith("sweep.grid.")
+        ]
+    return [k for k in dict.fromkeys(keys) if k != SEED_KEY]
+
+
+def _trial_record(client: Any, run: Any, knob_keys: list[str]) -> TrialRecord:
+    history = client.get_metric_history(run.info.run_id, LOSS_METRIC)
+    # Sorted by (step, time): a resumed epoch logged twice keeps its last value below.
+    curve = [(m.step, m.value) for m in sorted(history, key=lambda m: (m.step, m.timestamp))]
+    params = run.data.params
+    return TrialRecord(
+        run_id=run.info.run_id,
+        name=run.info.run_name,
+        index=int(run.data.tags.get(TRIAL_INDEX_TAG, 0)),
+        seed=params.get(SEED_KEY),
+        knobs=tuple(params.get(k) for k in knob_keys),
+        status=run.info.status,
+        loss_curve=tuple(dict(curve).items()),
+    )
+
+
+def _eval_cells(
+    client: Any, experiment_id: str, trial_ids: set[str]
+) -> tuple[list[Column], dict[tuple[str, str], float | None], int]:
+    """Columns found among the trials' eval runs, and each (trial, column) value.
+
+    When an evaluation was run more than once, the latest run counts."""
+    latest: dict[tuple[str, str], tuple[int, float]] = {}
+    columns: dict[str, Column] = {}
+    runs = _search(client, [experiment_id], f"tags.`{KIND_TAG}` = 'eval'")
+    for run in runs:
+        tags = run.data.tags
+        protocol = tags.get(EVAL_PROTOCOL_TAG)
+        trial = tags.get(PRETRAIN_RUN_TAG)
+        metric = f"{protocol}/top1"
+        if trial not in trial_ids or metric not in run.data.metrics:
+            continue
+        epoch = int(tags.get(CHECKPOINT_EPOCH_TAG, -1))
+        key = f"{protocol}@e{epoch}" if epoch >= 0 else protocol
+        columns.setdefault(key, Column(key, metric, True, protocol, epoch if epoch >= 0 else None))
+        started = run.info.start_time or 0
+        if (trial, key) not in latest or started >= latest[(trial, key)][0]:
+            latest[(trial, key)] = (started, run.data.metrics[metric])
+    order = sorted(
+        columns.values(),
+        key=lambda c: (
+            PROTOCOLS.index(c.protocol) if c.protocol in PROTOCOLS else len(PROTOCOLS),
+            c.protocol,
+            c.epoch if c.epoch is not None else -1,
+        ),
+    )
+    values = {
+        (trial, c.key): latest[(trial, c.key)][1] if (trial, c.key) in latest else None
+        for trial in trial_ids
+        for c in order
+    }
+    return order, values, len(latest)
+
+
+def _rows(trials: list[TrialRecord], knob_keys: list[str]) -> list[Row]:
+    """Trials grouped by knob values, in the order the spec lists its points."""
+    groups: dict[tuple[str | None, ...], list[TrialRecord]] = {}
+    for trial in trials:  # sorted by trial index, so first-seen order is spec order
+        groups.setdefault(trial.knobs, []).append(trial)
+    return [Row(knobs, row_label(knob_keys, knobs), members) for knobs, members in groups.items()]
+
+
+def short_keys(knob_keys: list[str]) -> list[str]:
+    """`method.k` -> `k`, unless two knobs would then share a name."""
+    short = [k.rsplit(".", 1)[-1] for k in knob_keys]
+    return short if len(set(short)) == len(short) else list(knob_keys)
+
+
+def row_label(knob_keys: list[str], knobs: tuple[str | None, ...]) -> str:
+    parts = [f"{k}={v}" for k, v in zip(short_keys(knob_keys), knobs, strict=True) if v is not None]
+    return ", ".join(parts) or "base"

@@ -1,0 +1,265 @@
+"""Renderings of a sweep `Report`: Markdown, a self-contained HTML page, a rich table.
+
+The HTML page carries everything inline (CSS, plots as base64 PNG) so it can be attached to an
+MLflow run, mailed or opened offline, and shows the same table as the Markdown.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.table import Table
+
+from orchestrator.report import Cell, Column, Report, short_keys
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+MISSING = "—"
+
+
+def format_cell(column: Column, cell: Cell | None) -> str:
+    """Top-1 in percent with one decimal, loss with four; `± std` over seeds or `(n=1)`."""
+    if cell is None:
+        return MISSING
+    scale, digits = (100.0, 1) if column.protocol else (1.0, 4)
+    text = f"{cell.mean * scale:.{digits}f}"
+    if cell.std is None:
+        return f"{text} (n=1)"
+    return f"{text} ± {cell.std * scale:.{digits}f}"
+
+
+def table_cells(report: Report) -> tuple[list[str], list[list[tuple[str, bool]]]]:
+    """Header and rows of the table as (text, is_best) pairs, shared by every renderer."""
+    header = [*short_keys(report.knob_keys), "seeds", *(c.key for c in report.columns)]
+    best = {c.key: report.best_rows(c) for c in report.columns}
+    body = []
+    for i, row in enumerate(report.rows):
+        knobs = [(MISSING if v is None else v, False) for v in row.knobs]
+        cells = [(format_cell(c, row.cells.get(c.key)), i in best[c.key]) for c in report.columns]
+        body.append([*knobs, (str(len(row.trials)), False), *cells])
+    return header, body
+
+
+def notes(report: Report) -> list[str]:
+    """What the numbers mean, and what is missing."""
+    lines = [
+        "Cells: mean ± sample std (ddof=1) over seeds; `(n=1)`: one seed, no spread.",
+        "`loss`: final pretraining `epoch/loss` (lower is better). "
+        "`PROTOCOL@eN`: top-1 in % of that evaluation of the epoch-N checkpoint "
+        "(higher is better).",
+        f"Bold: best in its column. {MISSING}: not recorded.",
+    ]
+    if not report.has_evals:
+        lines.append(
+            "No evaluation runs recorded for this sweep yet: the table shows pretraining loss "
+            "only. Evaluate its checkpoints and run `mimray report` again."
+        )
+    return lines
+
+
+def render_markdown(report: Report) -> str:
+    header, body = table_cells(report)
+    lines = [
+        f"# Sweep `{report.sweep}`: ablation report",
+        "",
+        f"Experiment `{report.experiment}`, parent run `{report.parent_run_id}`, "
+        f"{len(report.trials)} trials, {report.eval_runs} evaluation runs "
+        f"(tracking URI `{report.tracking_uri}`).",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for row in body:
+        lines.append("| " + " | ".join(f"**{t}**" if bold else t for t, bold in row) + " |")
+    lines += ["", *(f"- {note}" for note in notes(report)), ""]
+    return "\n".join(lines)
+
+
+def rich_table(report: Report) -> Table:
+    header, body = table_cells(report)
+    table = Table(*header, title=f"sweep {report.sweep!r} ({report.experiment})")
+    for row in body:
+        table.add_row(*(f"[bold green]{t}[/bold green]" if bold else t for t, bold in row))
+    return table
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border-bottom: 1px solid #ccc; padding: 0.35em 0.8em; text-align: right; }
+th { border-bottom: 2px solid #333; } td.knob, th.knob { text-align: left; }
+td.best { font-weight: bold; background: #eef7ee; }
+.meta, .notes { color: #555; font-size: 0.9em; }
+img { max-width: 100%; border: 1px solid #eee; }
+code { background: #f4f4f4; padding: 0 0.2em; }
+"""
+
+
+def render_html(report: Report) -> str:
+    header, body = table_cells(report)
+    knobs = len(report.knob_keys)
+    esc = html.escape
+    head = "".join(
+        f'<th class="{"knob" if j < knobs else "value"}">{esc(h)}</th>'
+        for j, h in enumerate(header)
+    )
+    rows = []
+    for row in body:
+        cells = []
+        for j, (text, bold) in enumerate(row):
+            css = "knob" if j < knobs else "best" if bold else "value"
+            inner = f"<strong>{esc(text)}</strong>" if bold else esc(text)
+            cells.append(f'<td class="{css}">{inner}</td>')
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    plots = [
+        (title, _png_base64(draw))
+        for title, draw in (
+            ("Metric vs knob", lambda fig: plot_metric_vs_knob(report, fig)),
+            ("Pretraining loss per trial", lambda fig: plot_loss_curves(report, fig)),
+        )
+    ]
+    figures = "".join(
+        f'<h2>{esc(title)}</h2><img alt="{esc(title)}" src="data:image/png;base64,{data}">'
+        for title, data in plots
+        if data
+    )
+    trials = "".join(
+        f"<tr><td class='knob'>{esc(t.name)}</td><td class='knob'><code>{esc(t.run_id)}</code>"
+        f"</td><td>{esc(t.seed or MISSING)}</td><td>{esc(t.status)}</td>"
+        f"<td>{f'{t.loss_curve[-1][1]:.4f}' if t.loss_curve else MISSING}</td></tr>"
+        for t in report.trials
+    )
+    note_items = "".join(f"<li>{esc(n).replace('`', '')}</li>" for n in notes(report))
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>mimray report: {esc(report.sweep)}</title><style>{_CSS}</style></head>
+<body>
+<h1>Sweep <code>{esc(report.sweep)}</code>: ablation report</h1>
+<p class="meta">Experiment <code>{esc(report.experiment)}</code>, parent run
+<code>{esc(report.parent_run_id)}</code>, {len(report.trials)} trials,
+{report.eval_runs} evaluation runs; tracking URI <code>{esc(report.tracking_uri)}</code>.</p>
+<table id="ablation"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>
+<ul class="notes">{note_items}</ul>
+{figures}
+<h2>Trials</h2>
+<table id="trials"><thead><tr><th class="knob">trial</th><th class="knob">run id</th>
+<th>seed</th><th>status</th><th>final loss</th></tr></thead><tbody>{trials}</tbody></table>
+</body></html>
+"""
+
+
+def write_report(report: Report, out_dir: Path) -> list[Path]:
+    """report.md and report.html under `out_dir` (created); their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    markdown = out_dir / "report.md"
+    page = out_dir / "report.html"
+    markdown.write_text(render_markdown(report), encoding="utf-8")
+    page.write_text(render_html(report), encoding="utf-8")
+    return [markdown, page]
+
+
+def _png_base64(draw: Callable[[Figure], bool]) -> str | None:
+    # A Figure without pyplot renders through Agg and touches no global backend state.
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4.2), layout="constrained")
+    if not draw(fig):
+        return None
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _x_axis(report: Report) -> tuple[list[float], list[str] | None, str]:
+    """Numeric x for one numeric knob; otherwise one position per row, labelled."""
+    labels = [row.label for row in report.rows]
+    if len(report.knob_keys) == 1:
+        try:
+            return [float(row.knobs[0]) for row in report.rows], None, report.knob_keys[0]
+        except (TypeError, ValueError):
+            pass
+    return list(range(len(report.rows))), labels, ", ".join(report.knob_keys) or "grid point"
+
+
+def plot_metric_vs_knob(report: Report, fig: Figure) -> bool:
+    """Top-1 of each protocol (its last evaluated epoch) and final loss against the knob."""
+    x, labels, xlabel = _x_axis(report)
+    last: dict[str, Column] = {}
+    for column in report.columns:
+        if column.protocol:
+            last[column.protocol] = column  # columns are sorted by epoch within a protocol
+    panels = ([("top-1 (%)", list(last.values()), 100.0)] if last else []) + [
+        ("final pretrain loss", [report.columns[0]], 1.0)
+    ]
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    drew = False
+    for ax, (ylabel, columns, scale) in zip(axes, panels, strict=True):
+        for column in columns:
+            points = [
+                (xi, row.cells[column.key])
+                for xi, row in zip(x, report.rows, strict=True)
+                if column.key in row.cells
+            ]
+            if not points:
+                continue
+            drew = True
+            ax.errorbar(
+                [p[0] for p in points],
+                [p[1].mean * scale for p in points],
+                yerr=[(p[1].std or 0.0) * scale for p in points],
+                marker="o",
+                capsize=4,
+                label=column.key,
+            )
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if labels is not None:
+            ax.set_xticks(x, labels, rotation=20, ha="right")
+        else:  # ticks at the swept values only: K=2.25 was never run
+            ax.set_xticks(sorted(set(x)))
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.suptitle(f"{report.sweep}: mean ± std over seeds")
+    return drew
+
+
+def plot_loss_curves(report: Report, fig: Figure) -> bool:
+    """`epoch/loss` of every trial; one colour per grid point, one line style per seed."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax = fig.subplots()
+    styles = ["-", "--", ":", "-."]
+    drew = False
+    for i, row in enumerate(report.rows):
+        for j, trial in enumerate(row.trials):
+            if not trial.loss_curve:
+                continue
+            drew = True
+            epochs, losses = zip(*trial.loss_curve, strict=True)
+            ax.plot(
+                epochs,
+                losses,
+                color=f"C{i % 10}",
+                linestyle=styles[j % len(styles)],
+                marker=".",
+                label=f"{row.label} (seed {trial.seed})",
+            )
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("epoch/loss")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    if drew:
+        ax.legend(fontsize="small", ncol=2)
+    return drew
+
+
+def report_paths(out: Path | None, sweep: str) -> Path:
+    return out if out is not None else Path.cwd() / "mimray-reports" / sweep
