@@ -21,18 +21,21 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from workloads.data import folder
+from workloads.data.colors import COLOR_CLASSES, render_colors
 from workloads.data.digits import DIGIT_CLASSES, NUM_DIGIT_IMAGES, load_digit_images
 from workloads.data.shapes import SHAPE_CLASSES, render_shapes
 
 if TYPE_CHECKING:
     import ray.data
 
-BUILTIN_DATASETS: tuple[str, ...] = ("shapes", "digits")
+BUILTIN_DATASETS: tuple[str, ...] = ("shapes", "digits", "colors")
+# Generated on the fly from (seed, index): any size, no download.
+_GENERATED = {"shapes": (render_shapes, SHAPE_CLASSES), "colors": (render_colors, COLOR_CLASSES)}
 SPLITS: tuple[str, ...] = ("train", "val")
 
-DEFAULT_SHAPES_IMAGES = {"train": 2048, "val": 512}
+DEFAULT_GENERATED_IMAGES = {"train": 2048, "val": 512}
 # Val indices start far past any train size anyone will ask for, so the splits never overlap.
-SHAPES_VAL_INDEX_OFFSET = 10_000_000
+GENERATED_VAL_INDEX_OFFSET = 10_000_000
 DIGITS_VAL_FRACTION = 0.2
 _DIGITS_SPLIT_SEED = 0  # fixed, not the run's seed: the split must not move between runs
 # Rows per Ray task: enough to amortise per-task overhead, few enough that a task's float
@@ -119,10 +122,11 @@ def describe_source(
     _check_num_images(num_images)
     if is_stored_source(source):
         return _describe_stored(source, split, num_images)
-    if source == "shapes":
-        num_rows = _shapes_num_images(split, num_images)
+    if source in _GENERATED:
+        num_rows = _generated_num_images(split, num_images)
         digest = _digest(source, split, num_rows, seed)
-        return DatasetInfo(source, num_rows, list(SHAPE_CLASSES), split, digest=digest)
+        class_names = list(_GENERATED[source][1])
+        return DatasetInfo(source, num_rows, class_names, split, digest=digest)
     if source == "digits":
         num_rows = len(digits_split_indices(split, num_images))
         digest = _digest(source, split, num_rows)
@@ -156,12 +160,14 @@ def build_dataset(
     split: str = "train",
     num_images: int | None = None,
     seed: int = 0,
+    augment: bool | None = None,
 ) -> ray.data.Dataset:
     """A lazy Ray Dataset of `source`'s `split` with columns image, label and id.
 
-    `seed` picks which images `shapes` generates; the digits and folder splits are fixed.
-    `num_images` sets the size of the split for shapes; for digits and folders it keeps a
-    fixed subset of that many images.
+    `seed` picks which images `shapes`/`colors` generate; the digits and folder splits are
+    fixed. `num_images` sets the size of the split for generated sources; for digits and
+    folders it keeps a fixed subset of that many images. `augment` (stored sources: random
+    resized crops while decoding) defaults to on for the train split only.
     """
     validate_source(source)
     _check_split(split)
@@ -172,10 +178,12 @@ def build_dataset(
         from workloads.data import remote
 
         # Pushed data has one split per prefix; augmentation only for training.
-        dataset = remote.build_remote_dataset(source, img_size=img_size, augment=split == "train")
+        augment = split == "train" if augment is None else augment
+        dataset = remote.build_remote_dataset(source, img_size=img_size, augment=augment)
         return dataset.limit(num_images) if num_images else dataset
-    if source == "shapes":
-        return _build_shapes(split, img_size, _shapes_num_images(split, num_images), seed)
+    if source in _GENERATED:
+        num_rows = _generated_num_images(split, num_images)
+        return _build_generated(source, split, img_size, num_rows, seed)
     if source == "digits":
         return _build_digits(split, img_size, num_images)
     root = os.path.expanduser(source)
@@ -190,8 +198,8 @@ def build_dataset(
 def shapes_split_indices(split: str, num_images: int | None = None) -> np.ndarray:
     """Generator indices of the `shapes` split (train from 0, val from a far offset)."""
     _check_split(split)
-    start = SHAPES_VAL_INDEX_OFFSET if split == "val" else 0
-    return np.arange(start, start + _shapes_num_images(split, num_images), dtype=np.int64)
+    start = GENERATED_VAL_INDEX_OFFSET if split == "val" else 0
+    return np.arange(start, start + _generated_num_images(split, num_images), dtype=np.int64)
 
 
 def digits_split_indices(split: str, num_images: int | None = None) -> np.ndarray:
@@ -207,27 +215,35 @@ def digits_split_indices(split: str, num_images: int | None = None) -> np.ndarra
     return indices[:num_images]
 
 
-def _build_shapes(split: str, img_size: int, num_images: int, seed: int) -> ray.data.Dataset:
+def _build_generated(
+    source: str, split: str, img_size: int, num_images: int, seed: int
+) -> ray.data.Dataset:
     import ray.data
 
     # Rendering happens inside Ray tasks from row positions, so the driver never holds images.
     batch_size = _rows_per_batch(img_size)
     positions = ray.data.range(num_images, override_num_blocks=-(-num_images // batch_size))
-    index_offset = SHAPES_VAL_INDEX_OFFSET if split == "val" else 0
+    index_offset = GENERATED_VAL_INDEX_OFFSET if split == "val" else 0
     return positions.map_batches(
-        _render_shapes_batch,
-        fn_kwargs={"split": split, "img_size": img_size, "seed": seed, "offset": index_offset},
+        _render_generated_batch,
+        fn_kwargs={
+            "source": source,
+            "split": split,
+            "img_size": img_size,
+            "seed": seed,
+            "offset": index_offset,
+        },
         batch_format="numpy",
         batch_size=batch_size,
     )
 
 
-def _render_shapes_batch(
-    batch: dict[str, np.ndarray], split: str, img_size: int, seed: int, offset: int
+def _render_generated_batch(
+    batch: dict[str, np.ndarray], source: str, split: str, img_size: int, seed: int, offset: int
 ) -> dict[str, np.ndarray]:
     positions = batch["id"].astype(np.int64)
-    images, labels = render_shapes(positions + offset, img_size, seed)
-    ids = np.asarray([f"shapes/{split}/{position}" for position in positions], dtype=object)
+    images, labels = _GENERATED[source][0](positions + offset, img_size, seed)
+    ids = np.asarray([f"{source}/{split}/{position}" for position in positions], dtype=object)
     return {"image": images, "label": labels, "id": ids}
 
 
@@ -255,12 +271,12 @@ def _load_digits_batch(
     return {"image": images, "label": labels, "id": ids}
 
 
-def _shapes_num_images(split: str, num_images: int | None) -> int:
+def _generated_num_images(split: str, num_images: int | None) -> int:
     if num_images is None:
-        return DEFAULT_SHAPES_IMAGES[split]
-    if num_images > SHAPES_VAL_INDEX_OFFSET:
+        return DEFAULT_GENERATED_IMAGES[split]
+    if num_images > GENERATED_VAL_INDEX_OFFSET:
         raise ValueError(
-            f"shapes {split} split holds at most {SHAPES_VAL_INDEX_OFFSET} images "
+            f"a generated {split} split holds at most {GENERATED_VAL_INDEX_OFFSET} images "
             f"(more would overlap the other split), num_images={num_images}"
         )
     return num_images

@@ -1,0 +1,162 @@
+"""Evaluation protocols in one process: exact kNN numbers, and probes that learn an easy task."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from workloads.data.colors import COLOR_CLASSES, render_colors
+from workloads.data.sources import GENERATED_VAL_INDEX_OFFSET
+from workloads.evaluation.heads import (
+    FineTuneClassifier,
+    layer_decay_param_groups,
+    load_encoder,
+)
+from workloads.evaluation.knn import knn_predict, knn_top1
+from workloads.evaluation.protocols import extract_features, finetune, knn_metrics, linear_probe
+from workloads.methods import get_method
+
+MODEL = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
+CPU = torch.device("cpu")
+
+
+def test_knn_matches_hand_computed_votes():
+    # Bank on the unit circle: angles 0, 30, 90 and 180 degrees.
+    bank = torch.tensor([[1.0, 0.0], [math.cos(math.pi / 6), 0.5], [0.0, 2.0], [-3.0, 0.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    # Query at 60 degrees: cosines 0.5, cos 30 = 0.866, 0.866, -0.5.
+    query = torch.tensor([[0.5, math.sin(math.pi / 3)]])
+    # 1-NN: ties between 30 and 90 degrees are broken by topk order, so use k = 3 instead.
+    # k = 3 neighbours: labels 0 (0.866), 1 (0.866), 0 (0.5); T = 1 weights e^0.866 + e^0.5
+    # for class 0 against e^0.866 for class 1 -> class 0.
+    assert knn_predict(bank, labels, query, k=3, num_classes=2, temperature=1.0).tolist() == [0]
+    # k = 2 drops the 0.5 neighbour: a tie of equal weights resolves to the lower class.
+    # A query at 80 degrees is nearest the 90-degree point (class 1) for 1-NN.
+    near_90 = torch.tensor([[math.cos(math.radians(80)), math.sin(math.radians(80))]])
+    assert knn_predict(bank, labels, near_90, k=1, num_classes=2).tolist() == [1]
+    # k = 4 with a small temperature: the top neighbour dominates; T large: counts dominate.
+    query_170 = torch.tensor([[math.cos(math.radians(170)), math.sin(math.radians(170))]])
+    # cosines: 0 deg -0.985, 30 deg -0.766, 90 deg 0.174, 180 deg 0.985 -> votes for class 1
+    # are e^(0.174/T) + e^(0.985/T), for class 0 e^(-0.985/T) + e^(-0.766/T).
+    assert knn_predict(bank, labels, query_170, k=4, num_classes=2, temperature=0.5).tolist() == [1]
+
+
+def test_knn_top1_is_the_share_of_hand_checked_queries():
+    bank = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
+    bank_labels = torch.tensor([0, 1, 2, 3])
+    queries = torch.tensor([[0.9, 0.1], [0.1, 0.9], [-0.9, 0.2], [0.2, -0.9], [0.8, 0.3]])
+    # Nearest bank points: 0, 1, 2, 3, 0; with labels 0, 1, 1, 3, 2 three of five are right.
+    query_labels = torch.tensor([0, 1, 1, 3, 2])
+    assert knn_top1(bank, bank_labels, queries, query_labels, k=1, num_classes=4) == pytest.approx(
+        3 / 5
+    )
+    metrics = knn_metrics((bank, bank_labels), (queries, query_labels), 4, k=1, temperature=0.07)
+    assert metrics == {"knn/top1": pytest.approx(0.6), "knn/top1_1nn": pytest.approx(0.6)}
+
+
+def _colors(split: str, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    start = GENERATED_VAL_INDEX_OFFSET if split == "val" else 0
+    images, labels = render_colors(np.arange(start, start + count), MODEL["img_size"], seed=0)
+    return torch.as_tensor(images), torch.as_tensor(labels)
+
+
+def _batches(images, labels, size=32):
+    return [(images[i : i + size], labels[i : i + size]) for i in range(0, len(labels), size)]
+
+
+LINEAR = {"epochs": 10, "batch_size": 64, "blr": 0.1, "weight_decay": 0.0, "warmup_epochs": 1}
+
+
+def test_linear_probe_learns_an_easy_task_and_not_shuffled_labels():
+    encoder = load_encoder(MODEL, None, init_seed=0)
+    train_images, train_labels = _colors("train", 256)
+    val = extract_features(encoder, _batches(*_colors("val", 128)), "mean", CPU)
+    train = extract_features(encoder, _batches(train_images, train_labels), "mean", CPU)
+    epochs = []
+    metrics = linear_probe(
+        train, val, len(COLOR_CLASSES), LINEAR, on_epoch=lambda e, m: epochs.append(m)
+    )
+    assert metrics["linear/top1"] >= 0.95
+    assert len(epochs) == LINEAR["epochs"]
+    assert epochs[-1]["linear/train_loss"] < epochs[0]["linear/train_loss"]
+    # Same features, labels shuffled: nothing to learn, so val accuracy stays near chance.
+    shuffled = (train[0], train[1][torch.randperm(len(train[1]))])
+    assert linear_probe(shuffled, val, len(COLOR_CLASSES), LINEAR)["linear/top1"] < 0.6
+
+
+def test_finetune_learns_an_easy_task():
+    train_images, train_labels = _colors("train", 256)
+    val_images, val_labels = _colors("val", 128)
+
+    def train_epoch():
+        order = torch.randperm(len(train_labels))
+        return _batches(train_images[order], train_labels[order])
+
+    settings = {
+        "epochs": 3,
+        "blr": 5e-3,
+        "layer_decay": 0.75,
+        "weight_decay": 0.05,
+        "warmup_epochs": 0.5,
+        "label_smoothing": 0.1,
+    }
+    epochs = []
+    metrics = finetune(
+        load_encoder(MODEL, None, init_seed=0),
+        train_epoch,
+        lambda: _batches(val_images, val_labels),
+        len(COLOR_CLASSES),
+        settings,
+        steps_per_epoch=len(train_labels) // 32,
+        global_batch_size=32,
+        device=CPU,
+        on_epoch=lambda e, m: epochs.append(m),
+    )
+    assert metrics["finetune/top1"] >= 0.95
+    assert epochs[-1]["finetune/train_loss"] < epochs[0]["finetune/train_loss"]
+
+
+def test_layer_decay_scales_depth_and_skips_decay_on_norms_and_tokens():
+    classifier = FineTuneClassifier(load_encoder(MODEL, None), num_classes=4)
+    groups = layer_decay_param_groups(classifier, weight_decay=0.05, layer_decay=0.5)
+    scale_of = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    decay_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    named = dict(classifier.named_parameters())
+    depth = MODEL["depth"]
+    assert scale_of[id(named["head.weight"])] == 1.0
+    assert scale_of[id(named["encoder.blocks.1.attn.qkv.weight"])] == 0.5
+    assert scale_of[id(named["encoder.blocks.0.attn.qkv.weight"])] == 0.25
+    assert scale_of[id(named["encoder.patch_embed.proj.weight"])] == 0.5 ** (depth + 1)
+    assert decay_of[id(named["encoder.cls_token"])] == 0.0
+    assert decay_of[id(named["head.bias"])] == 0.0
+    assert decay_of[id(named["head.weight"])] == 0.05
+    # Every trainable parameter is in exactly one group; the fixed position embedding in none.
+    trainable = [p for p in classifier.parameters() if p.requires_grad]
+    assert sum(len(g["params"]) for g in groups) == len(trainable)
+
+
+@pytest.mark.parametrize(
+    ("method_name", "prefix"), [("mae", "mae.encoder."), ("latent_mim", "encoder.")]
+)
+def test_load_encoder_takes_the_online_encoder_of_a_method(method_name, prefix):
+    method = get_method(method_name)
+    spec = {
+        **MODEL,
+        "in_chans": 3,
+        "decoder_dim": 32,
+        "decoder_depth": 1,
+        "decoder_num_heads": 2,
+        "mlp_ratio": 4.0,
+    }
+    model = method.build(spec, method.knobs.model_validate({"name": method_name}))
+    state = model.state_dict()
+    if method_name == "latent_mim":  # the EMA target must not be mistaken for the encoder
+        state = {k: v + 1 if k.startswith("target_encoder.") else v for k, v in state.items()}
+    encoder = load_encoder(MODEL, state, init_seed=123)
+    for name, value in encoder.state_dict().items():
+        assert torch.equal(value, state[f"{prefix}{name}"]), name
+    with pytest.raises(ValueError, match="encoder"):
+        load_encoder(MODEL, {"decoder.weight": torch.zeros(1)})

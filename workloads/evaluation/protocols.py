@@ -1,0 +1,201 @@
+"""The three evaluation protocols, as functions of features and batch iterators.
+
+Nothing here knows about Ray: a distributed caller passes `rank`/`world_size`, a `wrap` that
+makes a module data-parallel and a `reduce` that sums counts over workers; the defaults run
+in one process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from workloads.evaluation.heads import (
+    FineTuneClassifier,
+    LinearProbe,
+    Pool,
+    layer_decay_param_groups,
+    pool_tokens,
+)
+from workloads.evaluation.knn import knn_top1
+from workloads.models.vit import ViTEncoder
+from workloads.optim import lr_at, scaled_lr, set_lr
+from workloads.pretrain import to_model_input
+
+# (uint8 images (B, H, W, C), int64 labels (B,)) batches of one pass over a split.
+Batches = Iterable[tuple[Tensor, Tensor]]
+EpochHook = Callable[[int, dict[str, float]], None]
+
+
+def _identity(module: nn.Module) -> nn.Module:
+    return module
+
+
+def _local_sum(values: list[int]) -> list[int]:
+    return values
+
+
+@torch.no_grad()
+def extract_features(
+    encoder: ViTEncoder, batches: Batches, pool: Pool, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """Frozen features (N, D) and labels (N,) of every image in `batches`, on the CPU."""
+    encoder.eval().to(device)
+    features, labels = [], []
+    for images, batch_labels in batches:
+        latent = encoder(to_model_input(images, device))  # (B, 1+N, D)
+        features.append(pool_tokens(latent, pool).float().cpu())
+        labels.append(batch_labels.long().cpu())
+    if not features:
+        return torch.empty(0, encoder.embed_dim), torch.empty(0, dtype=torch.long)
+    return torch.cat(features), torch.cat(labels)
+
+
+def knn_metrics(
+    train: tuple[Tensor, Tensor],
+    val: tuple[Tensor, Tensor],
+    num_classes: int,
+    k: int,
+    temperature: float,
+) -> dict[str, float]:
+    """Top-1 of weighted k-NN with the configured k, and of 1-NN, on frozen features."""
+    (bank, bank_labels), (queries, query_labels) = train, val
+    return {
+        "knn/top1": knn_top1(bank, bank_labels, queries, query_labels, k, num_classes, temperature),
+        "knn/top1_1nn": knn_top1(bank, bank_labels, queries, query_labels, 1, num_classes),
+    }
+
+
+def linear_probe(
+    train: tuple[Tensor, Tensor],
+    val: tuple[Tensor, Tensor],
+    num_classes: int,
+    config: Mapping[str, Any],
+    *,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    wrap: Callable[[nn.Module], nn.Module] = _identity,
+    on_epoch: EpochHook | None = None,
+) -> dict[str, float]:
+    """Train BatchNorm(affine=False) + Linear on frozen features with SGD, warmup + cosine.
+
+    Every rank holds all features; each trains on its own slice of a shared permutation, so
+    the data-parallel head sees every feature once per epoch.
+    """
+    features, labels = train
+    per_rank = len(features) // world_size
+    batch = max(2, min(config["batch_size"] // world_size, per_rank))  # BatchNorm needs 2
+    steps_per_epoch = max(1, per_rank // batch)
+    total_steps = steps_per_epoch * config["epochs"]
+    warmup_steps = round(steps_per_epoch * config["warmup_epochs"])
+    peak_lr = scaled_lr(config["blr"], batch * world_size)
+
+    torch.manual_seed(seed)
+    probe = wrap(LinearProbe(features.shape[1], num_classes))
+    device = next(probe.parameters()).device
+    optimizer = torch.optim.SGD(
+        probe.parameters(), lr=peak_lr, momentum=0.9, weight_decay=config["weight_decay"]
+    )
+    order_generator = torch.Generator().manual_seed(seed)  # the same permutation on every rank
+    step, top1, best = 0, 0.0, 0.0
+    for epoch in range(config["epochs"]):
+        mine = torch.randperm(len(features), generator=order_generator)[rank::world_size]
+        probe.train()
+        losses = []
+        for index in mine[: steps_per_epoch * batch].split(batch):
+            set_lr(optimizer, lr_at(step, total_steps, warmup_steps, peak_lr))
+            logits = probe(features[index].to(device))
+            loss = F.cross_entropy(logits, labels[index].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            step += 1
+        top1 = _feature_accuracy(probe, val, device)
+        best = max(best, top1)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, {"linear/train_loss": _mean(losses), "linear/val_top1": top1})
+    return {"linear/top1": top1, "linear/best_top1": best}
+
+
+@torch.no_grad()
+def _feature_accuracy(probe: nn.Module, val: tuple[Tensor, Tensor], device: torch.device) -> float:
+    features, labels = val
+    probe.eval()
+    predicted = probe(features.to(device)).argmax(dim=1).cpu()
+    return (predicted == labels).float().mean().item() if len(labels) else 0.0
+
+
+def finetune(
+    encoder: ViTEncoder,
+    train_epoch: Callable[[], Batches],
+    val_epoch: Callable[[], Batches],
+    num_classes: int,
+    config: Mapping[str, Any],
+    *,
+    steps_per_epoch: int,
+    global_batch_size: int,
+    device: torch.device,
+    pool: Pool = "mean",
+    seed: int = 0,
+    wrap: Callable[[nn.Module], nn.Module] = _identity,
+    reduce: Callable[[list[int]], list[int]] = _local_sum,
+    on_epoch: EpochHook | None = None,
+) -> dict[str, float]:
+    """Train the whole encoder + head: AdamW, layer-wise lr decay, warmup + cosine.
+
+    `train_epoch()` yields one pass of (augmented) training batches; surplus batches past
+    `steps_per_epoch` are drained, not trained, so data-parallel workers step in lockstep.
+    """
+    torch.manual_seed(seed)
+    classifier = FineTuneClassifier(encoder, num_classes, pool).to(device)
+    groups = layer_decay_param_groups(classifier, config["weight_decay"], config["layer_decay"])
+    peak_lr = scaled_lr(config["blr"], global_batch_size)
+    optimizer = torch.optim.AdamW(groups, lr=peak_lr, betas=(0.9, 0.999))
+    model = wrap(classifier)
+    total_steps = steps_per_epoch * config["epochs"]
+    warmup_steps = round(steps_per_epoch * config["warmup_epochs"])
+    step, top1, best = 0, 0.0, 0.0
+    for epoch in range(config["epochs"]):
+        model.train()
+        losses: list[float] = []
+        for images, labels in train_epoch():
+            if len(losses) == steps_per_epoch:
+                continue
+            set_lr(optimizer, lr_at(step, total_steps, warmup_steps, peak_lr))
+            logits = model(to_model_input(images, device))
+            loss = F.cross_entropy(
+                logits, labels.to(device), label_smoothing=config["label_smoothing"]
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            step += 1
+        correct, total = reduce(list(count_correct(model, val_epoch(), device)))
+        top1 = correct / total if total else 0.0
+        best = max(best, top1)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, {"finetune/train_loss": _mean(losses), "finetune/val_top1": top1})
+    return {"finetune/top1": top1, "finetune/best_top1": best}
+
+
+@torch.no_grad()
+def count_correct(model: nn.Module, batches: Batches, device: torch.device) -> tuple[int, int]:
+    """(correctly classified, total) over `batches`."""
+    model.eval()
+    correct = total = 0
+    for images, labels in batches:
+        predicted = model(to_model_input(images, device)).argmax(dim=1).cpu()
+        correct += int((predicted == labels.cpu()).sum())
+        total += len(labels)
+    return correct, total
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
