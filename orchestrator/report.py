@@ -11,11 +11,13 @@ of the sweep's parent run. Rendering (Markdown, HTML with plots, rich) is in `re
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import statistics
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -238,7 +240,7 @@ def _child_of(run: Any, parent: Any) -> bool:
 def _knob_keys(client: Any, parent: Any) -> list[str]:
     """The dotted keys the sweep varies: its points' keys and grid keys, in spec order."""
     try:
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, _no_progress_bar():
             local = client.download_artifacts(parent.info.run_id, "sweep_spec.json", tmp)
             section = json.loads(Path(local).read_text()).get("sweep", {})
         keys = [k for point in section.get("points", []) for k in point]
@@ -248,6 +250,21 @@ def _knob_keys(client: Any, parent: Any) -> list[str]:
             k.removeprefix("sweep.grid.") for k in parent.data.params if k.startswith("sweep.grid.")
         ]
     return [k for k in dict.fromkeys(keys) if k != SEED_KEY]
+
+
+@contextlib.contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    # MLflow draws a progress bar on stderr for every download, even of one small file.
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(name)
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def _trial_record(client: Any, run: Any, knob_keys: list[str]) -> TrialRecord:

@@ -179,13 +179,14 @@ def _png_base64(draw: Callable[[Figure], bool]) -> str | None:
 
 def _x_axis(report: Report) -> tuple[list[float], list[str] | None, str]:
     """Numeric x for one numeric knob; otherwise one position per row, labelled."""
-    labels = [row.label for row in report.rows]
     if len(report.knob_keys) == 1:
         try:
             return [float(row.knobs[0]) for row in report.rows], None, report.knob_keys[0]
         except (TypeError, ValueError):
             pass
-    return list(range(len(report.rows))), labels, ", ".join(report.knob_keys) or "grid point"
+    # Values only under the ticks (the axis title names the knobs): full labels overlap.
+    labels = [" ".join(v for v in row.knobs if v is not None) or "base" for row in report.rows]
+    return list(range(len(report.rows))), labels, ", ".join(short_keys(report.knob_keys)) or "grid"
 
 
 def plot_metric_vs_knob(report: Report, fig: Figure) -> bool:
