@@ -1,0 +1,105 @@
+"""`mimray submit` / `mimray jobs`: argument errors and what a job carries (no cluster needed)."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+from conftest import free_port
+
+from orchestrator import jobs
+from orchestrator.cli import main
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["submit"], "command: nothing to run"),
+        (["submit", "--"], "command: nothing to run"),
+        (["submit", "--address", "ftp://head:8265", "--", "presets"], "--address: 'ftp://head"),
+        (["submit", "--", "jobs", "list"], "command: 'jobs' runs here"),
+        (["jobs", "status", "x", "--address", "gcs://h:1"], "--address: 'gcs://h:1' is not"),
+        (["jobs", "logs", "x", "--address", "http://"], "--address: 'http://' is not"),
+    ],
+)
+def test_usage_errors_exit_2_in_one_line(args, expected, workdir):
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"mimray: error: {expected}")
+    assert result.output.count("\n") == 1
+
+
+def test_missing_job_id_is_a_usage_error(workdir):
+    result = CliRunner().invoke(main, ["jobs", "status"])
+    assert result.exit_code == 2
+    assert "JOB_ID" in result.output
+
+
+@pytest.mark.parametrize(
+    ("command", "rest"),
+    [(["jobs", "list"], []), (["jobs", "stop", "j1"], []), (["submit"], ["--", "presets"])],
+)
+def test_unreachable_cluster_exits_1_in_one_line(command, rest, workdir):
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    result = CliRunner().invoke(main, [*command, "--address", url, *rest])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(f"mimray: error: cannot reach the Ray Jobs API at {url}")
+    assert result.output.count("\n") == 1
+
+
+def test_spec_file_outside_the_shipped_folder_is_refused(tmp_path, workdir):
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.yaml"
+    outside.write_text("name: x\n")
+    try:
+        with pytest.raises(jobs.JobsUsageError, match="is outside"):
+            jobs.check_local_files(["sweep", str(outside)], workdir)
+        (workdir / "mine.yaml").write_text("name: x\n")
+        jobs.check_local_files(["sweep", "mine.yaml"], workdir)  # inside: fine
+        with pytest.raises(jobs.JobsUsageError, match="give it relative"):
+            jobs.check_local_files(["sweep", str(workdir / "mine.yaml")], workdir)
+    finally:
+        outside.unlink()
+
+
+def test_address_defaults(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert jobs.normalise_address(None) == "http://127.0.0.1:8265"
+    monkeypatch.setenv("RAY_ADDRESS", "https://head.example:8265/")
+    assert jobs.normalise_address(None) == "https://head.example:8265"
+    # A GCS address in RAY_ADDRESS (for `ray.init`) is not the Jobs API: ignore it.
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert jobs.normalise_address(None) == "http://127.0.0.1:8265"
+    assert jobs.normalise_address("head:8265") == "http://head:8265"
+
+
+def test_job_env_forwards_settings_and_secrets_only_when_asked(monkeypatch):
+    environ = {
+        "MLFLOW_TRACKING_URI": "http://mlflow:5000",
+        "MLFLOW_S3_ENDPOINT_URL": "http://minio:9000",
+        "AWS_ENDPOINT_URL": "http://minio:9000",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+        "AWS_ACCESS_KEY_ID": "id",
+        "AWS_SECRET_ACCESS_KEY": "secret",
+        "HOME": "/home/me",
+    }
+    plain = jobs.job_env(environ, with_secrets=False)
+    assert plain == {k: environ[k] for k in list(environ)[:4]}
+    full = jobs.job_env(environ, with_secrets=True)
+    assert full["AWS_SECRET_ACCESS_KEY"] == "secret"
+    assert "HOME" not in full
+
+
+def test_auth_token_becomes_a_bearer_header(monkeypatch):
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    assert jobs.auth_headers() == {}
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "tok123")
+    assert jobs.auth_headers() == {"Authorization": "Bearer tok123"}
+
+
+def test_entrypoint_runs_the_shipped_cli_with_quoting():
+    assert (
+        jobs.entrypoint(["sweep", "my sweep.yaml", "--set", "train.epochs=1"])
+        == "python -m orchestrator.cli sweep 'my sweep.yaml' --set train.epochs=1"
+    )
+    env = jobs.build_runtime_env(jobs.Path("/x"), {}, with_secrets=False)
+    assert [p.rsplit("/", 1)[-1] for p in env["py_modules"]] == ["orchestrator", "workloads"]
+    assert {".git", ".venv", "mimray-runs"} <= set(env["excludes"])
