@@ -1,0 +1,141 @@
+"""The Grafana dashboards and Prometheus/Grafana provisioning files, checked offline.
+
+Whether the metrics they query are really exported is checked against a live run in
+`test_observability_e2e.py`, which reuses `queried_metrics` from here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from workloads.metrics import (
+    EXPORTED_GPU_METRICS,
+    EXPORTED_SWEEP_METRICS,
+    EXPORTED_TRAINING_METRICS,
+)
+
+ROOT = Path(__file__).resolve().parent.parent / "dashboards"
+DASHBOARDS = [ROOT / name for name in ("sweep-overview.json", "training.json", "data-ingest.json")]
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+# Identifiers that name metrics: Ray's (`ray_...`, ours included as `ray_mimray_...`) or a bare
+# `mimray...` one (which would be a mistake: Ray exports ours with the `ray_` prefix).
+METRIC = re.compile(r"(?<![\w\"'])(ray_\w+|mimray\w*)")
+# Label matchers hold label values, not metric names: `{state="running"}` must not count.
+MATCHERS = re.compile(r"\{[^}]*\}")
+
+
+def load(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    found = []
+    for panel in dashboard["panels"]:
+        found.append(panel)
+        found.extend(panel.get("panels", []))  # collapsed rows hold their panels
+    return [p for p in found if p.get("type") != "row"]
+
+
+def expressions(dashboard: dict[str, Any]) -> list[str]:
+    """Every PromQL expression: panel targets and the template variables' queries."""
+    exprs = [t["expr"] for p in panels(dashboard) for t in p.get("targets", [])]
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            query = variable["query"]
+            exprs.append(query["query"] if isinstance(query, dict) else query)
+    return exprs
+
+
+def metric_names(expr: str) -> set[str]:
+    return set(METRIC.findall(MATCHERS.sub("", expr)))
+
+
+def queried_metrics(path: Path) -> set[str]:
+    return set().union(*(metric_names(e) for e in expressions(load(path))))
+
+
+def test_metric_names_are_parsed_from_promql():
+    expr = (
+        "histogram_quantile(0.95, sum by (run, le) (rate(ray_mimray_train_step_seconds_bucket"
+        '{run=~"$run", state="ray_not_a_metric"}[$__rate_interval]))) / on() ray_node_mem_total'
+    )
+    assert metric_names(expr) == {"ray_mimray_train_step_seconds_bucket", "ray_node_mem_total"}
+    assert metric_names("label_values(ray_mimray_train_epoch, run)") == {"ray_mimray_train_epoch"}
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_dashboard_uses_the_templated_datasource_and_every_panel_queries(path):
+    dashboard = load(path)
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    assert dashboard["uid"].startswith("mimray-")
+    assert panels(dashboard), "no panels"
+    for panel in panels(dashboard):
+        assert panel["datasource"] == DATASOURCE, panel["title"]
+        targets = panel.get("targets", [])
+        assert targets, f"panel {panel['title']!r} has no query"
+        for target in targets:
+            assert target["datasource"] == DATASOURCE, panel["title"]
+            assert target["expr"].strip(), f"panel {panel['title']!r} has an empty query"
+            assert metric_names(target["expr"]), f"{panel['title']!r} queries no metric"
+    for variable in variables.values():
+        if variable["type"] == "query":
+            assert variable["datasource"] == DATASOURCE, variable["name"]
+    ids = [p["id"] for p in panels(dashboard)]
+    assert len(ids) == len(set(ids)), "panel ids repeat"
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_dashboard_queries_only_names_that_exist_once_ray_exported_them(path):
+    names = queried_metrics(path)
+    assert not {n for n in names if n.startswith("mimray")}, "Ray exports ours as ray_mimray_*"
+    ours = {n for n in names if n.startswith("ray_mimray_")}
+    exported = {*EXPORTED_TRAINING_METRICS, *EXPORTED_GPU_METRICS, *EXPORTED_SWEEP_METRICS}
+    # Histograms are queried through their _sum/_count series as well as _bucket.
+    exported |= {
+        n.removesuffix("_bucket") + suffix
+        for n in exported
+        if n.endswith("_bucket")
+        for suffix in ("_sum", "_count")
+    }
+    assert ours <= exported, sorted(ours - exported)
+
+
+def test_dashboards_cover_what_each_one_is_for():
+    by_name = {path.stem: queried_metrics(path) for path in DASHBOARDS}
+    assert {"ray_mimray_sweep_trials", "ray_mimray_sweep_trial_loss"} <= by_name["sweep-overview"]
+    assert {
+        "ray_mimray_train_images_per_second",
+        "ray_mimray_train_step_seconds_bucket",
+        "ray_mimray_train_data_wait_share",
+        "ray_mimray_gpu_memory_max_allocated_bytes",
+        "ray_node_cpu_utilization",
+        "ray_node_gpus_utilization",
+    } <= by_name["training"]
+    assert {"ray_mimray_train_data_wait_seconds_bucket", "ray_data_output_bytes"} <= by_name[
+        "data-ingest"
+    ]
+
+
+def test_prometheus_scrapes_ray_service_discovery():
+    config = yaml.safe_load((ROOT / "prometheus.yml").read_text())
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "ray"]
+    files = [f for sd in job["file_sd_configs"] for f in sd["files"]]
+    assert files == ["/tmp/ray/prom_metrics_service_discovery.json"]
+
+
+def test_grafana_provisioning_points_at_these_dashboards_and_prometheus():
+    datasources = yaml.safe_load((ROOT / "provisioning" / "datasources.yaml").read_text())
+    (prometheus,) = datasources["datasources"]
+    assert prometheus["type"] == "prometheus" and prometheus["url"].startswith("http")
+    providers = yaml.safe_load((ROOT / "provisioning" / "dashboards.yaml").read_text())
+    (provider,) = providers["providers"]
+    assert provider["type"] == "file"
+    assert provider["options"]["path"], provider
