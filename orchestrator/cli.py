@@ -296,5 +296,19 @@ def presets() -> None:
     console.print(table)
 
 
+from orchestrator.cli_jobs import jobs, submit  # noqa: E402 - registered after main exists
+
+main.add_command(submit)
+main.add_command(jobs)
+
+from orchestrator.cli_report import report  # noqa: E402 - registered after main exists
+
+main.add_command(report)
+
+from orchestrator.cli_eval import evaluate, lineage  # noqa: E402 - registered after main exists
+
+main.add_command(evaluate)
+main.add_command(lineage)
+
 if __name__ == "__main__":
     main()

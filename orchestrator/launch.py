@@ -249,6 +249,7 @@ def execute_run(
         run.run_id,
         system_metrics=spec.tracking.system_metrics,
         system_metrics_interval_s=spec.tracking.system_metrics_interval_s,
+        commit_on_checkpoint=True,  # a worker-group restart must not log an epoch twice
     )
     trainer = build_trainer(spec, run.name, run.storage_path, run.schedule, reporter, callbacks)
     tracker.mark_running(run.run_id)
@@ -321,4 +322,13 @@ def run_pretrain(
         f"{spec.scaling.num_workers} workers; MLflow run {run.run_id}",
         flush=True,
     )
-    return execute_run(run, address)
+    result = execute_run(run, address)
+    evaluate_after(run, result.epochs_done, address)
+    return result
+
+
+def evaluate_after(run: PreparedRun, epochs_done: int, address: str | None = None) -> None:
+    """Run the spec's chained `eval:` list on the run's checkpoints (done ones are reused)."""
+    from orchestrator.evaluate import run_chained_evaluations  # it imports this module
+
+    run_chained_evaluations(run.run_id, run.spec.eval, epochs_done, run.tracking_uri, address)

@@ -22,11 +22,13 @@ from orchestrator.launch import (
     PreparedRun,
     check_trainable,
     ensure_ray,
+    evaluate_after,
     execute_run,
     prepare_run,
 )
 from orchestrator.spec import SweepSpec, Trial
 from orchestrator.tracking import Tracker, resolve_tracking_uri
+from workloads.metrics import SweepMetrics
 
 # A trial's own driver only waits on its Train workers. A whole CPU per trial deadlocks small
 # machines, and Tune refuses zero, so it reserves a sliver.
@@ -56,7 +58,9 @@ def run_trial(config: dict[str, Any], runs: list[PreparedRun]) -> None:
     """The Tune trainable: fit one prepared run, reporting epochs to Tune as they come."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    execute_run(runs[config["trial"]], callbacks=[TuneReportCallback()])
+    run = runs[config["trial"]]
+    result = execute_run(run, callbacks=[TuneReportCallback()])
+    evaluate_after(run, result.epochs_done)
 
 
 def open_sweep_runs(
@@ -119,7 +123,7 @@ def run_sweep(
         tune.with_parameters(run_trial, runs=runs),
         {**sweep.sweep.driver_resources, "CPU": TRIAL_DRIVER_CPU},
     )
-    progress = SweepProgress(trials)
+    progress = SweepProgress(trials, name)
     restored = tune.Tuner.can_restore(experiment_path)
     if restored:
         tuner = tune.Tuner.restore(
@@ -269,13 +273,27 @@ def ray_log_dir() -> str:
 
 
 class SweepProgress(Callback):
-    """One line per change of the sweep's state, instead of Tune's and Ray's log flood."""
+    """One line per change of the sweep's state, instead of Tune's and Ray's log flood; the
+    same counts, and each trial's latest loss, as Prometheus gauges (`SweepMetrics`)."""
 
-    def __init__(self, trials: list[Trial]) -> None:
+    def __init__(self, trials: list[Trial], sweep: str | None = None) -> None:
         self.names = {t.index: t.name for t in trials}
         self.total = len(trials)
+        self.sweep = sweep or "sweep"
         self.state: dict[str, str] = {}
         self.best: tuple[float, str] | None = None
+        self._metrics: SweepMetrics | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks with the experiment; live metric handles and their
+        # refresh thread belong to this process, so a restored sweep opens its own.
+        return {**self.__dict__, "_metrics": None}
+
+    def _live(self) -> SweepMetrics:
+        # getattr: a sweep pickled by an older mimray restores without these attributes.
+        if getattr(self, "_metrics", None) is None:
+            self._metrics = SweepMetrics(getattr(self, "sweep", "sweep"))
+        return self._metrics
 
     def _line(self) -> None:
         counts = Counter(self.state.values())
@@ -285,6 +303,14 @@ class SweepProgress(Callback):
             f"[mimray] trials: {counts['running']} running, {pending} pending, "
             f"{counts['done']} done, {counts['errored']} errored{best}",
             flush=True,
+        )
+        self._live().record_counts(
+            {
+                "running": counts["running"],
+                "pending": pending,
+                "errored": counts["errored"],
+                "finished": counts["done"],
+            }
         )
 
     def _name(self, trial: Any) -> str:
@@ -300,6 +326,8 @@ class SweepProgress(Callback):
         loss = result.get("loss")
         if loss is not None and (self.best is None or loss < self.best[0]):
             self.best = (loss, self._name(trial))
+        if loss is not None:
+            self._live().record_trial_loss(self._name(trial), float(loss))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.state[self._name(trial)] = "done"
@@ -308,3 +336,8 @@ class SweepProgress(Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.state[self._name(trial)] = "errored"
         self._line()
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        # The last counts stay in Prometheus' history; the endpoint drops them once unrefreshed.
+        if getattr(self, "_metrics", None) is not None:
+            self._metrics.close()

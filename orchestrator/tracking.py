@@ -80,6 +80,12 @@ class Tracker:
                 tags=dict([EXPERIMENT_KIND_TAG]),
             )
 
+    @classmethod
+    def for_experiment_id(cls, tracking_uri: str, experiment_id: str) -> Tracker:
+        from mlflow import MlflowClient
+
+        return cls(tracking_uri, MlflowClient(tracking_uri).get_experiment(experiment_id).name)
+
     def _local_artifact_root(self, experiment: str) -> str | None:
         # Next to the SQLite file, as an absolute URI: Ray workers run in other folders.
         if not self.tracking_uri.startswith("sqlite:///"):
@@ -149,6 +155,19 @@ class Tracker:
         tags = [InputTag("mlflow.data.context", context)]
         self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags)])
 
+    def log_model_input(self, run_id: str, model_id: str) -> None:
+        """Declare the checkpoint (LoggedModel) a run consumed: lineage from eval to model."""
+        from mlflow.entities import LoggedModelInput
+
+        self.client.log_inputs(run_id, models=[LoggedModelInput(model_id)])
+
+    def log_model_metrics(
+        self, run_id: str, model_id: str, metrics: Mapping[str, float], step: int
+    ) -> None:
+        """Metrics of `run_id` that also belong to the model: its page lists them."""
+        for key, value in metrics.items():
+            self.client.log_metric(run_id, key, float(value), step=step, model_id=model_id)
+
     def mark_running(self, run_id: str) -> None:
         self.client.update_run(run_id, status="RUNNING")
 
@@ -168,7 +187,11 @@ class Tracker:
         return sorted(models, key=lambda m: int(m.params.get("epoch", 0)))
 
     def reporter(
-        self, run_id: str, system_metrics: bool = True, system_metrics_interval_s: float = 10.0
+        self,
+        run_id: str,
+        system_metrics: bool = True,
+        system_metrics_interval_s: float = 10.0,
+        commit_on_checkpoint: bool = False,
     ) -> MlflowReporter:
         return MlflowReporter(
             tracking_uri=self.tracking_uri,
@@ -176,6 +199,7 @@ class Tracker:
             experiment_id=self.experiment_id,
             system_metrics=system_metrics,
             system_metrics_interval_s=system_metrics_interval_s,
+            commit_on_checkpoint=commit_on_checkpoint,
         )
 
 
@@ -190,6 +214,15 @@ class MlflowReporter:
 
     It travels to the worker pickled in the train-loop config, so it holds only plain fields
     until `start()` opens the client in the worker process.
+
+    With `commit_on_checkpoint` (training runs), a worker-group restart never records a step,
+    an epoch or a checkpoint twice. MLflow's history is append-only, and a restart redoes
+    everything after the last checkpoint Ray registered. So metrics wait until the next
+    checkpoint is logged, and a failed attempt's are dropped in `close()`; and because a
+    checkpoint the worker saved may still be lost (Ray Train registers it a poll later, seen
+    here: a worker killed in that window restarted the run from epoch 1), each attempt also
+    skips the steps and checkpoints the run already holds. The live view while an epoch runs
+    is Prometheus' (`workloads.metrics`).
     """
 
     tracking_uri: str
@@ -198,7 +231,11 @@ class MlflowReporter:
     system_metrics: bool = True
     system_metrics_interval_s: float = 10.0
     flush_every_s: float = 5.0
+    commit_on_checkpoint: bool = False
     _buffer: list = field(default_factory=list, repr=False)
+    _uncommitted: list = field(default_factory=list, repr=False)
+    _recorded_up_to: dict = field(default_factory=dict, repr=False)  # key -> last step in run
+    _recorded_checkpoints: dict | None = field(default=None, repr=False)  # epoch -> model id
     _last_flush: float = field(default=0.0, repr=False)
     _client: Any = field(default=None, repr=False)
     _monitor: Any = field(default=None, repr=False)
@@ -222,16 +259,33 @@ class MlflowReporter:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self._buffer.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
+        points = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        if self.commit_on_checkpoint:
+            self._uncommitted.extend(points)
+            return
+        self._buffer.extend(points)
         # Per-step metrics are cheap to buffer; a write per step would slow the loop.
         if time.monotonic() - self._last_flush >= self.flush_every_s:
             self.flush()
 
     def flush(self) -> None:
+        if self.commit_on_checkpoint:
+            self._buffer = [m for m in self._buffer if m.step > self._recorded_step(m.key)]
         while self._buffer:
             batch, self._buffer = self._buffer[:1000], self._buffer[1000:]
             self._client.log_batch(self.run_id, metrics=batch)
         self._last_flush = time.monotonic()
+
+    def _recorded_step(self, key: str) -> int:
+        """The last step of `key` the run held when this attempt first wrote it (-1: none).
+
+        Read once per key and attempt, before this attempt writes it: its own later steps
+        are larger. A resumed run reads its whole history of each key once, on restart.
+        """
+        if key not in self._recorded_up_to:
+            history = self._client.get_metric_history(self.run_id, key)
+            self._recorded_up_to[key] = max((m.step for m in history), default=-1)
+        return self._recorded_up_to[key]
 
     def log_checkpoint(
         self, uri: str, epoch: int, step: int, metrics: Mapping[str, float]
@@ -239,7 +293,25 @@ class MlflowReporter:
         import mlflow
         from mlflow.entities import LoggedModelOutput
 
+        # The checkpoint is saved (the loop logs it after `ray.train.report` returned): what
+        # led to it can no longer be redone by a restart.
+        self._buffer.extend(self._uncommitted)
+        self._uncommitted = []
         self.flush()
+        if self.commit_on_checkpoint:
+            if self._recorded_checkpoints is None:
+                self._recorded_checkpoints = {
+                    int(m.params["epoch"]): m.model_id
+                    for m in self._client.search_logged_models(
+                        experiment_ids=[self.experiment_id],
+                        filter_string=f"source_run_id = '{self.run_id}'",
+                    )
+                    if "epoch" in m.params
+                }
+            if epoch in self._recorded_checkpoints:
+                # Redone after a lost registration: same directory (deterministic name),
+                # rewritten in place, so the recorded model already points at it.
+                return self._recorded_checkpoints[epoch]
         model = mlflow.create_external_model(
             name=f"checkpoint-epoch-{epoch:04d}",
             source_run_id=self.run_id,
@@ -260,6 +332,7 @@ class MlflowReporter:
         return model.model_id
 
     def close(self) -> None:
+        self._uncommitted = []  # no checkpoint holds them: a restarted attempt redoes them
         if self._client is not None:
             self.flush()
         if self._monitor is not None:

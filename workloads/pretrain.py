@@ -11,6 +11,7 @@ orchestrator's spec classes.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import sys
@@ -25,10 +26,12 @@ import torch.distributed as dist
 from torch import nn
 
 from workloads.methods import get_method
+from workloads.metrics import TrainingMetrics
 from workloads.optim import build_optimizer, lr_at, scaled_lr, set_lr
 from workloads.reporting import NullReporter, Reporter
 
 CHECKPOINT_FILE = "checkpoint.pt"
+SPEC_FILE = "spec.json"
 # ImageNet statistics, as in the MAE recipe; targets are normalised per patch anyway.
 IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)
@@ -161,6 +164,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if rank != 0:
         reporter = NullReporter()
     reporter.start()
+    live = TrainingMetrics(context.get_experiment_name(), spec["method"]["name"], rank)
     if rank == 0 and start_epoch:
         say(f"resuming at epoch {start_epoch} (step {step})")
 
@@ -182,6 +186,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 if len(losses) == schedule.steps_per_epoch:
                     continue
                 data_wait += wait
+                computing = time.perf_counter()
                 lr = lr_at(
                     step,
                     schedule.total_steps,
@@ -211,6 +216,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     raise FloatingPointError(f"loss is {loss} at epoch {epoch} step {step}")
                 losses.append(loss)
                 step += 1
+                live.record_step(wait + time.perf_counter() - computing, wait, len(images))
                 reporter.log_metrics(
                     {
                         "train/loss": loss,
@@ -232,8 +238,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 "data/skipped": skipped,
                 "epoch_time_s": elapsed,
             }
+            live.record_epoch(
+                epoch + 1, epoch_metrics["loss"], epoch_metrics["images_per_s"], data_wait, elapsed
+            )
             _report_epoch(model, optimizer, scaler, epoch_metrics, config, reporter, rank)
     finally:
+        live.close()
         reporter.close()
 
 
@@ -274,6 +284,9 @@ def _report_epoch(
                 "spec": config["spec"],
             }
             torch.save(state, os.path.join(folder, CHECKPOINT_FILE))
+            # The spec alone, so an evaluation can size its encoder without loading weights.
+            with open(os.path.join(folder, SPEC_FILE), "w") as f:
+                json.dump(config["spec"], f)
             checkpoint = ray.train.Checkpoint.from_directory(folder)
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=dir_name)
     reporter.log_checkpoint(

@@ -6,24 +6,30 @@ is one line naming the dotted key and what is allowed, so the CLI can print it a
 A sweep spec is a base run spec plus the grid of points to vary.
 """
 
+from orchestrator.spec.base import ConfigError
+from orchestrator.spec.evaluation import PROTOCOLS, EvalSpec
 from orchestrator.spec.loading import (
     apply_overrides,
+    load_eval_spec,
     load_spec,
     load_sweep,
     preset_names,
     read_spec_source,
     validate_spec,
 )
-from orchestrator.spec.run import ConfigError, RunSpec, flatten
+from orchestrator.spec.run import RunSpec, flatten
 from orchestrator.spec.sweep import SweepSpec, Trial
 
 __all__ = [
     "ConfigError",
+    "EvalSpec",
+    "PROTOCOLS",
     "RunSpec",
     "apply_overrides",
     "flatten",
     "SweepSpec",
     "Trial",
+    "load_eval_spec",
     "load_spec",
     "load_sweep",
     "preset_names",

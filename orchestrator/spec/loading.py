@@ -6,12 +6,14 @@ import json
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from orchestrator.spec.run import ConfigError, RunSpec
+from orchestrator.spec.base import ConfigError
+from orchestrator.spec.evaluation import PROTOCOLS, EvalSpec
+from orchestrator.spec.run import RunSpec
 from orchestrator.spec.sweep import (
     SweepSpec,
     Trial,
@@ -115,7 +117,9 @@ def validate_spec(raw: Mapping[str, Any]) -> RunSpec:
         raise ConfigError(describe_validation_error(err, raw)) from None
 
 
-def describe_validation_error(err: ValidationError, raw: Mapping[str, Any]) -> str:
+def describe_validation_error(
+    err: ValidationError, raw: Mapping[str, Any], root: type[BaseModel] = RunSpec
+) -> str:
     """First error as one line: `dotted.key: what is wrong; allowed: ...`."""
     first = err.errors()[0]
     loc = [str(part) for part in first["loc"]]
@@ -127,16 +131,18 @@ def describe_validation_error(err: ValidationError, raw: Mapping[str, Any]) -> s
         loc, message = [*loc, head], rest
     key = ".".join(loc) or "config"
     if kind == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1], raw)
+        allowed = _allowed_keys(loc[:-1], raw, root)
         return f"{key}: unknown key; allowed: {', '.join(allowed)}"
     if "input" in first and kind != "missing" and not isinstance(first["input"], dict):
         return f"{key}: {message} (got {first['input']!r})"
     return f"{key}: {message}"
 
 
-def _allowed_keys(section: list[str], raw: Mapping[str, Any]) -> list[str]:
-    model: type[BaseModel] = RunSpec
+def _allowed_keys(section: list[str], raw: Mapping[str, Any], root: type[BaseModel]) -> list[str]:
+    model: type[BaseModel] = root
     for part in section:
+        if part.isdigit():  # an item of a list section, e.g. eval.0
+            continue
         if part == "method":
             name = (
                 raw.get("method", {}).get("name", "mae")
@@ -146,9 +152,21 @@ def _allowed_keys(section: list[str], raw: Mapping[str, Any]) -> list[str]:
             model = get_method(name).knobs
             continue
         annotation = model.model_fields[part].annotation
-        model = (
-            annotation
-            if isinstance(annotation, type) and issubclass(annotation, BaseModel)
-            else model
-        )
+        # list[EvalSpec] names its item type as the annotation's argument
+        for candidate in (annotation, *get_args(annotation)):
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                model = candidate
+                break
     return list(model.model_fields)
+
+
+def load_eval_spec(protocol: str, overrides: Iterable[str] = ()) -> EvalSpec:
+    """The eval spec of `protocol` with `--set` overrides (e.g. knn.k=10, linear.epochs=5)."""
+    if protocol not in PROTOCOLS:
+        allowed = ", ".join(PROTOCOLS)
+        raise ConfigError(f"protocol: unknown protocol {protocol!r}; allowed: {allowed}")
+    raw = apply_overrides({"protocol": protocol}, overrides)
+    try:
+        return EvalSpec.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(describe_validation_error(err, raw, EvalSpec)) from None

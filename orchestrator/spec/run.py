@@ -8,27 +8,19 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     SerializeAsAny,
     field_validator,
     model_validator,
 )
 
+from orchestrator.spec.base import Section
+from orchestrator.spec.evaluation import EvalSpec
 from workloads.data import validate_source
 from workloads.methods import MethodKnobs, get_method, method_names
 
 
-class ConfigError(ValueError):
-    """A spec the user must fix; the message is one line naming the key."""
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ModelSpec(_Section):
+class ModelSpec(Section):
     img_size: int = Field(32, ge=8, description="input resolution (square)")
     patch_size: int = Field(4, ge=1)
     in_chans: Literal[3] = 3
@@ -62,7 +54,7 @@ class ModelSpec(_Section):
         return (self.img_size // self.patch_size) ** 2
 
 
-class DataSpec(_Section):
+class DataSpec(Section):
     source: str = Field("shapes", description="built-in name, image folder")
     num_images: int | None = Field(None, ge=1, description="rows used (None: all / default)")
     seed: int = Field(0, description="generation seed of built-in data (not the training seed)")
@@ -78,7 +70,7 @@ class DataSpec(_Section):
         return source
 
 
-class TrainSpec(_Section):
+class TrainSpec(Section):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=1, description="global batch over all workers")
     blr: float = Field(1.5e-4, gt=0, description="base lr; lr = blr * batch_size / 256")
@@ -94,7 +86,7 @@ class TrainSpec(_Section):
     max_failures: int = Field(2, ge=0, description="worker-group restarts from last checkpoint")
 
 
-class ScalingSpec(_Section):
+class ScalingSpec(Section):
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
     # Ray Data's budget excludes what Train workers reserve: whole CPUs per worker on a
@@ -129,14 +121,14 @@ def check_custom_resources(resources: dict[str, float], instead: str) -> dict[st
     return resources
 
 
-class TrackingSpec(_Section):
+class TrackingSpec(Section):
     experiment: str = Field("mimray", min_length=1)
     uri: str | None = Field(None, description="MLflow tracking URI (else env, else SQLite)")
     system_metrics: bool = True
     system_metrics_interval_s: float = Field(10.0, gt=0, description="CPU/GPU/memory sampling")
 
 
-class StorageSpec(_Section):
+class StorageSpec(Section):
     path: str | None = Field(
         None, description="Ray storage (local or s3://); default ./mimray-runs"
     )
@@ -158,7 +150,7 @@ def _validate_method(raw: Any) -> MethodKnobs:
     return method.knobs.model_validate({**raw, "name": name})
 
 
-class RunSpec(_Section):
+class RunSpec(Section):
     method: SerializeAsAny[MethodKnobs] = Field(default_factory=lambda: _validate_method({}))
     model: ModelSpec = Field(default_factory=ModelSpec)
     data: DataSpec = Field(default_factory=DataSpec)
@@ -166,6 +158,8 @@ class RunSpec(_Section):
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
+    # Evaluations chained after pretraining; they do not change what is trained.
+    eval: list[EvalSpec] = Field(default_factory=list)
 
     @field_validator("method", mode="before")
     @classmethod
@@ -198,12 +192,18 @@ class RunSpec(_Section):
         # fingerprints, and so their default names.
         if not tree["scaling"]["worker_resources"]:
             del tree["scaling"]["worker_resources"]
+        del tree["eval"]  # chained evaluations do not change the pretrain run
         canonical = json.dumps(tree, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def flat_params(self) -> dict[str, str]:
         """Dotted keys -> values, as MLflow params and Tune search-space keys."""
-        return dict(flatten(self.model_dump(mode="json")))
+        tree = self.model_dump(mode="json")
+        if self.eval:
+            tree["eval"] = ",".join(e.protocol for e in self.eval)  # eval runs keep the rest
+        else:
+            del tree["eval"]
+        return dict(flatten(tree))
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:

@@ -25,7 +25,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from orchestrator.spec.run import ConfigError, RunSpec, check_custom_resources
+from orchestrator.spec.base import ConfigError
+from orchestrator.spec.run import RunSpec, check_custom_resources
 
 
 class EarlyStop(BaseModel):

@@ -27,7 +27,7 @@ from workloads.evaluation.protocols import (
     knn_metrics,
     linear_probe,
 )
-from workloads.pretrain import CHECKPOINT_FILE, global_sum, say
+from workloads.pretrain import CHECKPOINT_FILE, SPEC_FILE, global_sum, say
 from workloads.reporting import NullReporter, Reporter
 
 RESULT_FILE = "result.json"
@@ -41,6 +41,19 @@ def read_checkpoint_state(uri: str) -> dict[str, Any]:
     with filesystem.open_input_file(f"{path.rstrip('/')}/{CHECKPOINT_FILE}") as stream:
         payload = stream.read()
     return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+
+
+def read_checkpoint_spec(uri: str) -> dict[str, Any]:
+    """The run spec (as a dict) a pretrain checkpoint was trained with; FileNotFoundError
+    when the checkpoint is gone (e.g. pruned by `train.keep_checkpoints`)."""
+    from workloads.data.object_store import filesystem_for
+
+    filesystem, path = filesystem_for(uri)
+    try:
+        with filesystem.open_input_file(f"{path.rstrip('/')}/{SPEC_FILE}") as stream:
+            return json.loads(stream.read())
+    except FileNotFoundError:  # checkpoints written before spec.json existed
+        return read_checkpoint_state(uri)["spec"]
 
 
 def labelled_batches(shard: Any, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:

@@ -1,0 +1,152 @@
+"""The lineage tree of a run or checkpoint: sweep -> trial runs -> checkpoints -> evaluations.
+
+Built from MLflow alone (tags, LoggedModels and dataset inputs), as plain data for `--json`
+and as a rich Tree for the terminal.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.tree import Tree
+
+from orchestrator.lookup import (
+    checkpoint_models,
+    eval_runs_of,
+    find_named_run,
+    find_sweep,
+    get_checkpoint_model,
+    get_run,
+    open_store,
+    sweep_trials,
+)
+from orchestrator.spec import ConfigError
+from orchestrator.tracking import (
+    EVAL_PROTOCOL_TAG,
+    KIND_TAG,
+    MODEL_ID_TAG,
+    PRETRAIN_RUN_TAG,
+)
+
+
+def lineage(tracking_uri: str, target: str) -> dict[str, Any]:
+    """The tree around TARGET: a run id (sweep, trial, pretrain or eval), a checkpoint model
+    id, or a sweep name. A checkpoint or eval narrows the tree to that checkpoint."""
+    client = open_store(tracking_uri)
+    only_model: str | None = None
+    model = get_checkpoint_model(client, target)
+    run = get_run(client, target)
+    if model is not None:
+        only_model, run = model.model_id, client.get_run(model.source_run_id)
+    elif run is not None and run.data.tags.get(KIND_TAG) == "eval":
+        only_model = run.data.tags.get(MODEL_ID_TAG)
+        run = get_run(client, run.data.tags.get(PRETRAIN_RUN_TAG, ""))
+        if run is None:
+            raise ConfigError(f"target {target}: the run it evaluated no longer exists")
+    elif run is None:
+        run = find_sweep(client, target) or find_named_run(client, target)
+        if run is None:
+            raise ConfigError(
+                f"target {target!r}: not a run id, a checkpoint model id (m-...), a run name "
+                f"or a sweep name in {tracking_uri}"
+            )
+
+    if run.data.tags.get(KIND_TAG) == "sweep":
+        sweep, pretrain_runs = run, sweep_trials(client, run)
+    else:
+        parent_id = run.data.tags.get("mlflow.parentRunId")
+        parent = get_run(client, parent_id) if parent_id else None
+        is_sweep = parent is not None and parent.data.tags.get(KIND_TAG) == "sweep"
+        sweep, pretrain_runs = (parent if is_sweep else None), [run]
+    return {
+        "tracking_uri": tracking_uri,
+        "sweep": _run_summary(sweep) if sweep is not None else None,
+        "runs": [_pretrain_node(client, r, only_model) for r in pretrain_runs],
+    }
+
+
+def _run_summary(run: Any) -> dict[str, Any]:
+    return {
+        "run_id": run.info.run_id,
+        "name": run.info.run_name,
+        "status": run.info.status,
+        "datasets": _datasets(run),
+    }
+
+
+def _datasets(run: Any) -> list[dict[str, str]]:
+    inputs = run.inputs.dataset_inputs if run.inputs else []
+    return [
+        {
+            "name": item.dataset.name,
+            "digest": item.dataset.digest,
+            "context": next((t.value for t in item.tags if t.key == "mlflow.data.context"), ""),
+        }
+        for item in inputs
+    ]
+
+
+def _pretrain_node(client: Any, run: Any, only_model: str | None) -> dict[str, Any]:
+    evals_by_model: dict[str, list[dict[str, Any]]] = {}
+    for evaluation in eval_runs_of(client, run):
+        evals_by_model.setdefault(evaluation.data.tags.get(MODEL_ID_TAG, ""), []).append(
+            {
+                **_run_summary(evaluation),
+                "protocol": evaluation.data.tags.get(EVAL_PROTOCOL_TAG),
+                "metrics": {
+                    k: v for k, v in sorted(evaluation.data.metrics.items()) if k.endswith("top1")
+                },
+            }
+        )
+    checkpoints = [
+        {
+            "epoch": int(model.params.get("epoch", 0)),
+            "model_id": model.model_id,
+            "uri": model.params.get("checkpoint_uri"),
+            "evals": sorted(evals_by_model.get(model.model_id, []), key=lambda e: e["protocol"]),
+        }
+        for model in checkpoint_models(client, run)
+        if only_model is None or model.model_id == only_model
+    ]
+    return {
+        **_run_summary(run),
+        "method": run.data.tags.get("mimray.method"),
+        "kind": run.data.tags.get(KIND_TAG, "run"),
+        "checkpoints": checkpoints,
+    }
+
+
+def lineage_tree(tree: dict[str, Any]) -> Tree:
+    """The lineage as a rich Tree: one line per run, checkpoint and evaluation."""
+    sweep = tree["sweep"]
+    root = Tree(
+        f"[bold]sweep {sweep['name']}[/]  run {sweep['run_id']}"
+        if sweep
+        else f"[bold]MLflow {tree['tracking_uri']}[/]"
+    )
+    for run in tree["runs"]:
+        branch = root.add(
+            f"[bold]{run['kind']} {run['name']}[/]  run {run['run_id']}  {run['method']}  "
+            f"{run['status']}{_data_note(run['datasets'])}"
+        )
+        if not run["checkpoints"]:
+            branch.add("[dim]no checkpoints[/]")
+        for checkpoint in run["checkpoints"]:
+            node = branch.add(
+                f"checkpoint epoch {checkpoint['epoch']}  {checkpoint['model_id']}  "
+                f"{checkpoint['uri']}"
+            )
+            for evaluation in checkpoint["evals"]:
+                scores = "  ".join(f"{k} {v:.4f}" for k, v in evaluation["metrics"].items())
+                node.add(
+                    f"[green]{evaluation['protocol']}[/]  {scores or evaluation['status']}  "
+                    f"run {evaluation['run_id']}{_data_note(evaluation['datasets'])}"
+                )
+    return root
+
+
+def _data_note(datasets: list[dict[str, str]]) -> str:
+    if not datasets:
+        return ""
+    shown = ", ".join(f"{d['name']}@{d['digest'][:12]}" for d in datasets)
+    return f"  [dim]data {shown}[/]"

@@ -1,0 +1,96 @@
+"""The eval spec: how one pretrain checkpoint is evaluated downstream.
+
+One protocol per spec (`knn`, `linear` or `finetune`), each with its own section of settings
+and defaults sized for small CPU runs. `mimray eval --set linear.epochs=50` edits it; a run or
+sweep spec lists eval specs under `eval:` to chain them after pretraining.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import Field
+
+from orchestrator.spec.base import Section
+
+PROTOCOLS: tuple[str, ...] = ("knn", "linear", "finetune")
+
+
+class EvalDataSpec(Section):
+    source: str | None = Field(
+        None, description="labelled data (default: the pretrain run's source)"
+    )
+    val_source: str | None = Field(
+        None, description="val split; required for stored data (one split per prefix)"
+    )
+    train_images: int | None = Field(None, ge=1, description="train-split images (None: all)")
+    val_images: int | None = Field(None, ge=1, description="val-split images (None: all)")
+    seed: int = Field(0, description="generation seed of built-in data")
+
+
+class KnnSpec(Section):
+    k: int = Field(20, ge=1, description="neighbours voting (1-NN is always reported too)")
+    temperature: float = Field(0.07, gt=0, description="votes weighted by exp(cos / T)")
+    batch_size: int = Field(256, ge=1, description="images per feature-extraction batch")
+
+
+class LinearSpec(Section):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(256, ge=2)
+    blr: float = Field(0.1, gt=0, description="SGD lr = blr * batch_size / 256")
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+
+
+class FinetuneSpec(Section):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1, description="global batch over all workers")
+    blr: float = Field(1e-3, gt=0, description="AdamW lr = blr * batch_size / 256")
+    layer_decay: float = Field(0.75, gt=0, le=1, description="lr scale per layer from the top")
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    label_fraction: float = Field(1.0, gt=0, le=1, description="share of train labels used")
+    hflip: bool = True
+
+
+class EvalScalingSpec(Section):
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(0.5, gt=0)
+    gpus_per_worker: float = Field(1.0, gt=0)
+
+
+class EvalSpec(Section):
+    protocol: Literal["knn", "linear", "finetune"]
+    pool: Literal["mean", "cls"] = Field("mean", description="mean of patch tokens, or cls")
+    seed: int = Field(0, description="head initialisation and data order")
+    every: int | None = Field(
+        None, ge=1, description="chained: also evaluate every N epochs (default: final only)"
+    )
+    data: EvalDataSpec = Field(default_factory=EvalDataSpec)
+    knn: KnnSpec = Field(default_factory=KnnSpec)
+    linear: LinearSpec = Field(default_factory=LinearSpec)
+    finetune: FinetuneSpec = Field(default_factory=FinetuneSpec)
+    scaling: EvalScalingSpec = Field(default_factory=EvalScalingSpec)
+
+    def settings(self) -> dict[str, Any]:
+        """What decides the result: the protocol, its own section, pooling, data and seed.
+
+        Scaling and `every` are left out (they change how, not what), and so are the other
+        protocols' sections.
+        """
+        tree = self.model_dump(mode="json")
+        return {
+            "protocol": self.protocol,
+            "pool": self.pool,
+            "seed": self.seed,
+            "data": tree["data"],
+            self.protocol: tree[self.protocol],
+        }
+
+    def fingerprint(self) -> str:
+        canonical = json.dumps(self.settings(), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
