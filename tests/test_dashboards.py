@@ -26,8 +26,10 @@ DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 # Identifiers that name metrics: Ray's (`ray_...`, ours included as `ray_mimray_...`) or a bare
 # `mimray...` one (which would be a mistake: Ray exports ours with the `ray_` prefix).
 METRIC = re.compile(r"(?<![\w\"'])(ray_\w+|mimray\w*)")
-# Label matchers hold label values, not metric names: `{state="running"}` must not count.
+# Label matchers and grouping clauses hold label names and values, not metric names:
+# neither `{state="running"}` nor `by (ray_train_run_name)` counts.
 MATCHERS = re.compile(r"\{[^}]*\}")
+GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -53,7 +55,7 @@ def expressions(dashboard: dict[str, Any]) -> list[str]:
 
 
 def metric_names(expr: str) -> set[str]:
-    return set(METRIC.findall(MATCHERS.sub("", expr)))
+    return set(METRIC.findall(GROUPING.sub("", MATCHERS.sub("", expr))))
 
 
 def queried_metrics(path: Path) -> set[str]:
@@ -67,6 +69,8 @@ def test_metric_names_are_parsed_from_promql():
     )
     assert metric_names(expr) == {"ray_mimray_train_step_seconds_bucket", "ray_node_mem_total"}
     assert metric_names("label_values(ray_mimray_train_epoch, run)") == {"ray_mimray_train_epoch"}
+    grouped = "sum by (ray_train_run_name, ray_train_controller_state) (ray_train_controller_state)"
+    assert metric_names(grouped) == {"ray_train_controller_state"}
 
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
