@@ -2,7 +2,7 @@
 
 `mimray submit -- sweep emae-k` ships the current folder (the specs it names) and mimray's own
 packages (`orchestrator`, `workloads`) as the job's runtime environment, so the cluster needs
-mimray's dependencies but not mimray itself, and runs `python -m orchestrator.cli sweep emae-k`
+mimray's dependencies but not mimray itself, and runs `python -m orchestrator sweep emae-k`
 as the job's driver on the head node. Tracking and storage settings travel as environment
 variables, because the job's driver and its Train workers read them there.
 """
@@ -162,7 +162,7 @@ def build_runtime_env(
 def entrypoint(args: list[str]) -> str:
     # `python -m`, not the `mimray` script: the shipped packages are importable on the
     # cluster, an installed console script may not be.
-    return shlex.join(["python", "-m", "orchestrator.cli", *args])
+    return shlex.join(["python", "-m", "orchestrator", *args])
 
 
 def submit(
@@ -186,7 +186,7 @@ def submit(
             runtime_env=build_runtime_env(working_dir, os.environ, with_secrets),
             metadata={"mimray.command": shlex.join(args)},
         )
-    except (RuntimeError, RayError) as err:
+    except (RuntimeError, RayError, ValueError) as err:  # ValueError: e.g. folder too large
         raise JobsError(f"submit failed: {_one_line(err)}") from None
 
 

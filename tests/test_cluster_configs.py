@@ -115,7 +115,7 @@ def test_raycluster_autoscales_with_v2_and_gpu_groups_from_zero():
 def test_rayjob_runs_a_sweep_on_an_autoscaling_cluster():
     job = load("kuberay/rayjob.yaml")
     assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
-    assert job["spec"]["entrypoint"].startswith("python -m orchestrator.cli sweep ")
+    assert job["spec"]["entrypoint"].startswith("python -m orchestrator sweep ")
     assert job["spec"]["shutdownAfterJobFinishes"] is True
     _check_ray_cluster_spec(job["spec"]["rayClusterSpec"])
 

@@ -98,7 +98,7 @@ def test_auth_token_becomes_a_bearer_header(monkeypatch):
 def test_entrypoint_runs_the_shipped_cli_with_quoting():
     assert (
         jobs.entrypoint(["sweep", "my sweep.yaml", "--set", "train.epochs=1"])
-        == "python -m orchestrator.cli sweep 'my sweep.yaml' --set train.epochs=1"
+        == "python -m orchestrator sweep 'my sweep.yaml' --set train.epochs=1"
     )
     env = jobs.build_runtime_env(jobs.Path("/x"), {}, with_secrets=False)
     assert [p.rsplit("/", 1)[-1] for p in env["py_modules"]] == ["orchestrator", "workloads"]
