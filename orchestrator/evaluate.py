@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.eval_data import EvalData, describe_eval_data, labelled_dataset
 from orchestrator.launch import ensure_ray, git_commit
 from orchestrator.lookup import (
     checkpoint_models,
@@ -19,6 +20,7 @@ from orchestrator.lookup import (
     find_sweep,
     get_checkpoint_model,
     get_run,
+    is_result_metric,
     open_store,
     sweep_trials,
 )
@@ -33,9 +35,7 @@ from orchestrator.tracking import (
     SWEEP_TAG,
     Tracker,
 )
-from workloads.data import DatasetInfo, build_dataset, describe_source
 from workloads.data.augment import random_hflip
-from workloads.data.sources import is_stored_source
 from workloads.evaluation.loop import eval_loop_per_worker, read_checkpoint_spec
 
 
@@ -129,42 +129,6 @@ def _checkpoint(run: Any, model: Any) -> Checkpoint:
     )
 
 
-@dataclass(frozen=True)
-class EvalData:
-    """The labelled splits an evaluation reads, described before anything runs."""
-
-    train: DatasetInfo
-    val: DatasetInfo
-    img_size: int
-
-
-def describe_eval_data(spec: EvalSpec, pretrain_spec: dict[str, Any]) -> EvalData:
-    source = spec.data.source or pretrain_spec["data"]["source"]
-    val_source = spec.data.val_source or source
-    if is_stored_source(source) and not spec.data.val_source:
-        raise ConfigError(
-            f"data.val_source: required when evaluating on stored data ({source}): pushed "
-            "data holds one split per prefix; push the val split and name it here"
-        )
-    try:
-        train = describe_source(
-            source, split="train", num_images=spec.data.train_images, seed=spec.data.seed
-        )
-        val = describe_source(
-            val_source, split="val", num_images=spec.data.val_images, seed=spec.data.seed
-        )
-    except ValueError as err:
-        raise ConfigError(f"data: {err}") from None
-    if spec.protocol == "finetune":
-        usable = round(train.num_rows * spec.finetune.label_fraction)
-        if usable < spec.finetune.batch_size:
-            raise ConfigError(
-                f"finetune.batch_size: {spec.finetune.batch_size} exceeds the {usable} labelled "
-                "training images; allowed: at most that many"
-            )
-    return EvalData(train, val, pretrain_spec["model"]["img_size"])
-
-
 def evaluate_checkpoint(
     checkpoint: Checkpoint, spec: EvalSpec, tracking_uri: str, address: str | None = None
 ) -> EvalResult:
@@ -226,8 +190,7 @@ def evaluate_checkpoint(
 
 
 def _is_result(key: str, protocol: str) -> bool:
-    """Final metrics of the protocol (its per-epoch curves have other names)."""
-    return key.startswith(f"{protocol}/") and "top1" in key and "val_" not in key
+    return key.startswith(f"{protocol}/") and is_result_metric(key)
 
 
 def _lineage_tags(
@@ -269,8 +232,8 @@ def _build_trainer(
         resources["GPU"] = scaling.gpus_per_worker
     train_rows = data.train.num_rows
     datasets = {
-        "train": _labelled(data.train, data.img_size, spec.data.seed),
-        "val": _labelled(data.val, data.img_size, spec.data.seed),
+        "train": labelled_dataset(data.train, data.img_size, spec.data.seed),
+        "val": labelled_dataset(data.val, data.img_size, spec.data.seed),
     }
     if spec.protocol == "finetune":
         train_rows = round(train_rows * spec.finetune.label_fraction)
@@ -302,19 +265,6 @@ def _build_trainer(
         ),
         datasets=datasets,
     )
-
-
-def _labelled(info: DatasetInfo, img_size: int, seed: int) -> Any:
-    dataset = build_dataset(
-        info.source,
-        img_size=img_size,
-        split=info.split,
-        num_images=info.num_rows,
-        seed=seed,
-        augment=False,
-    )
-    stored = is_stored_source(info.source)
-    return dataset.select_columns(["image", "label", "ok"] if stored else ["image", "label"])
 
 
 def chained_evaluations(

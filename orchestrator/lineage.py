@@ -17,6 +17,7 @@ from orchestrator.lookup import (
     find_sweep,
     get_checkpoint_model,
     get_run,
+    is_result_metric,
     open_store,
     sweep_trials,
 )
@@ -94,7 +95,7 @@ def _pretrain_node(client: Any, run: Any, only_model: str | None) -> dict[str, A
                 **_run_summary(evaluation),
                 "protocol": evaluation.data.tags.get(EVAL_PROTOCOL_TAG),
                 "metrics": {
-                    k: v for k, v in sorted(evaluation.data.metrics.items()) if k.endswith("top1")
+                    k: v for k, v in sorted(evaluation.data.metrics.items()) if is_result_metric(k)
                 },
             }
         )

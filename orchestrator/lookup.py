@@ -24,6 +24,12 @@ from orchestrator.tracking import (
 RUN_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 
 
+def is_result_metric(key: str) -> bool:
+    """An evaluation's final numbers (e.g. knn/top1, knn/top1_1nn, linear/best_top1), not its
+    per-epoch curves (linear/val_top1, .../train_loss)."""
+    return "top1" in key and "/val_" not in key
+
+
 def open_store(tracking_uri: str) -> Any:
     """An MlflowClient on an existing store; ConfigError when an SQLite file is missing."""
     from mlflow import MlflowClient

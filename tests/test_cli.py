@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 
 from click.testing import CliRunner
+from conftest import serve_mlflow_ui
 
 from orchestrator.cli import main
 from orchestrator.tracking import Tracker, resolve_tracking_uri
@@ -37,34 +32,12 @@ def test_ui_without_a_store_exits_2(workdir):
     assert "no MLflow store" in result.output
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_ui_serves_this_folders_store_on_loopback(workdir):
     tracker = Tracker(resolve_tracking_uri(), "ui-check")
     run = tracker.open_run("ui-run", params={"train.epochs": 1}, tags={})
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "ui", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/get?run_id={run.run_id}"
-        deadline, body = time.monotonic() + 90, None
-        while time.monotonic() < deadline and body is None:
-            try:
-                with urllib.request.urlopen(url, timeout=5) as response:
-                    body = json.load(response)
-            except OSError:
-                time.sleep(0.5)
-        assert body is not None, "mlflow server did not answer within 90 s"
-        assert body["run"]["info"]["run_name"] == "ui-run"
-        assert {"key": "train.epochs", "value": "1"} in body["run"]["data"]["params"]
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server and any workers it forked
-        server.wait(timeout=30)
+    with serve_mlflow_ui() as url:
+        query = f"{url}/api/2.0/mlflow/runs/get?run_id={run.run_id}"
+        with urllib.request.urlopen(query, timeout=10) as response:
+            body = json.load(response)
+    assert body["run"]["info"]["run_name"] == "ui-run"
+    assert {"key": "train.epochs", "value": "1"} in body["run"]["data"]["params"]

@@ -1,0 +1,60 @@
+"""The labelled data an evaluation reads: which splits, checked before anything runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.spec import ConfigError, EvalSpec
+from workloads.data import DatasetInfo, build_dataset, describe_source
+from workloads.data.sources import is_stored_source
+
+
+@dataclass(frozen=True)
+class EvalData:
+    """The labelled splits an evaluation reads, described before anything runs."""
+
+    train: DatasetInfo
+    val: DatasetInfo
+    img_size: int
+
+
+def describe_eval_data(spec: EvalSpec, pretrain_spec: dict[str, Any]) -> EvalData:
+    source = spec.data.source or pretrain_spec["data"]["source"]
+    val_source = spec.data.val_source or source
+    if is_stored_source(source) and not spec.data.val_source:
+        raise ConfigError(
+            f"data.val_source: required when evaluating on stored data ({source}): pushed "
+            "data holds one split per prefix; push the val split and name it here"
+        )
+    try:
+        train = describe_source(
+            source, split="train", num_images=spec.data.train_images, seed=spec.data.seed
+        )
+        val = describe_source(
+            val_source, split="val", num_images=spec.data.val_images, seed=spec.data.seed
+        )
+    except ValueError as err:
+        raise ConfigError(f"data: {err}") from None
+    if spec.protocol == "finetune":
+        usable = round(train.num_rows * spec.finetune.label_fraction)
+        if usable < spec.finetune.batch_size:
+            raise ConfigError(
+                f"finetune.batch_size: {spec.finetune.batch_size} exceeds the {usable} labelled "
+                "training images; allowed: at most that many"
+            )
+    return EvalData(train, val, pretrain_spec["model"]["img_size"])
+
+
+def labelled_dataset(info: DatasetInfo, img_size: int, seed: int) -> Any:
+    """The split as image + label columns (plus `ok` for stored data), never augmented."""
+    dataset = build_dataset(
+        info.source,
+        img_size=img_size,
+        split=info.split,
+        num_images=info.num_rows,
+        seed=seed,
+        augment=False,
+    )
+    stored = is_stored_source(info.source)
+    return dataset.select_columns(["image", "label", "ok"] if stored else ["image", "label"])
