@@ -11,36 +11,14 @@ import sys
 import time
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from orchestrator import __version__
+from orchestrator.cli_common import console, fail, root_cause, set_option
+from orchestrator.cli_eval import evaluate, lineage
+from orchestrator.cli_jobs import jobs, submit
+from orchestrator.cli_report import report
 from orchestrator.spec import ConfigError, load_spec, load_sweep, preset_names, read_spec_source
-
-# Tables of trials are wide: do not squeeze them to 80 columns when output is not a terminal.
-console = Console(width=None if sys.stdout.isatty() else 160)
-USAGE_ERROR = 2
-
-
-def fail(message: str, code: int = USAGE_ERROR) -> None:
-    click.echo(f"mimray: error: {message}", err=True)
-    sys.exit(code)
-
-
-def root_cause(err: BaseException) -> str:
-    """The line that says why, out of a Ray error that wraps a worker's traceback."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    raised = [line for line in lines if "Error:" in line and not line.startswith("File ")]
-    return (raised[-1] if raised else lines[-1] if lines else type(err).__name__)[:500]
-
-
-set_option = click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Override a spec value by dotted key, e.g. --set train.epochs=3 (repeatable).",
-)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -296,17 +274,9 @@ def presets() -> None:
     console.print(table)
 
 
-from orchestrator.cli_jobs import jobs, submit  # noqa: E402 - registered after main exists
-
 main.add_command(submit)
 main.add_command(jobs)
-
-from orchestrator.cli_report import report  # noqa: E402 - registered after main exists
-
 main.add_command(report)
-
-from orchestrator.cli_eval import evaluate, lineage  # noqa: E402 - registered after main exists
-
 main.add_command(evaluate)
 main.add_command(lineage)
 

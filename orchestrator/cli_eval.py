@@ -8,7 +8,7 @@ import json
 import click
 from rich.table import Table
 
-from orchestrator.cli import console, fail, root_cause, set_option
+from orchestrator.cli_common import console, fail, root_cause, set_option
 from orchestrator.spec import PROTOCOLS, ConfigError, load_eval_spec
 from orchestrator.tracking import resolve_tracking_uri
 

@@ -8,20 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
-# Not imported from orchestrator.cli: cli.py imports this module to register its commands, and
-# under `python -m orchestrator.cli` importing it back would load the CLI a second time.
-console = Console(width=None if sys.stdout.isatty() else 160)
-USAGE_ERROR = 2
-RUNTIME_ERROR = 1
-
-
-def fail(message: str, code: int = USAGE_ERROR) -> None:
-    click.echo(f"mimray: error: {message}", err=True)
-    sys.exit(code)
-
+from orchestrator.cli_common import RUNTIME_ERROR, console, fail
 
 address_option = click.option(
     "--address",

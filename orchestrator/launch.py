@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import __version__
+from orchestrator.eval_data import describe_eval_data, labelled_dataset
 from orchestrator.spec import RunSpec
 from orchestrator.tracking import (
     FINGERPRINT_TAG,
@@ -137,9 +138,11 @@ def build_trainer(
         num_images=spec.data.num_images,
         seed=spec.data.seed,
     )
+    monitor, monitor_datasets = knn_monitor(spec)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
+            "knn_monitor": monitor,
             "spec": spec.model_dump(mode="json"),
             "schedule": schedule,
             "reporter": reporter,
@@ -158,7 +161,7 @@ def build_trainer(
             logging_config=LoggingConfig(log_level="WARNING"),
             callbacks=callbacks or None,
         ),
-        datasets={"train": training_stream(spec, dataset)},
+        datasets={"train": training_stream(spec, dataset), **monitor_datasets},
     )
 
 
@@ -188,7 +191,32 @@ def check_trainable(spec: RunSpec) -> tuple[DatasetInfo, Schedule]:
     info = describe_source(
         spec.data.source, split="train", num_images=spec.data.num_images, seed=spec.data.seed
     )
+    for evaluation in spec.eval:  # labelled data of chained evaluations must be readable too
+        describe_eval_data(evaluation, spec.model_dump(mode="json"))
     return info, make_schedule(spec.train.model_dump(), info.num_rows)
+
+
+def knn_monitor(spec: RunSpec) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """Loop settings and labelled datasets for kNN during training: the first chained kNN
+    evaluation with `every: N` is also computed in the loop every N epochs and reported with
+    the epoch's metrics, so sweep schedulers (ASHA on `knn/top1`) see it."""
+    evaluation = spec.knn_monitor()
+    if evaluation is None:
+        return None, {}
+    data = describe_eval_data(evaluation, spec.model_dump(mode="json"))
+    settings = {
+        "every": evaluation.every,
+        "k": evaluation.knn.k,
+        "temperature": evaluation.knn.temperature,
+        "batch_size": evaluation.knn.batch_size,
+        "pool": evaluation.pool,
+        "num_classes": data.train.num_classes,
+    }
+    datasets = {
+        "knn_train": labelled_dataset(data.train, data.img_size, evaluation.data.seed),
+        "knn_val": labelled_dataset(data.val, data.img_size, evaluation.data.seed),
+    }
+    return settings, datasets
 
 
 def prepare_run(

@@ -77,3 +77,20 @@ def test_every_builtin_preset_expands():
     for name in sweeps:
         _, trials = load_sweep(name)
         assert trials, name
+
+
+def test_asha_on_knn_accuracy_needs_the_in_loop_knn_and_mode_max(tmp_path):
+    path = _write(tmp_path, SWEEP)
+    knn = ["sweep.early_stop={metric: knn/top1, mode: max}"]
+    with pytest.raises(ConfigError, match=r"sweep.early_stop.metric: knn/top1 is only measured"):
+        load_sweep(path, knn)
+    monitored = [*knn, "eval=[{protocol: knn, every: 1, data: {source: colors}}]"]
+    sweep, trials = load_sweep(path, monitored)
+    assert all(t.spec.knn_monitor().every == 1 for t in trials)
+
+    from orchestrator.sweep import _scheduler
+
+    scheduler = _scheduler(sweep, max_epochs=4)
+    assert (scheduler._metric, scheduler._mode) == ("knn/top1", "max")
+    with pytest.raises(ConfigError, match=r"sweep.early_stop.mode: .*allowed: max"):
+        load_sweep(path, ["sweep.early_stop={metric: knn/top1, mode: min}", *monitored[1:]])

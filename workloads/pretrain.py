@@ -238,6 +238,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 "data/skipped": skipped,
                 "epoch_time_s": elapsed,
             }
+            monitor = config.get("knn_monitor")
+            if monitor and (epoch + 1) % monitor["every"] == 0:
+                from workloads.evaluation.monitor import knn_during_training  # imports this
+
+                epoch_metrics.update(knn_during_training(unwrap(model), monitor, device))
             live.record_epoch(
                 epoch + 1, epoch_metrics["loss"], epoch_metrics["images_per_s"], data_wait, elapsed
             )

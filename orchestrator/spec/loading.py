@@ -17,6 +17,7 @@ from orchestrator.spec.run import RunSpec
 from orchestrator.spec.sweep import (
     SweepSpec,
     Trial,
+    check_early_stop,
     expand_trials,
     is_sweep,
     parse_sweep,
@@ -107,7 +108,9 @@ def load_sweep(config: str, overrides: Iterable[str] = ()) -> tuple[SweepSpec, l
         raw.setdefault("sweep", {}).setdefault("grid", {})[key] = yaml.safe_load(text)
     raw["base"] = apply_overrides(raw["base"], [o for o in overrides if o not in own])
     sweep = parse_sweep(raw, default_name=Path(config).stem)
-    return sweep, expand_trials(sweep, validate_spec)
+    trials = expand_trials(sweep, validate_spec)
+    check_early_stop(sweep, trials)
+    return sweep, trials
 
 
 def validate_spec(raw: Mapping[str, Any]) -> RunSpec:

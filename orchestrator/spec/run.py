@@ -185,6 +185,10 @@ class RunSpec(Section):
                 raise ValueError(f"method.{err}") from None
         return self
 
+    def knn_monitor(self) -> EvalSpec | None:
+        """The chained kNN evaluation that also runs inside the training loop (`every: N`)."""
+        return next((e for e in self.eval if e.protocol == "knn" and e.every), None)
+
     def fingerprint(self) -> str:
         """Hash of the resolved spec: equal specs train equal runs."""
         tree = self.model_dump(mode="json")

@@ -136,6 +136,23 @@ def expand_trials(spec: SweepSpec, validate: Any) -> list[Trial]:
     return trials
 
 
+def check_early_stop(spec: SweepSpec, trials: list[Trial]) -> None:
+    """ASHA on kNN accuracy needs the kNN computed while training, and it is higher-better."""
+    stop = spec.sweep.early_stop
+    if stop is None or not stop.metric.startswith("knn/"):
+        return
+    if any(trial.spec.knn_monitor() is None for trial in trials):
+        raise ConfigError(
+            f"sweep.early_stop.metric: {stop.metric} is only measured during training by a "
+            "chained kNN evaluation with `every`; allowed: add `eval: [{protocol: knn, every: "
+            "1}]` to the base spec, or metric: loss"
+        )
+    if stop.mode != "max":
+        raise ConfigError(
+            f"sweep.early_stop.mode: {stop.metric} is an accuracy (higher is better); allowed: max"
+        )
+
+
 def trial_slug(values: Mapping[str, Any]) -> str:
     """'method.k': 4, 'train.seed': 0 -> 'k-4_seed-0' (safe in paths and MLflow names)."""
     parts = [f"{key.rsplit('.', 1)[-1]}-{value}" for key, value in values.items()]
