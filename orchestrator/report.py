@@ -17,11 +17,13 @@ import os
 import re
 import statistics
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.lookup import open_store, search_all
+from orchestrator.spec import ConfigError
 from orchestrator.tracking import (
     CHECKPOINT_EPOCH_TAG,
     EVAL_PROTOCOL_TAG,
@@ -131,7 +133,7 @@ def build_report(tracking_uri: str, experiment: str | None, sweep_name: str) -> 
     experiments = _experiments(client, experiment)
     if not SWEEP_NAME.match(sweep_name):
         raise ReportError(f"{sweep_name!r} is not a sweep name (letters, digits, _ . -)")
-    parents = _search(client, list(experiments), f"tags.`{RUN_KEY_TAG}` = 'sweep:{sweep_name}'")
+    parents = search_all(client, list(experiments), f"tags.`{RUN_KEY_TAG}` = 'sweep:{sweep_name}'")
     where = f"experiment {experiment!r}" if experiment else "any experiment"
     if not parents:
         known = _sweep_names(client, list(experiments))
@@ -147,7 +149,7 @@ def build_report(tracking_uri: str, experiment: str | None, sweep_name: str) -> 
     experiment_id = parent.info.experiment_id
     knob_keys = _knob_keys(client, parent)
 
-    trial_runs = _search(
+    trial_runs = search_all(
         client,
         [experiment_id],
         f"tags.`{SWEEP_TAG}` = '{sweep_name}' and tags.`{KIND_TAG}` = 'trial'",
@@ -194,15 +196,10 @@ def attach_report(report: Report, paths: Iterable[Path]) -> list[str]:
 
 
 def _open_store(tracking_uri: str) -> Any:
-    from mlflow import MlflowClient
-
-    # MLflow creates an empty SQLite database for a path that does not exist; a report must
-    # not leave one behind for a mistyped path.
-    if tracking_uri.startswith("sqlite:///"):
-        path = Path(tracking_uri.removeprefix("sqlite:///"))
-        if not path.is_file():
-            raise ReportError(f"no MLflow store at {tracking_uri} (no file {path})")
-    return MlflowClient(tracking_uri)
+    try:
+        return open_store(tracking_uri)
+    except ConfigError as err:
+        raise ReportError(str(err)) from None
 
 
 def _experiments(client: Any, name: str | None) -> dict[str, str]:
@@ -215,21 +212,8 @@ def _experiments(client: Any, name: str | None) -> dict[str, str]:
     return {e.experiment_id: e.name for e in client.search_experiments()}
 
 
-def _search(client: Any, experiment_ids: Sequence[str], filter_string: str) -> list[Any]:
-    runs: list[Any] = []
-    token = None
-    while True:
-        page = client.search_runs(
-            list(experiment_ids), filter_string=filter_string, max_results=1000, page_token=token
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
 def _sweep_names(client: Any, experiment_ids: list[str]) -> list[str]:
-    parents = _search(client, experiment_ids, f"tags.`{KIND_TAG}` = 'sweep'")
+    parents = search_all(client, experiment_ids, f"tags.`{KIND_TAG}` = 'sweep'")
     return sorted({p.data.tags.get(SWEEP_TAG, "?") for p in parents})
 
 
@@ -291,7 +275,7 @@ def _eval_cells(
     When an evaluation was run more than once, the latest run counts."""
     latest: dict[tuple[str, str], tuple[int, float]] = {}
     columns: dict[str, Column] = {}
-    runs = _search(client, [experiment_id], f"tags.`{KIND_TAG}` = 'eval'")
+    runs = search_all(client, [experiment_id], f"tags.`{KIND_TAG}` = 'eval'")
     for run in runs:
         tags = run.data.tags
         protocol = tags.get(EVAL_PROTOCOL_TAG)
