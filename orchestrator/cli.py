@@ -88,6 +88,11 @@ def _pretrain(
         table.add_row(key, value)
     console.print(table)
     console.print(
+        f"Evaluate it: [bold]mimray eval {result.name} --protocol knn[/bold] "
+        "(or linear, finetune); its lineage: "
+        f"[bold]mimray lineage {result.name}[/bold]"
+    )
+    console.print(
         "Browse it: [bold]mimray ui[/bold] (MLflow UI on http://127.0.0.1:5000)"
         if result.tracking_uri.startswith("sqlite:")
         else f"Browse it in MLflow at {result.tracking_uri}"
