@@ -73,6 +73,17 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def wait_until_answers(url: str, server: subprocess.Popen, name: str, timeout_s: float) -> None:
+    """Block until `url` gives any HTTP answer; fail early if `server` exits."""
+    deadline = time.monotonic() + timeout_s
+    while not _answers(url):
+        if server.poll() is not None:
+            raise RuntimeError(f"{name} exited with status {server.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} did not answer on {url} within {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
 @contextlib.contextmanager
 def serve_mlflow_ui(timeout_s: float = 90.0):
     """`mimray ui` for the current folder's store on a free loopback port; yields its URL."""
@@ -85,13 +96,7 @@ def serve_mlflow_ui(timeout_s: float = 90.0):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout_s
-        while not _answers(f"{url}/health"):
-            if server.poll() is not None:
-                raise AssertionError(f"mimray ui exited with status {server.returncode}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"mimray ui did not answer within {timeout_s:.0f} s")
-            time.sleep(0.5)
+        wait_until_answers(f"{url}/health", server, "mimray ui", timeout_s)
         yield url
     finally:
         os.killpg(server.pid, signal.SIGTERM)
@@ -109,13 +114,7 @@ def s3_endpoint():
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + _MOTO_START_TIMEOUT_S
-        while not _answers(endpoint):
-            if server.poll() is not None:
-                raise RuntimeError(f"moto_server exited with status {server.returncode}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"moto_server did not answer on {endpoint}")
-            time.sleep(0.1)
+        wait_until_answers(endpoint, server, "moto_server", _MOTO_START_TIMEOUT_S)
         yield endpoint
     finally:
         server.terminate()

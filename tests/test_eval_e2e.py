@@ -28,7 +28,8 @@ PRETRAIN = [
     "scaling.num_workers=1",
     "tracking.experiment=evals",
     "tracking.system_metrics=false",
-    f"eval=[{{protocol: knn, knn: {{k: 5}}, {EVAL_DATA}}}]",
+    # every: 2 also measures kNN inside the training loop at epoch 2 (what ASHA can act on).
+    f"eval=[{{protocol: knn, every: 2, knn: {{k: 5}}, {EVAL_DATA}}}]",
 ]
 EVAL_SETTINGS = [
     "data.source=colors",
@@ -54,6 +55,9 @@ def test_pretrain_chains_evals_then_cli_evals_lineage_and_ui(ray_session, workdi
     tracker = Tracker(resolve_tracking_uri(), "evals")
     models = tracker.checkpoint_models(result.run_id)
     assert [m.params["epoch"] for m in models] == ["1", "2"]
+
+    in_loop = tracker.metric_history(result.run_id, "knn/top1")
+    assert [step for step, _ in in_loop] == [2] and in_loop[0][1] >= 0.9
 
     # Chained: kNN on the final checkpoint, its own run nested under the pretrain run.
     chained = _eval_runs(tracker)
