@@ -230,3 +230,29 @@ def test_html_page_renders_in_headless_chromium(store, tmp_path):
         assert image.size == (1280, 2000)
         spread = ImageStat.Stat(image.convert("L")).stddev[0]
     assert spread > 10  # a blank or single-colour page has (almost) none
+
+
+def test_eval_targets_and_lineage_of_a_sweep(store):
+    from orchestrator.evaluate import resolve_checkpoints
+    from orchestrator.lineage import lineage
+    from orchestrator.spec import ConfigError
+
+    trials = store["kgrid"]["trials"]
+    checkpoints = resolve_checkpoints(store["uri"], "kgrid")  # each trial's last checkpoint
+    assert sorted(c.run_id for c in checkpoints) == sorted(trials.values())
+    assert {(c.epoch, c.sweep) for c in checkpoints} == {(3, "kgrid")}
+    by_parent_id = resolve_checkpoints(store["uri"], store["kgrid"]["parent"])
+    assert [c.model_id for c in by_parent_id] == [c.model_id for c in checkpoints]
+    with pytest.raises(ConfigError, match="no trial of this sweep has a checkpoint"):
+        resolve_checkpoints(store["uri"], "bare")
+
+    tree = lineage(store["uri"], "kgrid")
+    assert tree["sweep"]["run_id"] == store["kgrid"]["parent"]
+    assert sorted(r["run_id"] for r in tree["runs"]) == sorted(trials.values())
+    node = next(r for r in tree["runs"] if r["run_id"] == trials[("2", "0")])
+    evals = [(c["epoch"], e["protocol"]) for c in node["checkpoints"] for e in c["evals"]]
+    assert sorted(evals) == [(1, "knn"), (3, "knn"), (3, "knn"), (3, "linear")]
+    # From one trial: its sweep at the root, that trial alone below it.
+    narrow = lineage(store["uri"], trials[("4", "1")])
+    assert narrow["sweep"]["name"] == "kgrid"
+    assert [r["run_id"] for r in narrow["runs"]] == [trials[("4", "1")]]
