@@ -1,0 +1,180 @@
+"""Real multi-node Ray clusters on this machine for end-to-end tests, stopped without `ray stop`.
+
+Every `ray start` runs in a new session, and every process it leaves behind (GCS, raylet,
+dashboard, workers, job drivers, nodes that a fake autoscaler adds) stays in that process
+group, so stopping signals exactly those groups: other Ray instances on the machine (other
+tests, other people) are left alone. Ports are picked free, and a temp dir per cluster keeps
+sessions, sockets and the address file apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from conftest import free_port
+
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+class LocalRayCluster:
+    """A head node (dashboard and Jobs API on 127.0.0.1) plus nodes added with `add_node`."""
+
+    def __init__(self, temp_dir: Path, token_auth: bool = True) -> None:
+        self.temp_dir = temp_dir
+        self.gcs_port = free_port()
+        self.dashboard_port = free_port()
+        self.token = secrets.token_hex(16)
+        self.groups: list[int] = []
+        # Pinned either way: `ray start --head` turns token auth on by itself when a token file
+        # exists in ~/.ray, and a node started without the token cannot join.
+        self.env = {
+            **os.environ,
+            "RAY_TMPDIR": str(temp_dir),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "RAY_AUTH_MODE": "token" if token_auth else "disabled",
+            "RAY_AUTH_TOKEN": self.token if token_auth else "",
+            "RAY_USAGE_STATS_ENABLED": "0",
+        }
+        self.env.pop("RAY_ADDRESS", None)
+
+    @property
+    def gcs_address(self) -> str:
+        return f"{self.node_ip}:{self.gcs_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    node_ip = "127.0.0.1"
+
+    def _ray_start(
+        self, args: list[str], extra_env: dict[str, str] | None = None, temp_dir: Path | None = None
+    ) -> None:
+        temp_dir = temp_dir or self.temp_dir
+        proc = subprocess.Popen(
+            [RAY, "start", f"--temp-dir={temp_dir}", "--disable-usage-stats", *args],
+            env={**self.env, **(extra_env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # its daemons keep this process group: see stop()
+        )
+        self.groups.append(proc.pid)
+        output, _ = proc.communicate(timeout=180)
+        if proc.returncode != 0:
+            raise RuntimeError(f"ray start {' '.join(args)} failed:\n{output[-3000:]}")
+
+    def start_head(
+        self,
+        num_cpus: float,
+        resources: dict[str, float] | None = None,
+        node_ip: str = "127.0.0.1",
+        extra_args: list[str] | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.node_ip = node_ip
+        args = [
+            "--head",
+            f"--node-ip-address={node_ip}",
+            f"--port={self.gcs_port}",
+            "--dashboard-host=127.0.0.1",  # never on a public interface
+            f"--dashboard-port={self.dashboard_port}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--ray-client-server-port={free_port()}",
+            f"--num-cpus={num_cpus}",
+            f"--resources={json.dumps(resources or {})}",
+            "--min-worker-port=0",
+            "--max-worker-port=0",
+            *(extra_args or []),
+        ]
+        try:
+            self._ray_start(args, extra_env)
+        except RuntimeError:
+            # On a loaded machine `ray start` can give up waiting for its own raylet
+            # ("Failed to get node info ... Deadline Exceeded"): clear the attempt, retry once.
+            self.stop()
+            self.groups.clear()
+            self._ray_start(args, extra_env)
+        self.wait_for_dashboard()
+
+    def add_node(self, num_cpus: float, resources: dict[str, float]) -> None:
+        # A temp dir of its own, as on a separate machine: nodes sharing one would unpack
+        # runtime environments (a job's working_dir) over each other's live copies.
+        temp_dir = self.temp_dir / f"node{len(self.groups)}"
+        temp_dir.mkdir()
+        self._ray_start(
+            [
+                f"--address={self.gcs_address}",
+                f"--node-ip-address={self.node_ip}",
+                f"--dashboard-agent-listen-port={free_port()}",
+                f"--num-cpus={num_cpus}",
+                f"--resources={json.dumps(resources)}",
+                "--min-worker-port=0",
+                "--max-worker-port=0",
+            ],
+            temp_dir=temp_dir,
+        )
+
+    def wait_for_dashboard(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        request = urllib.request.Request(
+            f"{self.dashboard_url}/api/version",
+            headers={"Authorization": f"Bearer {self.token}"},
+        )
+        while True:
+            try:
+                urllib.request.urlopen(request, timeout=2).read()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no dashboard on {self.dashboard_url}") from None
+                time.sleep(0.5)
+
+    def state(self, kind: str, **filters: str) -> list[dict]:
+        """Rows of the head's state API (`nodes`, `actors`, ...), over HTTP with the token: the
+        test process's own Ray client state (auth mode, token cache) stays out of it."""
+        query = "detail=1&limit=1000" + "".join(
+            f"&filter_keys={key}&filter_predicates=%3D&filter_values={value}"
+            for key, value in filters.items()
+        )
+        request = urllib.request.Request(
+            f"{self.dashboard_url}/api/v0/{kind}?{query}",
+            headers={"Authorization": f"Bearer {self.token}"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return json.load(answer)["data"]["result"]["result"]
+
+    def alive_nodes(self) -> list[dict]:
+        return self.state("nodes", state="ALIVE")
+
+    def train_worker_nodes(self) -> set[str]:
+        """Ids of the nodes that Ray Train worker actors ran on (alive or finished)."""
+        return {actor["node_id"] for actor in self.state("actors", class_name="RayTrainWorker")}
+
+    def stop(self) -> None:
+        for group in self.groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(_group_alive(g) for g in self.groups):
+            time.sleep(0.5)
+        for group in self.groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True

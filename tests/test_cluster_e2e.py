@@ -1,0 +1,201 @@
+"""mimray on real multi-node Ray clusters started on this machine.
+
+(a) `mimray submit` ships a sweep to a two-node cluster through the Jobs API (token auth on),
+    and the trials land in MLflow under the sweep's parent run.
+(b) a fake-multinode autoscaling cluster (cluster/local-fake.yaml's shape) adds a node of the
+    type a sweep's workers ask for (`scaling.worker_resources`), runs the trial there, and
+    removes the node once it is idle.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import TINY_MODEL
+from local_ray_cluster import LocalRayCluster
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def tiny_sweep(
+    name: str, worker_resources: dict[str, float], grid: list[float], storage: Path
+) -> str:
+    model = {key.removeprefix("model."): int(v) for key, v in (o.split("=") for o in TINY_MODEL)}
+    spec = {
+        "name": name,
+        "base": {
+            "method": {"name": "mae"},
+            "model": model,
+            "data": {"source": "shapes", "num_images": 64},
+            "train": {"epochs": 1, "batch_size": 32},
+            "scaling": {"num_workers": 1, "worker_resources": worker_resources},
+            "tracking": {"experiment": name, "system_metrics": False},
+            # Shared by every node, as s3:// is on a real cluster.
+            "storage": {"path": str(storage)},
+        },
+        "sweep": {"grid": {"method.mask_ratio": grid}},
+    }
+    return yaml.safe_dump(spec, sort_keys=False)
+
+
+def mimray(
+    args: list[str], cwd: Path, env: dict[str, str], timeout: float = 540
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def cluster_temp_dir():
+    # Short: Ray's socket paths live under it and must stay within 107 bytes.
+    path = Path(f"/tmp/mre-{os.getpid()}-{time.monotonic_ns() % 10**6}")
+    path.mkdir()
+    yield path
+    subprocess.run(["rm", "-rf", str(path)], check=False)
+
+
+def _client_env(cluster: LocalRayCluster, tracking_uri: str) -> dict[str, str]:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "RAY_AUTH_TOKEN": cluster.token}
+    env.pop("RAY_ADDRESS", None)
+    # Only mimray's own header may carry the token: Ray's client would add one from
+    # ~/.ray/auth_token by itself when auth is not explicitly disabled.
+    env["RAY_AUTH_MODE"] = "disabled"
+    return env
+
+
+def test_submit_runs_a_sweep_on_a_two_node_cluster(tmp_path, cluster_temp_dir):
+    started = time.monotonic()
+    cluster = LocalRayCluster(cluster_temp_dir)
+    try:
+        # Whole CPUs to spare on each node: a Ray Data read task needs one beside the
+        # fractional Train worker / trial driver, or the data pipeline never starts.
+        cluster.start_head(num_cpus=2, resources={"head": 1})
+        cluster.add_node(num_cpus=2, resources={"trainer": 1})
+        project = tmp_path / "project"  # the folder shipped with the job
+        project.mkdir()
+        (project / "sweep.yaml").write_text(
+            tiny_sweep("remote", {"trainer": 1}, [0.6, 0.75], tmp_path / "ray")
+        )
+        db = tmp_path / "mlflow.db"
+        env = _client_env(cluster, f"sqlite:///{db}")
+        address = ["--address", cluster.dashboard_url]
+
+        # The token is checked: without it the Jobs API refuses, in one line.
+        denied = mimray(["jobs", "list", *address], project, {**env, "RAY_AUTH_TOKEN": ""})
+        assert denied.returncode == 1
+        assert denied.stderr.startswith("mimray: error:") and "RAY_AUTH_TOKEN" in denied.stderr
+
+        submitted = mimray(
+            ["submit", *address, "--wait", "--name", "remote-1", "--", "sweep", "sweep.yaml"],
+            project,
+            env,
+        )
+        assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+        assert submitted.stdout.splitlines()[0] == "remote-1"
+        assert "job remote-1: SUCCEEDED" in submitted.stderr
+
+        logs = mimray(["jobs", "logs", "remote-1", *address], project, env)
+        assert logs.returncode == 0, logs.stderr
+        assert "[mimray] sweep 'remote': 2 trials" in logs.stdout
+        assert "remote-mask_ratio-0.6_seed-0" in logs.stdout
+        status = mimray(["jobs", "status", "remote-1", *address], project, env)
+        assert status.stdout.startswith("remote-1: SUCCEEDED")
+        listed = mimray(["jobs", "list", *address], project, env)
+        assert "remote-1" in listed.stdout and "SUCCEEDED" in listed.stdout
+
+        # Train workers needed `trainer`, which only the second node has.
+        head = [n for n in cluster.alive_nodes() if n["is_head_node"]][0]
+        assert cluster.train_worker_nodes() and head["node_id"] not in cluster.train_worker_nodes()
+    finally:
+        cluster.stop()
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{db}")  # the job got MLFLOW_TRACKING_URI from here
+    experiment = client.get_experiment_by_name("remote")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("mimray.kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("mimray.kind") == "trial"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(r.info.run_name for r in children) == [
+        "remote-mask_ratio-0.6_seed-0",
+        "remote-mask_ratio-0.75_seed-0",
+    ]
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert run.data.params["scaling.worker_resources.trainer"] == "1.0"
+    print(f"two-node submit e2e: {time.monotonic() - started:.0f} s")
+
+
+def fake_cluster_config(gcs_address: str) -> dict:
+    """cluster/local-fake.yaml on this test's own GCS port, idle nodes removed after 10 s."""
+    config = yaml.safe_load((REPO / "cluster" / "local-fake.yaml").read_text())
+    config["provider"]["gcs_address"] = gcs_address
+    config["idle_timeout_minutes"] = 10 / 60
+    config["max_workers"] = 1
+    config["available_node_types"]["fake_gpu_node"]["max_workers"] = 1
+    return config
+
+
+def test_autoscaler_adds_the_node_type_a_sweep_needs_and_removes_it_when_idle(
+    tmp_path, cluster_temp_dir
+):
+    started = time.monotonic()
+    cluster = LocalRayCluster(cluster_temp_dir, token_auth=False)
+    # The fake provider starts nodes on the machine's address, so the head uses it too.
+    import ray._private.services as services
+
+    node_ip = services.get_node_ip_address()
+    config = tmp_path / "local-fake.yaml"
+    config.write_text(yaml.safe_dump(fake_cluster_config(f"{node_ip}:{cluster.gcs_port}")))
+    try:
+        cluster.start_head(
+            num_cpus=2,
+            resources={"head": 1},
+            node_ip=node_ip,
+            extra_args=[f"--autoscaling-config={config}"],
+            extra_env={"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"},
+        )
+        assert [n["resources_total"].get("fake_gpu") for n in cluster.alive_nodes()] == [None]
+        (tmp_path / "sweep.yaml").write_text(
+            tiny_sweep("fake", {"fake_gpu": 1}, [0.75], tmp_path / "ray")
+        )
+        env = {**os.environ, "RAY_ADDRESS": cluster.gcs_address, "RAY_AUTH_MODE": "disabled"}
+        env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        swept = mimray(["sweep", "sweep.yaml"], tmp_path, env)
+        assert swept.returncode == 0, swept.stdout[-3000:] + swept.stderr[-3000:]
+        assert "FINISHED" in swept.stdout
+
+        # The Train worker ran on a node the autoscaler added, of the type with `fake_gpu`.
+        nodes = {n["node_id"]: n for n in cluster.state("nodes")}
+        (worker_node,) = cluster.train_worker_nodes()
+        assert not nodes[worker_node]["is_head_node"]
+        assert nodes[worker_node]["resources_total"]["fake_gpu"] == 1
+
+        # ... and removes it once it has been idle for the timeout.
+        deadline = time.monotonic() + 90
+        while any("fake_gpu" in n["resources_total"] for n in cluster.alive_nodes()):
+            assert time.monotonic() < deadline, "the idle fake GPU node was not removed"
+            time.sleep(2)
+        assert nodes_dead(cluster, worker_node)
+    finally:
+        cluster.stop()
+    print(f"fake autoscaling e2e: {time.monotonic() - started:.0f} s")
+
+
+def nodes_dead(cluster: LocalRayCluster, node_id: str) -> bool:
+    return {n["node_id"]: n["state"] for n in cluster.state("nodes")}[node_id] == "DEAD"
