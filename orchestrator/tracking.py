@@ -1,4 +1,5 @@
-"""Everything mimray records in MLflow; the only module that imports mlflow.
+"""Everything a run records in MLflow. Reads that span runs, sweeps and checkpoints live in
+`lookup.py`; `report.py` reads too, and attaches its report files to the sweep's run.
 
 Driver side: `Tracker` creates the store and experiment (before any worker starts: many
 workers creating a fresh SQLite database at once fail), and finds or creates each run by a
