@@ -36,3 +36,8 @@ set_option = click.option(
     metavar="KEY=VALUE",
     help="Override a spec value by dotted key, e.g. --set train.epochs=3 (repeatable).",
 )
+
+tracking_option = click.option(
+    "--tracking-uri",
+    help="MLflow store (default: MLFLOW_TRACKING_URI, else ./mimray-runs/mlflow.db).",
+)

@@ -8,14 +8,9 @@ import json
 import click
 from rich.table import Table
 
-from orchestrator.cli_common import console, fail, root_cause, set_option
+from orchestrator.cli_common import console, fail, root_cause, set_option, tracking_option
 from orchestrator.spec import PROTOCOLS, ConfigError, load_eval_spec
 from orchestrator.tracking import resolve_tracking_uri
-
-tracking_option = click.option(
-    "--tracking-uri",
-    help="MLflow store (default: MLFLOW_TRACKING_URI, else ./mimray-runs/mlflow.db).",
-)
 
 
 @click.command("eval")

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from orchestrator.cli_common import tracking_option
+
 
 @click.command()
 @click.argument("sweep")
@@ -19,10 +21,7 @@ import click
     help="Folder for report.md and report.html (default: ./mimray-reports/SWEEP/).",
 )
 @click.option("--experiment", help="MLflow experiment of the sweep (default: search them all).")
-@click.option(
-    "--tracking-uri",
-    help="MLflow store (default: MLFLOW_TRACKING_URI, else ./mimray-runs/mlflow.db).",
-)
+@tracking_option
 def report(sweep: str, out: Path | None, experiment: str | None, tracking_uri: str | None) -> None:
     """Ablation table of SWEEP: mean ± std over seeds of final loss and every evaluation.
 

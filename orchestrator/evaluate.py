@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.eval_data import EvalData, describe_eval_data, labelled_dataset
-from orchestrator.launch import ensure_ray, git_commit
+from orchestrator.launch import ensure_ray, git_commit, scaling_config
 from orchestrator.lookup import (
     checkpoint_models,
     find_named_run,
@@ -222,14 +222,10 @@ def _build_trainer(
     reporter: Any,
 ) -> Any:
     from ray.data import DataContext
-    from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, LoggingConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     DataContext.get_current().enable_progress_bars = False
-    scaling = spec.scaling
-    resources = {"CPU": scaling.cpus_per_worker}
-    if scaling.use_gpu:
-        resources["GPU"] = scaling.gpus_per_worker
     train_rows = data.train.num_rows
     datasets = {
         "train": labelled_dataset(data.train, data.img_size, spec.data.seed),
@@ -252,11 +248,7 @@ def _build_trainer(
             "steps_per_epoch": train_rows // spec.finetune.batch_size,
             "reporter": reporter,
         },
-        scaling_config=ScalingConfig(
-            num_workers=scaling.num_workers,
-            use_gpu=scaling.use_gpu,
-            resources_per_worker=resources,
-        ),
+        scaling_config=scaling_config(spec.scaling),
         run_config=RunConfig(
             name=f"eval-{spec.protocol}-{checkpoint.model_id}-{spec.fingerprint()}",
             storage_path=storage_path,

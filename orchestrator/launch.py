@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,19 @@ def run_tags(spec: RunSpec, run_path: str) -> dict[str, str]:
     return tags
 
 
+def scaling_config(scaling: Any, extra_resources: Mapping[str, float] | None = None) -> Any:
+    """Ray Train's ScalingConfig from a spec's scaling section (num_workers, use_gpu,
+    cpus_per_worker, gpus_per_worker), plus custom resources per worker."""
+    from ray.train import ScalingConfig
+
+    resources = {**(extra_resources or {}), "CPU": scaling.cpus_per_worker}
+    if scaling.use_gpu:
+        resources["GPU"] = scaling.gpus_per_worker
+    return ScalingConfig(
+        num_workers=scaling.num_workers, use_gpu=scaling.use_gpu, resources_per_worker=resources
+    )
+
+
 def build_trainer(
     spec: RunSpec,
     name: str,
@@ -120,17 +134,13 @@ def build_trainer(
 ) -> Any:
     """The Ray Train V2 trainer for one pretrain run (a sweep trial builds the same)."""
     from ray.data import DataContext
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     # The epoch lines from rank 0 are the progress output; Ray Data's per-operator bars
     # and Ray Train's per-report INFO lines would bury them.
     DataContext.get_current().enable_progress_bars = False
 
-    scaling = spec.scaling
-    resources = {**scaling.worker_resources, "CPU": scaling.cpus_per_worker}
-    if scaling.use_gpu:
-        resources["GPU"] = scaling.gpus_per_worker
     dataset = build_dataset(
         spec.data.source,
         img_size=spec.model.img_size,
@@ -148,11 +158,7 @@ def build_trainer(
             "reporter": reporter,
             "run_path": f"{storage_path}/{name}",
         },
-        scaling_config=ScalingConfig(
-            num_workers=scaling.num_workers,
-            use_gpu=scaling.use_gpu,
-            resources_per_worker=resources,
-        ),
+        scaling_config=scaling_config(spec.scaling, spec.scaling.worker_resources),
         run_config=RunConfig(
             name=name,
             storage_path=storage_path,

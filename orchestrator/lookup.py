@@ -110,13 +110,14 @@ def find_sweep(client: Any, name: str) -> Any | None:
 
 
 def sweep_trials(client: Any, parent: Any) -> list[Any]:
-    """The sweep's trial runs in trial order."""
+    """The sweep's trial runs (children of its parent run) in trial order."""
     name = parent.data.tags.get(SWEEP_TAG, "")
-    trials = search_all(
+    found = search_all(
         client,
         [parent.info.experiment_id],
         f"tags.`{SWEEP_TAG}` = '{name}' and tags.`{KIND_TAG}` = 'trial'",
     )
+    trials = [r for r in found if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     return sorted(trials, key=lambda r: int(r.data.tags.get(TRIAL_INDEX_TAG, 0)))
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.lookup import open_store, search_all
+from orchestrator.lookup import open_store, search_all, sweep_trials
 from orchestrator.spec import ConfigError
 from orchestrator.tracking import (
     CHECKPOINT_EPOCH_TAG,
@@ -149,15 +149,7 @@ def build_report(tracking_uri: str, experiment: str | None, sweep_name: str) -> 
     experiment_id = parent.info.experiment_id
     knob_keys = _knob_keys(client, parent)
 
-    trial_runs = search_all(
-        client,
-        [experiment_id],
-        f"tags.`{SWEEP_TAG}` = '{sweep_name}' and tags.`{KIND_TAG}` = 'trial'",
-    )
-    trials = sorted(
-        (_trial_record(client, run, knob_keys) for run in trial_runs if _child_of(run, parent)),
-        key=lambda t: t.index,
-    )
+    trials = [_trial_record(client, run, knob_keys) for run in sweep_trials(client, parent)]
     columns, cells_by_trial, used = _eval_cells(client, experiment_id, {t.run_id for t in trials})
     loss = Column("loss", LOSS_METRIC, higher_is_better=False)
     rows = _rows(trials, knob_keys)
@@ -215,10 +207,6 @@ def _experiments(client: Any, name: str | None) -> dict[str, str]:
 def _sweep_names(client: Any, experiment_ids: list[str]) -> list[str]:
     parents = search_all(client, experiment_ids, f"tags.`{KIND_TAG}` = 'sweep'")
     return sorted({p.data.tags.get(SWEEP_TAG, "?") for p in parents})
-
-
-def _child_of(run: Any, parent: Any) -> bool:
-    return run.data.tags.get("mlflow.parentRunId") == parent.info.run_id
 
 
 def _knob_keys(client: Any, parent: Any) -> list[str]:

@@ -27,13 +27,18 @@ from orchestrator.launch import (
     prepare_run,
 )
 from orchestrator.spec import SweepSpec, Trial
-from orchestrator.tracking import Tracker, resolve_tracking_uri
+from orchestrator.tracking import (
+    KIND_TAG,
+    SWEEP_TAG,
+    TRIAL_INDEX_TAG,
+    Tracker,
+    resolve_tracking_uri,
+)
 from workloads.metrics import SweepMetrics
 
 # A trial's own driver only waits on its Train workers. A whole CPU per trial deadlocks small
 # machines, and Tune refuses zero, so it reserves a sliver.
 TRIAL_DRIVER_CPU = 0.01
-SWEEP_TAG = "mimray.sweep"
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,7 @@ def open_sweep_runs(
             "sweep.max_concurrent_trials": sweep.sweep.max_concurrent_trials,
             **{f"sweep.grid.{k}": v for k, v in sweep.sweep.grid.items()},
         },
-        tags={SWEEP_TAG: name, "mimray.kind": "sweep"},
+        tags={SWEEP_TAG: name, KIND_TAG: "sweep"},
         run_name=name,
     )
     tracker.log_text(parent.run_id, sweep.model_dump_json(indent=2), "sweep_spec.json")
@@ -87,8 +92,8 @@ def open_sweep_runs(
             tracker,
             extra_tags={
                 SWEEP_TAG: name,
-                "mimray.trial_index": str(trial.index),
-                "mimray.kind": "trial",
+                TRIAL_INDEX_TAG: str(trial.index),
+                KIND_TAG: "trial",
             },
             parent_run_id=parent.run_id,
         )
