@@ -253,6 +253,12 @@ def model_spec_of(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def measured_columns(args: argparse.Namespace) -> dict[str, str]:
+    """The table's columns for this configuration: `--finetune-epochs 0` measures no fine-tune."""
+    skipped = set() if args.finetune_epochs else {"finetune/top1"}
+    return {key: title for key, title in COLUMNS.items() if key not in skipped}
+
+
 def run_seed(args: argparse.Namespace, seed: int) -> dict[str, tuple[dict[str, float], float]]:
     """Every row of one seed: {row: (metrics, pretrain seconds; 0 for random init)}."""
     torch.set_num_threads(args.threads)
@@ -266,7 +272,8 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, tuple[dict[str, f
             state, seconds = pretrain(row, model_spec, train[0], args, seed)
             say(f"{row} seed {seed}: pretrained in {seconds:.0f} s")
         metrics = evaluate(model_spec, state, train, val, args, seed, args.pool)
-        say(f"{row} seed {seed}: " + ", ".join(f"{k} {metrics[k]:.3f}" for k in COLUMNS))
+        measured = ", ".join(f"{k} {metrics[k]:.3f}" for k in measured_columns(args))
+        say(f"{row} seed {seed}: {measured}")
         out[row] = (metrics, seconds)
     return out
 
@@ -285,15 +292,16 @@ def main(argv: list[str] | None = None) -> None:
     results = {row: [seed_rows[row][0] for seed_rows in per_seed] for row in rows}
     wall = {row: [seed_rows[row][1] for seed_rows in per_seed] for row in args.methods}
     label = {"random": "random init", "mae": "MAE", "emae": f"EMAE K={args.k}"}
+    columns = measured_columns(args)
     table = Table(
         "encoder",
-        *COLUMNS.values(),
+        *columns.values(),
         "pretrain wall s",
         title=f"shapes {args.images} images, {args.epochs} pretrain epochs, "
         f"mean ± std over seeds {args.seeds} (val {args.val_images} images, {args.pool} pool)",
     )
     for row, per_seed in results.items():
-        cells = [mean_std([m[key] for m in per_seed]) for key in COLUMNS]
+        cells = [mean_std([m[key] for m in per_seed]) for key in columns]
         seconds = f"{statistics.fmean(wall[row]):.0f}" if row in wall else "-"
         table.add_row(label.get(row, row), *cells, seconds)
     Console(width=160).print(table)
