@@ -18,7 +18,14 @@ from orchestrator.cli_common import console, fail, root_cause, set_option
 from orchestrator.cli_eval import evaluate, lineage
 from orchestrator.cli_jobs import jobs, submit
 from orchestrator.cli_report import report
-from orchestrator.spec import ConfigError, load_spec, load_sweep, preset_names, read_spec_source
+from orchestrator.spec import (
+    ConfigError,
+    check_name,
+    load_spec,
+    load_sweep,
+    preset_names,
+    read_spec_source,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -60,6 +67,8 @@ def _pretrain(
     point: int | None = None,
 ) -> None:
     try:
+        if name is not None:
+            check_name(name, "--name")
         spec = load_spec(config, overrides, point=point)
     except ConfigError as err:
         fail(str(err))

@@ -9,6 +9,7 @@ MLflow run, never a duplicate.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import Any
 
 from orchestrator import __version__
 from orchestrator.eval_data import describe_eval_data, labelled_dataset
-from orchestrator.spec import RunSpec
+from orchestrator.spec import RunSpec, check_name
 from orchestrator.tracking import (
     FINGERPRINT_TAG,
     RunHandle,
@@ -45,9 +46,9 @@ class PretrainResult:
 
 
 def default_run_name(spec: RunSpec) -> str:
-    return (
-        f"{spec.method.name}-{spec.data.source.rstrip('/').split('/')[-1]}-{spec.fingerprint()[:8]}"
-    )
+    # The source's last segment may hold spaces or a query: keep only name-safe characters.
+    source = re.sub(r"[^A-Za-z0-9._-]", "", spec.data.source.rstrip("/").split("/")[-1])
+    return f"{spec.method.name}-{source.lstrip('.')[:40] or 'data'}-{spec.fingerprint()[:8]}"
 
 
 def resolve_storage_path(spec: RunSpec) -> str:
@@ -345,7 +346,7 @@ def run_pretrain(
     spec: RunSpec, name: str | None = None, address: str | None = None
 ) -> PretrainResult:
     """Train (or resume) the run `name` to `spec.train.epochs`, recorded in MLflow."""
-    name = name or default_run_name(spec)
+    name = check_name(name) if name else default_run_name(spec)  # a name becomes a folder
     check_trainable(spec)  # fail on unreadable data before the store is touched
     tracker = Tracker(resolve_tracking_uri(spec.tracking.uri), spec.tracking.experiment)
     run = prepare_run(spec, name, tracker)

@@ -6,7 +6,7 @@ is one line naming the dotted key and what is allowed, so the CLI can print it a
 A sweep spec is a base run spec plus the grid of points to vary.
 """
 
-from orchestrator.spec.base import ConfigError
+from orchestrator.spec.base import ConfigError, check_name
 from orchestrator.spec.evaluation import PROTOCOLS, EvalSpec
 from orchestrator.spec.loading import (
     apply_overrides,
@@ -26,6 +26,7 @@ __all__ = [
     "PROTOCOLS",
     "RunSpec",
     "apply_overrides",
+    "check_name",
     "flatten",
     "SweepSpec",
     "Trial",

@@ -37,7 +37,7 @@ def read_spec_source(config: str) -> dict[str, Any]:
     """YAML from a file path, or from a built-in preset when no such file exists."""
     path = Path(config)
     if path.is_file():
-        text = path.read_text()
+        text = _read_utf8(path, config)
     elif config in preset_names():
         text = (resources.files("orchestrator") / "presets" / f"{config}.yaml").read_text()
     else:
@@ -48,12 +48,28 @@ def read_spec_source(config: str) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"config: {config} is not valid YAML ({err.problem})") from None
+        # A ReaderError (control characters, e.g. a binary file) has a reason, not a problem.
+        why = getattr(err, "problem", None) or getattr(err, "reason", None) or "unreadable"
+        raise ConfigError(f"config: {config} is not valid YAML ({why})") from None
     if not isinstance(raw, dict):
         raise ConfigError(
             f"config: {config} must be a mapping of sections, got {type(raw).__name__}"
         )
     return raw
+
+
+def _read_utf8(path: Path, config: str) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"config: cannot read {config} ({err.strerror})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"config: {config} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset "
+            f"{err.start}); allowed: a UTF-8 YAML file or a preset name"
+        ) from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from pydantic import (
     model_validator,
 )
 
-from orchestrator.spec.base import Section
+from orchestrator.spec.base import Section, check_storage_path
 from orchestrator.spec.evaluation import EvalSpec
 from workloads.data import validate_source
 from workloads.methods import MethodKnobs, get_method, method_names
@@ -84,6 +84,7 @@ class TrainSpec(Section):
     checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints")
     keep_checkpoints: int | None = Field(None, ge=1, description="None keeps all")
     max_failures: int = Field(2, ge=0, description="worker-group restarts from last checkpoint")
+    compile: bool = Field(False, description="torch.compile the model in every worker")
 
 
 class ScalingSpec(Section):
@@ -132,6 +133,11 @@ class StorageSpec(Section):
     path: str | None = Field(
         None, description="Ray storage (local or s3://); default ./mimray-runs"
     )
+
+    @field_validator("path")
+    @classmethod
+    def _supported_scheme(cls, path: str | None) -> str | None:
+        return None if path is None else check_storage_path(path)
 
 
 def _validate_method(raw: Any) -> MethodKnobs:
@@ -196,6 +202,8 @@ class RunSpec(Section):
         # fingerprints, and so their default names.
         if not tree["scaling"]["worker_resources"]:
             del tree["scaling"]["worker_resources"]
+        if not tree["train"]["compile"]:
+            del tree["train"]["compile"]
         del tree["eval"]  # chained evaluations do not change the pretrain run
         canonical = json.dumps(tree, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from orchestrator.spec.base import ConfigError
+from orchestrator.spec.base import NAME_RULE, ConfigError, name_problem
 from orchestrator.spec.run import RunSpec, check_custom_resources
 
 
@@ -62,10 +62,19 @@ class SweepSection(BaseModel):
 class SweepSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str
     description: str = ""
     base: dict[str, Any] = Field(default_factory=dict)
     sweep: SweepSection = Field(default_factory=SweepSection)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        # Trial names extend it, and the sweep's Tune experiment is a folder of that name.
+        problem = name_problem(name)
+        if problem:
+            raise ValueError(f"{problem}; allowed: {NAME_RULE}")
+        return name
 
 
 @dataclass(frozen=True)
