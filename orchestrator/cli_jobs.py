@@ -54,12 +54,19 @@ def _run(action: Callable[[], Any]) -> Any:
     help="Also pass AWS_ACCESS_KEY_ID/SECRET/SESSION_TOKEN and MLflow credentials from this "
     "shell (the dashboard shows them to anyone who can reach it).",
 )
+@click.option(
+    "--shared-storage",
+    is_flag=True,
+    help="Accept a plain storage.path: every node mounts it (e.g. NFS). Without it, runs must "
+    "checkpoint to object storage (s3://, gs://) so they survive a lost node.",
+)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def submit(
     address: str | None,
     wait: bool,
     name: str | None,
     with_credentials: bool,
+    shared_storage: bool,
     command: tuple[str, ...],
 ) -> None:
     """Run a mimray COMMAND on a Ray cluster as a job: mimray submit -- sweep emae-k
@@ -76,6 +83,10 @@ def submit(
         fail("command: nothing to run; e.g. mimray submit -- sweep emae-k")
     if command[0] in ("submit", "jobs"):
         fail(f"command: {command[0]!r} runs here, not on the cluster")
+    group = click.get_current_context().parent
+    target = group.command.get_command(group, command[0]) if group else None
+    if target is not None and not shared_storage:
+        _run(lambda: jobs.require_shared_storage(jobs.storage_paths(target, list(command))))
     client = _client(address)
     job_id = _run(lambda: jobs.submit(client, list(command), name, with_secrets=with_credentials))
     click.echo(job_id)

@@ -148,6 +148,50 @@ def check_local_files(args: Iterable[str], working_dir: Path) -> None:
             )
 
 
+# Commands that write checkpoints to their spec's `storage.path`.
+CHECKPOINTING_COMMANDS = ("pretrain", "sweep", "demo")
+
+
+def storage_paths(command: Any, args: list[str]) -> list[str | None]:
+    """The `storage.path` of every run that `mimray ARGS` would start (None: the default).
+
+    COMMAND is the click command ARGS[0] names; its own parser reads the config and `--set`s,
+    so the check sees what the job will run.
+    """
+    from orchestrator.spec.base import ConfigError
+    from orchestrator.spec.loading import load_spec, load_sweep, read_spec_source
+    from orchestrator.spec.sweep import is_sweep
+
+    if args[0] not in CHECKPOINTING_COMMANDS:
+        return []
+    params = command.make_context(args[0], list(args[1:]), resilient_parsing=True).params
+    config, overrides = params.get("config") or args[0], list(params.get("overrides") or ())
+    try:
+        if is_sweep(read_spec_source(config)):
+            specs = [trial.spec for trial in load_sweep(config, overrides)[1]]
+        else:
+            specs = [load_spec(config, overrides)]
+    except ConfigError as err:
+        raise JobsUsageError(str(err)) from None
+    return [spec.storage.path for spec in specs]
+
+
+def require_shared_storage(paths: Iterable[str | None]) -> None:
+    """Refuse a storage.path that lives on one node's disk: on a cluster, checkpoints written
+    there die with the node, and a resubmitted sweep on other nodes cannot restore them."""
+    for path in paths:
+        scheme = urlparse(path or "").scheme if "://" in (path or "") else ""
+        if scheme and scheme != "file":
+            continue
+        shown = path or "./mimray-runs (the default)"
+        raise JobsUsageError(
+            f"storage.path: {shown} is on the disk of each node, so checkpoints die with a lost "
+            "node and a resubmitted job cannot restore them; use object storage "
+            "(--set storage.path=s3://BUCKET/mimray), or --shared-storage if every node mounts "
+            "that path"
+        )
+
+
 def build_runtime_env(
     working_dir: Path, environ: Mapping[str, str], with_secrets: bool
 ) -> dict[str, Any]:

@@ -99,7 +99,9 @@ def test_submit_runs_a_sweep_on_a_two_node_cluster(tmp_path, cluster_temp_dir):
         assert denied.stderr.startswith("mimray: error:") and "RAY_AUTH_TOKEN" in denied.stderr
 
         submitted = mimray(
-            ["submit", *address, "--wait", "--name", "remote-1", "--", "sweep", "sweep.yaml"],
+            # The storage folder is shared by both local nodes, as NFS would be.
+            ["submit", *address, "--wait", "--shared-storage", "--name", "remote-1", "--"]
+            + ["sweep", "sweep.yaml"],
             project,
             env,
         )

@@ -103,3 +103,75 @@ def test_entrypoint_runs_the_shipped_cli_with_quoting():
     env = jobs.build_runtime_env(jobs.Path("/x"), {}, with_secrets=False)
     assert [p.rsplit("/", 1)[-1] for p in env["py_modules"]] == ["orchestrator", "workloads"]
     assert {".git", ".venv", "mimray-runs"} <= set(env["excludes"])
+
+
+# --- checkpoints that survive: a remote run needs storage every node (and a rerun) can reach ---
+
+LOCAL_STORAGE = "mimray: error: storage.path: "
+
+
+def _unreachable() -> list[str]:
+    return ["--address", f"http://127.0.0.1:{free_port()}"]  # nothing listens there
+
+
+@pytest.mark.parametrize(
+    ("command", "shown"),
+    [
+        (["sweep", "emae-k"], "./mimray-runs (the default)"),
+        (["sweep", "emae-k", "--set", "storage.path=/data/runs"], "/data/runs"),
+        (["sweep", "emae-k", "--set=storage.path=runs", "--dry-run"], "runs"),
+        (["pretrain", "demo", "--name", "x"], "./mimray-runs (the default)"),
+        (["demo"], "./mimray-runs (the default)"),
+    ],
+)
+def test_submit_refuses_node_local_storage_in_one_line(command, shown, workdir):
+    result = CliRunner().invoke(main, ["submit", *_unreachable(), "--", *command])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"{LOCAL_STORAGE}{shown} is on the disk of each node")
+    assert "s3://BUCKET" in result.output and result.output.count("\n") == 1
+
+
+def test_submit_reads_storage_from_the_spec_file(workdir):
+    (workdir / "local.yaml").write_text("storage: {path: ./ckpt}\n")
+    (workdir / "remote.yaml").write_text("storage: {path: s3://bucket/mimray}\n")
+    refused = CliRunner().invoke(main, ["submit", *_unreachable(), "--", "pretrain", "local.yaml"])
+    assert refused.exit_code == 2 and refused.output.startswith(f"{LOCAL_STORAGE}./ckpt ")
+    # Object storage passes the check: the next failure is the (absent) cluster, exit 1.
+    accepted = CliRunner().invoke(
+        main, ["submit", *_unreachable(), "--", "pretrain", "remote.yaml"]
+    )
+    assert accepted.exit_code == 1, accepted.output
+    assert "cannot reach the Ray Jobs API" in accepted.output
+    # --set wins over the file, as it will on the cluster.
+    overridden = ["pretrain", "remote.yaml", "--set", "storage.path=/tmp/x"]
+    result = CliRunner().invoke(main, ["submit", *_unreachable(), "--", *overridden])
+    assert result.exit_code == 2 and result.output.startswith(f"{LOCAL_STORAGE}/tmp/x ")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--", "sweep", "emae-k", "--set", "storage.path=s3://bucket/runs"],
+        ["--shared-storage", "--", "sweep", "emae-k", "--set", "storage.path=/nfs/runs"],
+        ["--", "presets"],  # writes no checkpoints
+    ],
+)
+def test_object_or_declared_shared_storage_passes_the_check(args, workdir):
+    result = CliRunner().invoke(main, ["submit", *_unreachable(), *args])
+    assert result.exit_code == 1, result.output
+    assert "cannot reach the Ray Jobs API" in result.output
+
+
+def test_a_broken_spec_is_refused_before_the_cluster_is_contacted(workdir):
+    args = ["submit", *_unreachable(), "--", "sweep", "emae-k", "--set", "train.epochs=zero"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("mimray: error: train.epochs:")
+    assert result.output.count("\n") == 1
+
+
+def test_storage_rule_on_its_own():
+    jobs.require_shared_storage(["s3://bucket/x", "s3://bucket/y"])
+    for path in (None, "runs", "/abs/runs", "file:///abs/runs"):
+        with pytest.raises(jobs.JobsUsageError, match="^storage.path: "):
+            jobs.require_shared_storage(["s3://bucket/x", path])
