@@ -8,12 +8,16 @@ import pytest
 import torch
 
 from orchestrator.spec import ConfigError, load_spec
+from workloads.masking import gather_tokens
+from workloads.methods._ragged_masks import encode_padded, ragged_masked_mse
 from workloads.methods.sbam import (
     SBAM,
     SBAMKnobs,
     adaptive_ratio,
+    adaptive_ratios,
     build,
     salient_masking,
+    salient_masking_per_image,
     salient_share,
     token_saliency,
 )
@@ -173,6 +177,90 @@ def test_adaptive_ratio_is_one_value_for_the_whole_batch():
     assert masks.idx_mask.shape == (2, math.ceil(8 * 0.4))
 
 
+# ------------------------------------------------------------------------- AMR per image
+
+
+def test_per_image_ratios_follow_the_formula_and_set_each_images_mask_size():
+    # Image i has 4·i of its 16 tokens strictly above δ = 0.5 (the rest exactly at δ).
+    saliency = torch.full((5, 16), 0.5)
+    for i in range(5):
+        saliency[i, : 4 * i] = 0.9
+    ratios = adaptive_ratios(saliency, 0.5, 0.2, 0.5)
+    torch.testing.assert_close(ratios, torch.tensor([0.3, 0.4, 0.5, 0.6, 0.7], dtype=ratios.dtype))
+
+    masks = salient_masking_per_image(saliency, ratios, noise=0.0)
+    masked_per_image = masks.masked.sum(dim=1).tolist()
+    assert masked_per_image == [math.ceil(16 * r - 1e-6) for r in (0.3, 0.4, 0.5, 0.6, 0.7)]
+    assert masked_per_image == [5, 7, 8, 10, 12]
+    # Noise off: each image hides its most salient tokens first.
+    assert masks.masked[1, :4].all()  # its 4 salient tokens among its 7 hidden
+    assert not masks.masked[3, 12:].any()  # its 10 hidden all among its 12 salient
+    # The padded visible slots are exactly the hidden ones past each image's own count.
+    assert masks.visible_valid.sum(dim=1).tolist() == [11, 9, 8, 6, 4]
+    for i in range(5):
+        kept = masks.idx_keep[i][masks.visible_valid[i]]
+        assert not masks.masked[i, kept].any()
+        assert set(kept.tolist()) | set(masks.masked[i].nonzero().flatten().tolist()) == set(
+            range(16)
+        )
+
+
+def test_padded_batch_gives_each_image_what_it_would_get_alone():
+    model = tiny_sbam(gamma=0.6, delta_r=0.2, amr_scope="image").eval()
+    imgs = images(3, seed=2)
+    with torch.no_grad():
+        tokens = model.encoder.embed_patches(imgs)
+        saliency = token_saliency(tokens)
+        ratios = torch.tensor([0.45, 0.75, 0.6], dtype=torch.float64)
+        masks = salient_masking_per_image(saliency, ratios, 0.5, torch.Generator().manual_seed(0))
+        assert len(set(masks.num_visible.tolist())) == 3
+        latent = encode_padded(
+            model.encoder, gather_tokens(tokens, masks.idx_keep), masks.visible_valid
+        )
+        pred = model.decoder(latent, masks.ids_restore, masks.visible_valid)
+        for i, visible in enumerate(masks.num_visible.tolist()):
+            keep = masks.ids_shuffle[i : i + 1, :visible]
+            alone = model.encoder.forward_visible(gather_tokens(tokens[i : i + 1], keep))
+            torch.testing.assert_close(latent[i : i + 1, : 1 + visible], alone, atol=1e-5, rtol=0)
+            # MAE's decoder on the image alone: its visible tokens + one mask token per hidden.
+            alone_pred = model.decoder(alone, masks.ids_restore[i : i + 1])
+            torch.testing.assert_close(pred[i : i + 1], alone_pred, atol=1e-5, rtol=0)
+
+
+def test_ragged_loss_averages_over_every_masked_patch_of_the_batch():
+    pred = torch.zeros(2, 4, 2)
+    target = torch.tensor([[[1.0, 1.0], [2.0, 2.0], [3.0, 3.0], [4.0, 4.0]]]).repeat(2, 1, 1)
+    masked = torch.tensor([[True, False, False, False], [False, True, True, True]])
+    # Per-patch MSE 1, 4, 9, 16; masked: image 0 {1}, image 1 {4, 9, 16} -> 30 / 4.
+    assert ragged_masked_mse(pred, target, masked, False).item() == pytest.approx(7.5)
+
+
+def test_model_masks_a_different_number_of_patches_per_image():
+    model = tiny_sbam(gamma=0.6, delta_r=0.2, delta=0.3, amr_scope="image")
+    seen = {}
+    model.decoder.register_forward_hook(lambda _m, args, _o: seen.update(valid=args[2]))
+    imgs = images(6, seed=3)
+    out = model(imgs)
+
+    with torch.no_grad():
+        saliency = token_saliency(model.encoder.embed_patches(imgs))
+    ratios = [0.4 + 0.4 * share for share in (saliency > 0.3).float().mean(dim=1).tolist()]
+    expected_visible = [64 - math.ceil(64 * r - 1e-6) for r in ratios]
+    assert seen["valid"].sum(dim=1).tolist() == expected_visible
+    assert len(set(expected_visible)) > 1  # images of different salience, masks of different size
+    assert out.metrics["mask_ratio"] == pytest.approx(sum(ratios) / 6)
+    assert out.metrics["mask_ratio_min"] == pytest.approx(min(ratios))
+    assert out.metrics["mask_ratio_max"] == pytest.approx(max(ratios))
+    out.loss.backward()
+    assert model.encoder.patch_embed.proj.weight.grad is not None
+
+
+def test_batch_scope_is_the_default_as_in_the_authors_code():
+    assert SBAMKnobs().amr_scope == "batch"
+    out = tiny_sbam(gamma=0.6, delta_r=0.2)(images())
+    assert "mask_ratio_min" not in out.metrics
+
+
 # --------------------------------------------------------------------------------- model
 
 
@@ -212,8 +300,9 @@ def test_no_weight_decay_names_exist():
     assert model.no_weight_decay() <= set(names)
 
 
-def test_a_few_steps_on_a_fixed_batch_lower_the_loss():
-    model = tiny_sbam(gamma=0.75, delta_r=0.1)
+@pytest.mark.parametrize("scope", ["batch", "image"])
+def test_a_few_steps_on_a_fixed_batch_lower_the_loss(scope):
+    model = tiny_sbam(gamma=0.75, delta_r=0.1, amr_scope=scope)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, betas=(0.9, 0.95))
     imgs = images(8, seed=1)
     losses = []
@@ -245,6 +334,13 @@ def test_spec_accepts_good_knobs_and_builds_a_model_that_trains():
     assert 0.5 <= out.metrics["mask_ratio"] <= 0.7
 
 
+def test_spec_accepts_amr_scope_and_builds_it():
+    spec = load_spec(None, ["method.name=sbam", "method.delta_r=0.1", "method.amr_scope=image"])
+    assert spec.method.amr_scope == "image"
+    assert spec.flat_params()["method.amr_scope"] == "image"
+    assert build_model(spec.model_dump(mode="json")).amr_scope == "image"
+
+
 def test_demo_preset_switches_to_sbam():
     spec = load_spec("demo", ["method={name: sbam, gamma: 0.8}"])
     assert spec.method.name == "sbam" and spec.method.gamma == 0.8
@@ -262,6 +358,7 @@ def test_demo_preset_switches_to_sbam():
         (["method.gamma=0.1", "method.delta_r=0.1"], "method.delta_r:"),
         (["method.delta=1.5"], "method.delta:"),
         (["method.noise=-1"], "method.noise:"),
+        (["method.amr_scope=pixel"], "method.amr_scope:"),
     ],
 )
 def test_bad_knobs_name_the_key(overrides, key):
