@@ -85,6 +85,9 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
+    """The method's own module inside torch.compile's and DDP's wrappers (their state_dict
+    keys carry `_orig_mod.`/`module.` prefixes that checkpoints must not)."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
@@ -151,14 +154,26 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     start_epoch, step = 0, 0
     checkpoint = ray.train.get_checkpoint()
+    state = None
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            state = torch.load(os.path.join(folder, CHECKPOINT_FILE), weights_only=False)
+            # CPU first: a GPU checkpoint would otherwise land on the saving rank's GPU.
+            state = torch.load(
+                os.path.join(folder, CHECKPOINT_FILE), map_location="cpu", weights_only=False
+            )
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         start_epoch, step = state["epoch"], state["step"]
     model = ray.train.torch.prepare_model(model)
+    if state is not None:
+        # After the move to the device: load_state_dict puts the optimizer state on its
+        # parameters' device, so loaded before the move it stays on the CPU and step() fails.
+        optimizer.load_state_dict(state["optimizer"])
+    if train.get("compile"):
+        # Compiled after prepare_model, i.e. around DDP: that is the order PyTorch documents
+        # for DDP (its DDPOptimizer splits the graph at gradient buckets so all-reduce
+        # overlaps the backward); compiling inside DDP would all-reduce after the backward.
+        model = torch.compile(model)
 
     reporter: Reporter = config.get("reporter") or NullReporter()
     if rank != 0:
@@ -175,7 +190,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             started, data_wait, losses = time.perf_counter(), 0.0, []
             batches = _timed(
                 shard.iter_torch_batches(
-                    batch_size=per_worker_batch, drop_last=True, prefetch_batches=2
+                    batch_size=per_worker_batch,
+                    drop_last=True,
+                    prefetch_batches=2,
+                    # Pinned host batches make the copy to the GPU asynchronous.
+                    pin_memory=device.type == "cuda",
                 )
             )
             seen = skipped = 0
