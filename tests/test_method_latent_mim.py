@@ -8,8 +8,9 @@ from torch import nn
 
 from orchestrator.spec import ConfigError, load_spec
 from workloads.ema import ema_update, frozen_copy
-from workloads.masking import random_masking
-from workloads.methods import get_method
+from workloads.evaluation.heads import encoder_prefix, load_encoder
+from workloads.masking import gather_tokens, random_masking
+from workloads.methods import get_method, train_img_size
 from workloads.methods._latent_mim_parts import (
     crop_cells,
     gap_grid_crops,
@@ -17,6 +18,7 @@ from workloads.methods._latent_mim_parts import (
     gap_grid_patches,
     mean_pairwise_cosine,
     patch_disc_loss,
+    projection_head,
     visual_cues,
 )
 from workloads.methods.latent_mim import LatentMIM, LatentMIMKnobs
@@ -81,17 +83,152 @@ def test_offsets_cover_zero_to_gap_inclusive():
 
 def test_gap_zero_is_plain_patchify():
     imgs = torch.randn(2, 3, 16, 16)
-    assert torch.equal(gap_grid_patches(imgs, 4, 0), patchify(imgs, 4))
-    assert torch.equal(gap_grid_crops(imgs, 4, 0), imgs)
+    assert torch.equal(gap_grid_patches(imgs, 4, 0, 4), patchify(imgs, 4))
+    assert torch.equal(gap_grid_crops(imgs, 4, 0, 4), imgs)
 
 
-def test_gap_grid_keeps_image_size_and_constant_images():
+def window_found_in_cell(source, block, top, left, patch, gap) -> bool:
+    """Is `block` (C, p, p) exactly one of the (gap+1)² p×p windows of the source's cell?"""
+    return any(
+        torch.equal(source[:, top + dy : top + dy + patch, left + dx : left + dx + patch], block)
+        for dy in range(gap + 1)
+        for dx in range(gap + 1)
+    )
+
+
+def test_native_resolution_cells_are_exact_pixel_copies_of_the_source():
+    # Per-pixel random values: any resampling (bilinear, bicubic, area) would mix
+    # neighbouring pixels into values that appear nowhere in the source image.
+    patch, gap, grid = 4, 3, 8
+    side = grid * (patch + gap)  # 56: the image the data side delivers for this grid
+    imgs = torch.rand(3, 3, side, side, generator=torch.Generator().manual_seed(0))
+    crops = gap_grid_crops(imgs, patch, gap, grid, torch.Generator().manual_seed(1))
+    assert crops.shape == (3, 3, grid * patch, grid * patch)
+    for b in range(3):
+        for i in range(grid):
+            for j in range(grid):
+                block = crops[b, :, i * patch : (i + 1) * patch, j * patch : (j + 1) * patch]
+                top, left = i * (patch + gap), j * (patch + gap)
+                assert window_found_in_cell(imgs[b], block, top, left, patch, gap), (b, i, j)
+
+
+def test_checkerboard_survives_native_cropping_and_not_resampling():
+    # A one-pixel checkerboard is the highest frequency an image holds; crops of the
+    # native image keep exact 0/1 alternation, a resampled one turns it grey.
+    patch, gap, grid = 4, 2, 8
+    side = grid * (patch + gap)
+    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    board = ((rows + cols) % 2).float().expand(2, 3, -1, -1)
+    crops = gap_grid_crops(board, patch, gap, grid, torch.Generator().manual_seed(0))
+    assert set(crops.unique().tolist()) == {0.0, 1.0}
+    blocks = patchify(crops, patch).view(2, grid * grid, patch, patch, 3)
+    # Inside every crop neighbours differ: the pattern is intact, only its phase varies.
+    assert (blocks[:, :, 1:] != blocks[:, :, :-1]).all()
+    small = board[..., : grid * patch, : grid * patch]  # the same board at model.img_size
+    blurred = gap_grid_crops(small, patch, gap, grid, torch.Generator().manual_seed(0))
+    assert not set(blurred.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_img_size_images_are_resized_first_and_other_sizes_refused():
     # Bilinear resizing of a constant image is constant, so every crop is too.
     imgs = torch.full((2, 3, 16, 16), 0.25)
-    crops = gap_grid_crops(imgs, 4, 4, generator=torch.Generator().manual_seed(0))
+    crops = gap_grid_crops(imgs, 4, 4, 4, generator=torch.Generator().manual_seed(0))
     assert crops.shape == (2, 3, 16, 16)
     assert torch.allclose(crops, imgs)
-    assert gap_grid_patches(torch.randn(2, 3, 16, 16), 4, 4).shape == (2, 16, 48)
+    assert gap_grid_patches(torch.randn(2, 3, 16, 16), 4, 4, 4).shape == (2, 16, 48)
+    with pytest.raises(ValueError, match="needs square images of side 32"):
+        gap_grid_crops(torch.randn(2, 3, 24, 24), 4, 4, 4)
+
+
+def test_method_asks_the_stream_for_native_size_and_logs_resampling():
+    spec = load_spec("demo", ["method.name=latent_mim", "method.gap=2", *TINY_OVERRIDES])
+    assert train_img_size(spec.model_dump(mode="json")) == 8 * (4 + 2)
+    assert train_img_size(load_spec("demo", TINY_OVERRIDES).model_dump(mode="json")) == 32
+    model = _tiny(gap=2)
+    seen = []
+    model.encoder.patch_embed.register_forward_hook(lambda _m, args, _o: seen.append(args[0]))
+    native = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(0))
+    out = model(native, generator=torch.Generator().manual_seed(1))
+    assert out.metrics["grid_resampled"] == 0.0
+    crops = seen[0]  # what the encoder embeds: exact copies of the native image
+    for i in range(8):
+        for j in range(8):
+            block = crops[0, :, i * 4 : (i + 1) * 4, j * 4 : (j + 1) * 4]
+            assert window_found_in_cell(native[0], block, i * 6, j * 6, 4, 2)
+    out = model(torch.randn(2, 3, 32, 32))
+    assert out.metrics["grid_resampled"] == 1.0
+    assert _tiny(gap=0)(torch.randn(2, 3, 32, 32)).metrics["grid_resampled"] == 0.0
+
+
+# ---------------------------------------------------------------------------- projector
+
+
+def test_projection_head_is_the_authors_three_layer_mlp():
+    head = projection_head(8, 16)
+    kinds = [type(layer).__name__ for layer in head]
+    assert kinds == ["Linear", "LayerNorm", "GELU"] * 2 + ["Linear", "LayerNorm"]
+    linears = [layer for layer in head if isinstance(layer, nn.Linear)]
+    assert [(lin.in_features, lin.out_features) for lin in linears] == [(8, 16), (16, 16), (16, 8)]
+    assert all(lin.bias is None for lin in linears)
+    assert head(torch.randn(2, 5, 8)).shape == (2, 5, 8)  # per token
+
+
+def test_projector_defaults_to_mlp_on_both_encoders():
+    model = _tiny()
+    assert LatentMIMKnobs().projector == "mlp"
+    assert isinstance(model.projector, nn.Sequential)
+    online, target = model.projector.state_dict(), model.target_projector.state_dict()
+    assert online.keys() == target.keys()
+    assert all(torch.equal(online[k], target[k]) for k in online)  # starts as a copy
+    assert not any(p.requires_grad for p in model.target_projector.parameters())
+
+
+def test_decoder_and_regulariser_see_projected_latent_and_targets_are_projected():
+    model = _tiny().eval()
+    captured = {}
+    model.projector.register_forward_hook(lambda _m, _a, out: captured.update(projected=out))
+    model.decoder.register_forward_hook(lambda _m, args, _o: captured.update(decoded=args[0]))
+    model(torch.randn(2, 3, 32, 32), generator=torch.Generator().manual_seed(0))
+    assert captured["decoded"] is captured["projected"]
+
+    with torch.no_grad():
+        model.target_projector[-1].bias.fill_(3.0)  # make the target head visible
+    masks = random_masking(2, 64, 0.75, generator=torch.Generator().manual_seed(0))
+    imgs = torch.randn(2, 3, 32, 32)
+    tokens = gather_tokens(model.target_encoder.embed_patches(imgs), masks.idx_mask)
+    unprojected = model.target_encoder.forward_visible(tokens)[:, 1:, :]
+    expected = model.target_projector(unprojected)
+    torch.testing.assert_close(model.targets(imgs, masks.idx_mask), expected)
+    assert not torch.allclose(expected, unprojected)
+
+
+def test_target_projector_follows_the_online_one_by_ema():
+    model = _tiny()
+    before = model.target_projector[0].weight.clone()
+    with torch.no_grad():
+        model.projector[0].weight.add_(1.0)
+    model.after_optimizer_step(0.0)  # m = 0.99
+    torch.testing.assert_close(model.target_projector[0].weight, before + 0.01)
+
+
+def test_projector_gets_gradients_and_none_adds_no_parameters():
+    model = _tiny()
+    model(torch.randn(2, 3, 32, 32)).loss.backward()
+    assert model.projector[0].weight.grad is not None
+    plain = _tiny(projector="none")
+    assert isinstance(plain.projector, nn.Identity)
+    assert not any("projector" in name for name in plain.state_dict())
+    extra = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in plain.parameters())
+    # Two heads (online + target) of 32·128 + 128·128 + 128·32 weights and 3 LayerNorms.
+    assert extra == 2 * (32 * 128 + 128 * 128 + 128 * 32 + 2 * (128 + 128 + 32))
+
+
+def test_evaluation_takes_the_encoder_without_the_projector():
+    model = _tiny()
+    state = model.state_dict()
+    assert encoder_prefix(state) == "encoder."
+    encoder = load_encoder(TINY_MODEL, state)
+    assert all(torch.equal(v, state[f"encoder.{k}"]) for k, v in encoder.state_dict().items())
 
 
 # ---------------------------------------------------------------------------------- EMA
@@ -237,11 +374,19 @@ def test_a_few_steps_lower_the_loss(gap):
 def test_spec_accepts_knobs_and_builds_model():
     spec = load_spec(
         "demo",
-        ["method.name=latent_mim", "method.gap=4", "method.mask_ratio=0.9", *TINY_OVERRIDES],
+        [
+            "method.name=latent_mim",
+            "method.gap=4",
+            "method.mask_ratio=0.9",
+            "method.projector=none",
+            *TINY_OVERRIDES,
+        ],
     )
     assert spec.method.gap == 4 and spec.method.mask_ratio == 0.9
+    assert spec.flat_params()["method.projector"] == "none"
     model = build_model(spec.model_dump(mode="json"))
     assert isinstance(model, LatentMIM) and model.gap == 4
+    assert isinstance(model.projector, nn.Identity)
     names = dict(model.named_parameters())
     assert model.no_weight_decay() <= names.keys()
     out = model(torch.randn(2, 3, 32, 32))
@@ -258,6 +403,7 @@ def test_spec_accepts_knobs_and_builds_model():
         "method.tau=0",
         "method.sim_coeff=-0.1",
         "method.momentum_base=1.5",
+        "method.projector=linear",
     ],
 )
 def test_spec_rejects_bad_knobs(override):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Mapping
+from typing import Any
 
 from workloads.methods.base import Method, MethodKnobs, MethodOutput
 
@@ -32,8 +34,25 @@ def method_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def train_img_size(spec: Mapping[str, Any]) -> int:
+    """Side of the images a run's training stream should deliver, from a resolved spec dict:
+    model.img_size unless the method asks for another (evaluation always uses img_size)."""
+    method = get_method(spec["method"]["name"])
+    if method.train_img_size is None:
+        return spec["model"]["img_size"]
+    return method.train_img_size(spec["model"], method.knobs.model_validate(spec["method"]))
+
+
 for _module in pkgutil.iter_modules(__path__):
     if _module.name != "base":
         importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["Method", "MethodKnobs", "MethodOutput", "get_method", "method_names", "register_method"]
+__all__ = [
+    "Method",
+    "MethodKnobs",
+    "MethodOutput",
+    "get_method",
+    "method_names",
+    "register_method",
+    "train_img_size",
+]

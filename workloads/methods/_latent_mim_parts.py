@@ -1,7 +1,7 @@
 """Building blocks of Latent MIM (Wei et al., ECCV 2024, "Towards Latent Masked Image Modeling
-for Self-Supervised Visual Representation Learning"): the gap-grid patchify, the
-cross-attention decoder with visual cues, the PatchDisc loss and the similarity measure of
-its regulariser. Plain torch functions and modules; `latent_mim.py` wires them together.
+for Self-Supervised Visual Representation Learning"): the gap-grid patchify, the projection
+head, the cross-attention decoder with visual cues, the PatchDisc loss and the similarity
+measure of its regulariser. Plain torch functions and modules; `latent_mim.py` wires them.
 """
 
 from __future__ import annotations
@@ -31,8 +31,10 @@ def gap_grid_offsets(
 ) -> Tensor:
     """(B, g, g, 2) integer (row, col) offsets of each crop inside its (p+gap)² cell.
 
-    Uniform in [0, gap] on each axis, independent per image and cell, so every crop lies
-    wholly inside its own cell and neighbouring crops never touch when gap > 0.
+    Uniform in [0, gap] on each axis, independent per image and cell: every p×p window of
+    the cell is equally likely, so crops never overlap and lie gap pixels apart on average
+    (two neighbours can still touch: offset gap in one cell, 0 in the next). The authors'
+    `torch.randint(0, gap)` never draws the last window (with gap 1, never moves a crop).
     """
     shape = (batch_size, grid_size, grid_size, 2)
     return torch.randint(0, gap + 1, shape, device=device, generator=generator)
@@ -57,25 +59,80 @@ def crop_cells(cells: Tensor, patch_size: int, gap: int, offsets: Tensor) -> Ten
     return crops.permute(0, 1, 2, 4, 3, 5).reshape(batch, channels, grid * p, grid * p)
 
 
+def gap_grid_side(grid_size: int, patch_size: int, gap: int) -> int:
+    """Side of the image a gap grid is cut from at native resolution: g·(p+gap)."""
+    return grid_size * (patch_size + gap)
+
+
+def needs_resampling(imgs: Tensor, grid_size: int, patch_size: int, gap: int) -> bool:
+    """True when the images are g·p (model.img_size) rather than the g·(p+gap) grid needs.
+
+    Raises ValueError for any other size.
+    """
+    side, native = imgs.shape[-1], gap_grid_side(grid_size, patch_size, gap)
+    if imgs.shape[-2] == side == native:
+        return False
+    if imgs.shape[-2] == side == grid_size * patch_size:
+        return True
+    raise ValueError(
+        f"gap grid of {grid_size}x{grid_size} cells (patch {patch_size}, gap {gap}) needs "
+        f"square images of side {native} (or {grid_size * patch_size}, resampled); "
+        f"got {tuple(imgs.shape[-2:])}"
+    )
+
+
 def gap_grid_crops(
-    imgs: Tensor, patch_size: int, gap: int, generator: torch.Generator | None = None
+    imgs: Tensor,
+    patch_size: int,
+    gap: int,
+    grid_size: int,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
-    """(B, C, H, W) -> (B, C, H, W): one random p×p crop per cell of the image resized
-    (bilinear) to g·(p+gap) per side, g = H / p. gap 0 returns the image itself."""
+    """(B, C, S, S) -> (B, C, g·p, g·p): one random p×p crop per (p+gap)² cell.
+
+    S = g·(p+gap), as the authors' data pipeline delivers (RandomResizedCrop straight to
+    that size): the crops are exact pixel copies of the image, never resampled. S = g·p
+    (a stream that delivers model.img_size): the image is first resized bilinearly to
+    g·(p+gap), an upsampling that blurs every patch; `needs_resampling` tells the caller.
+    gap 0 returns the image itself.
+    """
     if gap == 0:
         return imgs
-    grid = imgs.shape[-1] // patch_size
-    side = grid * (patch_size + gap)
-    cells = F.interpolate(imgs, size=(side, side), mode="bilinear", align_corners=False)
-    offsets = gap_grid_offsets(imgs.shape[0], grid, gap, imgs.device, generator)
+    cells = imgs
+    if needs_resampling(imgs, grid_size, patch_size, gap):
+        side = gap_grid_side(grid_size, patch_size, gap)
+        cells = F.interpolate(imgs, size=(side, side), mode="bilinear", align_corners=False)
+    offsets = gap_grid_offsets(imgs.shape[0], grid_size, gap, imgs.device, generator)
     return crop_cells(cells, patch_size, gap, offsets)
 
 
 def gap_grid_patches(
-    imgs: Tensor, patch_size: int, gap: int, generator: torch.Generator | None = None
+    imgs: Tensor,
+    patch_size: int,
+    gap: int,
+    grid_size: int,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
-    """(B, C, H, W) -> (B, N, p·p·C) non-contiguous patches; gap 0 is plain `patchify`."""
-    return patchify(gap_grid_crops(imgs, patch_size, gap, generator), patch_size)
+    """(B, C, S, S) -> (B, N, p·p·C) non-contiguous patches; gap 0 is plain `patchify`."""
+    return patchify(gap_grid_crops(imgs, patch_size, gap, grid_size, generator), patch_size)
+
+
+# ------------------------------------------------------------------------ projection head
+
+
+def projection_head(dim: int, hidden_dim: int) -> nn.Sequential:
+    """The authors' 3-layer MLP on encoder outputs (`_build_mlp` with mlp_depth 3, out_norm):
+    Linear → LN → GELU → Linear → LN → GELU → Linear → LN, linears without bias, per token.
+    """
+    layers: list[nn.Module] = []
+    widths = [dim, hidden_dim, hidden_dim, dim]
+    for index, (width_in, width_out) in enumerate(zip(widths, widths[1:], strict=False)):
+        layers += [nn.Linear(width_in, width_out, bias=False), nn.LayerNorm(width_out)]
+        if index < 2:
+            layers.append(nn.GELU())
+    head = nn.Sequential(*layers)
+    head.apply(init_linear_and_norm)
+    return head
 
 
 # ------------------------------------------------------------------------------- decoder

@@ -37,6 +37,9 @@ ModelBuilder = Callable[[Mapping[str, Any], MethodKnobs], nn.Module]
 # Cross-checks between knobs and the model section (e.g. K must divide the patch count).
 # Raise ValueError("key: what is wrong; what is allowed") to reject a combination.
 SpecCheck = Callable[[Mapping[str, Any], MethodKnobs], None]
+# Side of the training images the method wants from the data stream, when it is not
+# model.img_size (Latent MIM's gap grid is cut from g·(p+gap) images at native resolution).
+TrainImageSize = Callable[[Mapping[str, Any], MethodKnobs], int]
 
 
 def no_decay_names(**parts: nn.Module) -> set[str]:
@@ -51,3 +54,4 @@ class Method:
     knobs: type[MethodKnobs]
     build: ModelBuilder
     check: SpecCheck | None = None
+    train_img_size: TrainImageSize | None = None

@@ -16,13 +16,43 @@ sides are penalised, so similarity is held near a falling target: high early, wh
 features are still forming, and pushed down later, which stops every patch collapsing onto
 one vector. Distinct pairs only (the authors also average the self-similarities of 1), so
 t means the same thing at every patch count and mask ratio.
+
+Non-contiguous grid at native resolution. The authors' data pipeline resizes (RandomResized
+Crop) each image straight to g·(p+gap) and the model cuts one p×p crop per (p+gap)² cell
+with no further resampling; evaluation sees g·p images and plain patches. Resizing belongs
+to the data side, so the method states the size it wants, `train_img_size` (g·(p+gap); the
+registry's `train_img_size(spec)` answers for any run), and whoever builds the training
+stream asks for it. Given g·(p+gap) images the crops are exact pixel copies. Given
+model.img_size (g·p) images, e.g. from a stream that did not ask, the method first resizes
+them bilinearly to g·(p+gap) — an upsampling that blurs every patch and confounds the gap
+ablation — and logs `grid_resampled` = 1 so such runs are visible.
+
+Projection head (`projector`). The authors' code puts its 3-layer MLP (`_build_mlp`, depth
+3, out_norm) on the online encoder, whose projected tokens feed the decoder and the visible
+side of the regulariser, and an EMA copy on the target encoder. Default `mlp`: the paper's
+ablation prefers the head, and the released code always builds it (its `use_proj: False`
+config key is read nowhere). Evaluation drops the head, as theirs does (`encoder.head =
+Identity` in eval_knn): only `encoder` is the representation.
+
+Choices the paper leaves open (or where mimray departs from the released code):
+- Projector hidden width 4·D (the authors use 4096 for every backbone, 5.3·D at ViT-B);
+  4096 would dwarf the small ViTs mimray runs locally.
+- Grid offsets uniform over all (gap+1)² windows of a cell (see `gap_grid_offsets`); the
+  code's `randint(0, gap)` leaves out the last one.
+- Mask ratio: the authors' config keeps a fixed 20 of 196 patches visible (≈ 0.9 masked);
+  the default here is MAE's 0.75; `method.mask_ratio=0.9` gives theirs.
+- sim_coeff defaults to 0.1; the released config has `avg_sim_coeff: 0` (regulariser off).
+- The EMA step runs after each optimizer step; the code updates the target at the start
+  of the next forward with the same momentum, which is the same sequence of weights.
+- Weight decay follows mimray's recipe (none on biases, norms, cls and positions); the
+  code also exempts every parameter whose name contains "embed", patch embeddings included.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -34,8 +64,11 @@ from workloads.methods import register_method
 from workloads.methods._latent_mim_parts import (
     CrossAttentionDecoder,
     gap_grid_crops,
+    gap_grid_side,
     mean_pairwise_cosine,
+    needs_resampling,
     patch_disc_loss,
+    projection_head,
 )
 from workloads.methods.base import Method, MethodKnobs, MethodOutput, no_decay_names
 from workloads.models.vit import ViTEncoder, encoder_from_spec
@@ -52,6 +85,9 @@ class LatentMIMKnobs(MethodKnobs):
     sim_coeff: float = Field(0.1, ge=0.0, description="similarity regulariser weight; 0 = off")
     momentum_base: float = Field(
         0.99, ge=0.0, le=1.0, description="EMA momentum at the start (cosine to 1)"
+    )
+    projector: Literal["none", "mlp"] = Field(
+        "mlp", description="3-layer MLP head on online and target encoder outputs (authors')"
     )
 
 
@@ -74,11 +110,15 @@ class LatentMIM(nn.Module):
         tau: float = 0.2,
         sim_coeff: float = 0.1,
         momentum_base: float = 0.99,
+        projector: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
         self.target_encoder = frozen_copy(encoder)
         self.decoder = decoder
+        # Per-token head after each encoder; the target's is the EMA of the online one.
+        self.projector = projector if projector is not None else nn.Identity()
+        self.target_projector = frozen_copy(self.projector)
         self.mask_ratio = mask_ratio
         self.gap = gap
         self.tau = tau
@@ -92,13 +132,16 @@ class LatentMIM(nn.Module):
         masks: MaskIndices | None = None,
         generator: torch.Generator | None = None,
     ) -> MethodOutput:
-        crops = gap_grid_crops(imgs, self.encoder.patch_size, self.gap, generator)  # (B,C,H,W)
+        patch, grid = self.encoder.patch_size, self.encoder.grid_size
+        resampled = self.gap > 0 and needs_resampling(imgs, grid, patch, self.gap)
+        crops = gap_grid_crops(imgs, patch, self.gap, grid, generator)  # (B, C, g·p, g·p)
         if masks is None:
             masks = random_masking(
                 imgs.shape[0], self.encoder.num_patches, self.mask_ratio, imgs.device, generator
             )
         tokens = self.encoder.embed_patches(crops)  # (B, N, D)
-        latent = self.encoder.forward_visible(gather_tokens(tokens, masks.idx_keep))  # (B,1+K,D)
+        visible = gather_tokens(tokens, masks.idx_keep)  # (B, K, D)
+        latent = self.projector(self.encoder.forward_visible(visible))  # (B, 1+K, D)
         pred = self.decoder(latent, masks.idx_keep, masks.idx_mask)  # (B, M, D)
         target = self.targets(crops, masks.idx_mask)  # (B, M, D)
 
@@ -117,21 +160,24 @@ class LatentMIM(nn.Module):
             "ema_momentum": cosine_momentum(self.progress, self.momentum_base, 1.0),
             "sim_target": target_sim,
             "mask_ratio": masks.idx_mask.shape[1] / self.encoder.num_patches,
+            "grid_resampled": float(resampled),
         }
         return MethodOutput(loss=loss, metrics=metrics)
 
     @torch.no_grad()
     def targets(self, crops: Tensor, idx_mask: Tensor) -> Tensor:
-        """Target-encoder features of the masked patches, encoded on their own (no context
-        from the visible ones): (B, C, H, W), (B, M) -> (B, M, D)."""
+        """Target-encoder (+ target projector) features of the masked patches, encoded on
+        their own (no context from the visible ones): (B, C, H, W), (B, M) -> (B, M, D)."""
         tokens = gather_tokens(self.target_encoder.embed_patches(crops), idx_mask)  # (B, M, D)
-        return self.target_encoder.forward_visible(tokens)[:, 1:, :]
+        return self.target_projector(self.target_encoder.forward_visible(tokens)[:, 1:, :])
 
     @torch.no_grad()
     def after_optimizer_step(self, progress: float) -> None:
-        """θ_target ← m·θ_target + (1 − m)·θ_online, m = cosine_momentum(progress)."""
+        """θ_target ← m·θ_target + (1 − m)·θ_online, m = cosine_momentum(progress), for the
+        encoder and its projector."""
         momentum = cosine_momentum(progress, self.momentum_base, 1.0)
         ema_update(self.target_encoder, self.encoder, momentum)
+        ema_update(self.target_projector, self.projector, momentum)
         self.progress = progress
 
     # The schedule position is state: a resumed run must continue the sim target, not restart.
@@ -162,7 +208,18 @@ def build(model: Mapping[str, Any], knobs: LatentMIMKnobs) -> nn.Module:
         tau=knobs.tau,
         sim_coeff=knobs.sim_coeff,
         momentum_base=knobs.momentum_base,
+        projector=(
+            projection_head(model["embed_dim"], 4 * model["embed_dim"])
+            if knobs.projector == "mlp"
+            else None
+        ),
     )
+
+
+def train_img_size(model: Mapping[str, Any], knobs: LatentMIMKnobs) -> int:
+    """g·(p+gap): the gap grid's cells cut at native resolution (model.img_size at gap 0)."""
+    grid = model["img_size"] // model["patch_size"]
+    return gap_grid_side(grid, model["patch_size"], knobs.gap)
 
 
 def check(model: Mapping[str, Any], knobs: LatentMIMKnobs) -> None:
@@ -183,5 +240,6 @@ METHOD = register_method(
         knobs=LatentMIMKnobs,
         build=build,
         check=check,
+        train_img_size=train_img_size,
     )
 )
