@@ -16,6 +16,22 @@ Losses, with pred_k (B, N, P) the decoder output of part k and M_k its masked po
 Position p is visible in exactly one part, so it has K − 1 predictions and (K−1)(K−2) ordered
 pairs; both orders of a pair appear, each with the stop-gradient on its second member, which
 is the paper's symmetrised form. With K = 2 no position is masked twice: the term is 0.
+
+Choices the paper leaves open (no reference code was released), and what this module does:
+- Consistency distance: squared error averaged over a patch's pixels, then over positions,
+  images and pairs (an L1 or per-patch L2 norm would fit the paper's description as well).
+  Being an MSE like the whole loss, one weight balances the two at the same scale.
+- Space: raw decoder outputs are compared with each other, i.e. in the per-patch
+  normalised pixel space when norm_pix_loss is on; the targets take no part in the term.
+- Weighting: consistency_weight λ = 1.0, constant over training (no warm-up or ramp); the
+  whole loss is the mean over the K parts, not their sum, so its scale is MAE's.
+- Pairs: every ordered pair of the K − 1 predictions of a position, averaged; positions
+  are those hidden in both parts of a pair (the part that sees a patch predicts nothing
+  for it: its decoder output there is unused, as in MAE).
+- Partition: one random permutation per image cut into K contiguous slices of N/K, so K
+  must divide N (other K are rejected by the spec rather than given uneven parts).
+- Learning rate: the MAE scaling rule counts images per batch (B), not the K·B sequences
+  the encoder sees, so EMAE and MAE arms of an ablation share a learning rate.
 """
 
 from __future__ import annotations

@@ -5,6 +5,21 @@ pixels but the features of an EMA teacher that sees the *masked* patches and, af
 blocks, drops the tokens most similar (cosine) to the sequence mean: those carry the redundant
 content (background, repeated texture). The student decodes only the positions that survive,
 so it recovers the key information and skips the rest; the loss is 1 - cos(pred, LN(target)).
+
+Choices the paper leaves open, and what this module does:
+- Rank direction: redundancy is cosine similarity to the mean token of the current
+  (already compressed) sequence, and the tokens *most* similar to it are dropped, i.e. the
+  least similar are kept as the key information. The opposite reading (keep the tokens that
+  agree with the consensus) would also fit "similarity"; this one follows "redundant".
+- Where: after the teacher blocks listed in `drop_after` (default [0], after the first
+  block), on the block output before the next block's norm, in fp32; each stage keeps
+  floor(M·keep_ratio) tokens, at least one. Ties keep the lower index (stable sort).
+- Teacher input: only the masked patches with their positions, no cls token; its final
+  LayerNorm is applied, then an affine-free LayerNorm on the target in the loss.
+- Student: MAE's decoder with mask tokens placed only at the kept positions; dropped
+  positions take no part in the decoder's attention (they are neither queries nor context).
+- Teacher: an EMA of the student encoder (base momentum 0.996, cosine to 1), not a
+  separately pretrained network.
 """
 
 from __future__ import annotations
