@@ -1,9 +1,13 @@
-"""cluster/: launcher YAML passes Ray's own schema, KubeRay manifests say what they must, and
-nothing under cluster/ looks like a credential. Offline and fast: no cloud, no cluster."""
+"""cluster/: the launcher YAMLs pass Ray's own schema and mimray's rules (profiles and service
+accounts on every node, pinned images, mimray's own container, no duplicate or extra open
+firewall rules, Prometheus discovery visible on the host), and nothing under cluster/ looks
+like a credential. Offline and fast: no cloud, no cluster. KubeRay: test_kuberay_manifests.py;
+capacity and resource arithmetic with Ray's scheduler: test_cluster_capacity.py."""
 
 from __future__ import annotations
 
 import copy
+import json
 import re
 from pathlib import Path
 
@@ -85,7 +89,7 @@ def test_cloud_head_takes_no_trials_and_spot_has_an_on_demand_twin(name):
         assert "on_demand" not in spot_type["resources"]
         size = {k: v for k, v in spot_type["resources"].items() if k.startswith("gpu_")}
         twins = [t for t in on_demand.values() if size.items() <= t["resources"].items()]
-        assert twins and all(t["resources"]["on_demand"] == 1 for t in twins)
+        assert twins and all(t["resources"]["on_demand"] >= 1 for t in twins)
 
 
 @pytest.mark.parametrize("name", CLOUD_CONFIGS)
@@ -104,6 +108,150 @@ def _is_spot(node_config: dict) -> bool:
     scheduling = node_config.get("scheduling", {})
     gcp = scheduling.get("provisioningModel") == "SPOT" or scheduling.get("preemptible")
     return bool(aws or gcp)
+
+
+def _workers(config: dict) -> dict[str, dict]:
+    types = config["available_node_types"]
+    return {k: v for k, v in types.items() if k != config["head_node_type"]}
+
+
+def test_security_group_adds_no_duplicate_and_no_open_rule_beyond_rays_own():
+    from ray.autoscaler._private.aws.config import _create_default_inbound_rules
+
+    config = load("aws.yaml")
+    extra = config["provider"].get("security_group", {}).get("IpPermissions", [])
+    # The exact list Ray sends to EC2 in one authorize_ingress call for the group it creates.
+    rules = _create_default_inbound_rules({"sg-mimray"}, extra)
+    keys = [yaml.safe_dump(rule, sort_keys=True) for rule in rules]
+    assert len(keys) == len(set(keys)), "a rule Ray adds itself is repeated (EC2 rejects it)"
+    world_open = [r for r in rules if {"CidrIp": "0.0.0.0/0"} in r.get("IpRanges", [])]
+    ssh = {"FromPort": 22, "ToPort": 22, "IpProtocol": "tcp", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}
+    assert world_open == [ssh], "only Ray's own SSH rule may be open to the internet"
+
+
+def test_every_aws_node_has_an_instance_profile_with_bucket_access():
+    config = load("aws.yaml")
+    types = config["available_node_types"]
+    head = types[config["head_node_type"]]["node_config"]["IamInstanceProfile"]["Name"]
+    workers = {t["node_config"]["IamInstanceProfile"]["Name"] for t in _workers(config).values()}
+    assert (head, workers) == ("mimray-head", {"mimray-worker"})
+    script = (CLUSTER / "aws-iam.sh").read_text()
+    assert "for name in head worker" in script and "role=mimray-$name" in script
+    for name in ("head", "worker"):
+        policy = json.loads((CLUSTER / "iam" / f"aws-{name}-policy.json").read_text())
+        allowed = {
+            action: statement["Resource"]
+            for statement in policy["Statement"]
+            for action in _as_list(statement["Action"])
+        }
+        assert allowed["s3:PutObject"] == allowed["s3:GetObject"] == "arn:aws:s3:::BUCKET/*"
+        assert "ecr:BatchGetImage" in allowed  # pulls mimray's image
+        if name == "head":
+            # launching a worker with its profile needs PassRole on the worker's role
+            assert allowed["iam:PassRole"].endswith(":role/mimray-worker")
+            assert "ec2:RunInstances" in allowed and "ssm:GetParameters" in allowed
+        else:
+            assert not {a for a in allowed if a.startswith(("ec2:", "iam:"))}
+
+
+def _as_list(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else value
+
+
+def test_every_gcp_worker_runs_as_the_worker_service_account():
+    config = load("gcp.yaml")
+    for name, node_type in _workers(config).items():
+        (account,) = node_type["node_config"]["serviceAccounts"]
+        assert account["email"].startswith("mimray-worker@"), name
+        assert "https://www.googleapis.com/auth/cloud-platform" in account["scopes"]
+
+
+def _driver_needed() -> int:
+    """The NVIDIA driver the CUDA of torch's wheel needs (CUDA 13: 580, CUDA 12: 525)."""
+    import torch
+
+    assert torch.version.cuda, "a CPU-only torch would not use the GPUs"
+    return {12: 525, 13: 580}[int(torch.version.cuda.split(".")[0])]
+
+
+def test_nodes_boot_a_current_gpu_image_not_rays_old_default():
+    from ray.autoscaler._private.aws.config import DEFAULT_AMI
+
+    aws = load("aws.yaml")
+    for name, node_type in aws["available_node_types"].items():
+        image = node_type["node_config"]["ImageId"]
+        assert image not in DEFAULT_AMI.values(), name
+        # AWS's public SSM parameter for the current Base OSS NVIDIA-driver DLAMI, or a pinned id
+        assert image.startswith(
+            "resolve:ssm:/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-"
+        ) or re.fullmatch(r"ami-[0-9a-f]{8,17}", image), name
+    gcp = load("gcp.yaml")
+    for name, node_type in gcp["available_node_types"].items():
+        (disk,) = node_type["node_config"]["disks"]
+        image = disk["initializeParams"]["sourceImage"]
+        assert image.startswith("projects/deeplearning-platform-release/"), name
+        driver = re.search(r"nvidia-(\d+)", image)
+        assert driver and int(driver.group(1)) >= _driver_needed(), f"{name}: {image}"
+
+
+@pytest.mark.parametrize("name", CLOUD_CONFIGS)
+def test_nodes_run_mimrays_own_image_and_install_nothing_at_start(name):
+    import ray
+
+    config = load(name)
+    dockerfile = (CLUSTER / "Dockerfile").read_text()
+    assert f"FROM rayproject/ray:{ray.__version__}-py311-gpu" in dockerfile
+    assert config["docker"]["image"].endswith(f"/mimray:ray{ray.__version__}-py311-gpu")
+    commands = " ".join(
+        config.get(key) and " ".join(config[key]) or ""
+        for key in ("setup_commands", "head_setup_commands", "worker_setup_commands")
+    )
+    assert "pip install" not in commands
+    assert not config.get("file_mounts")
+
+
+@pytest.mark.parametrize("name", CLOUD_CONFIGS)
+def test_gpu_nodes_wait_for_the_driver_before_docker_starts(name):
+    config = load(name)
+    for type_name, node_type in _workers(config).items():
+        commands = node_type.get("initialization_commands", config["initialization_commands"])
+        waits = [c for c in commands if "nvidia-smi" in c and "until" in c]
+        if node_type["resources"].get("GPU"):
+            assert waits, f"{type_name}: starts Docker without waiting for the NVIDIA driver"
+        else:
+            assert not waits, f"{type_name}: has no GPU, waiting for nvidia-smi would hang"
+    assert not [c for c in config["initialization_commands"] if "nvidia-smi" in c]
+
+
+@pytest.mark.parametrize("name", CLOUD_CONFIGS)
+def test_prometheus_on_the_host_sees_rays_discovery_file(name):
+    config = load(name)
+    assert "-v /tmp/ray:/tmp/ray" in config["docker"]["run_options"]
+    prometheus = yaml.safe_load((CLUSTER.parent / "dashboards" / "prometheus.yml").read_text())
+    files = [
+        f
+        for job in prometheus["scrape_configs"]
+        for sd in job.get("file_sd_configs", [])
+        for f in sd["files"]
+    ]
+    assert "/tmp/ray/prom_metrics_service_discovery.json" in files
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = [c for c in config[key] if "ray start" in c]
+        assert start and all("--metrics-export-port=8080" in c for c in start), key
+
+
+@pytest.mark.parametrize(("name", "cloud"), [("aws.yaml", "aws"), ("gcp.yaml", "gcp")])
+def test_spot_watcher_and_capacity_scorer_are_started(name, cloud):
+    from ray.autoscaler._private.loader import load_function_or_class
+
+    from orchestrator.capacity_scorer import SCORER_ENV, SCORER_PATH
+
+    config = load(name)
+    head = " ".join(config["head_start_ray_commands"])
+    assert f"{SCORER_ENV}={SCORER_PATH}" in head
+    assert callable(load_function_or_class(SCORER_PATH))  # as Ray's autoscaler loads it
+    workers = config["worker_start_ray_commands"]
+    assert any(f"python -m orchestrator.spot_watch {cloud}" in c for c in workers)
 
 
 # Patterns of real credentials: AWS access key ids, secret key assignments with a value,
