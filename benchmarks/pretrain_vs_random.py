@@ -49,9 +49,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from workloads.data.augment import random_hflip
-from workloads.data.shapes import SHAPE_CLASSES, render_shapes
-from workloads.data.sources import GENERATED_VAL_INDEX_OFFSET
+from workloads.data.decode import random_hflip
+from workloads.data.sources.shapes import SHAPE_CLASSES, render_shapes
+from workloads.data.builtin import GENERATED_VAL_INDEX_OFFSET
 from workloads.evaluation.heads import Pool, load_encoder
 from workloads.evaluation.protocols import extract_features, finetune, knn_metrics, linear_probe
 from workloads.methods import get_method

@@ -6,8 +6,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.spec import ConfigError, EvalSpec
-from workloads.data import DatasetInfo, build_dataset, describe_source
-from workloads.data.sources import is_stored_source
+from workloads.data import (
+    FIND_COLUMNS,
+    Columns,
+    DatasetInfo,
+    build_dataset,
+    describe_source,
+    holds_one_split,
+)
 
 
 @dataclass(frozen=True)
@@ -17,22 +23,32 @@ class EvalData:
     train: DatasetInfo
     val: DatasetInfo
     img_size: int
+    columns: Columns = FIND_COLUMNS
 
 
 def describe_eval_data(spec: EvalSpec, pretrain_spec: dict[str, Any]) -> EvalData:
     source = spec.data.source or pretrain_spec["data"]["source"]
     val_source = spec.data.val_source or source
-    if is_stored_source(source) and not spec.data.val_source:
+    if holds_one_split(source) and not spec.data.val_source:
         raise ConfigError(
             f"data.val_source: required when evaluating on stored data ({source}): pushed "
             "data holds one split per prefix; push the val split and name it here"
         )
+    columns = pretrain_columns(pretrain_spec)
     try:
         train = describe_source(
-            source, split="train", num_images=spec.data.train_images, seed=spec.data.seed
+            source,
+            split="train",
+            num_images=spec.data.train_images,
+            seed=spec.data.seed,
+            columns=columns,
         )
         val = describe_source(
-            val_source, split="val", num_images=spec.data.val_images, seed=spec.data.seed
+            val_source,
+            split="val",
+            num_images=spec.data.val_images,
+            seed=spec.data.seed,
+            columns=columns,
         )
     except ValueError as err:
         raise ConfigError(f"data: {err}") from None
@@ -43,18 +59,25 @@ def describe_eval_data(spec: EvalSpec, pretrain_spec: dict[str, Any]) -> EvalDat
                 f"finetune.batch_size: {spec.finetune.batch_size} exceeds the {usable} labelled "
                 "training images; allowed: at most that many"
             )
-    return EvalData(train, val, pretrain_spec["model"]["img_size"])
+    return EvalData(train, val, pretrain_spec["model"]["img_size"], columns)
 
 
-def labelled_dataset(info: DatasetInfo, img_size: int, seed: int) -> Any:
-    """The split as image + label columns (plus `ok` for stored data), never augmented."""
+def pretrain_columns(pretrain_spec: dict[str, Any]) -> Columns:
+    """The Parquet column names the pretrain run read its data with (older runs: none)."""
+    data = pretrain_spec["data"]
+    return Columns(image=data.get("image_column"), label=data.get("label_column"))
+
+
+def labelled_dataset(
+    info: DatasetInfo, img_size: int, seed: int, columns: Columns = FIND_COLUMNS
+) -> Any:
+    """The split as image, label and ok columns, never augmented, in stored order."""
     dataset = build_dataset(
         info.source,
         img_size=img_size,
         split=info.split,
         num_images=info.num_rows,
         seed=seed,
-        augment=False,
+        columns=columns,
     )
-    stored = is_stored_source(info.source)
-    return dataset.select_columns(["image", "label", "ok"] if stored else ["image", "label"])
+    return dataset.select_columns(["image", "label", "ok"])

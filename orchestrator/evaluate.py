@@ -35,7 +35,7 @@ from orchestrator.tracking import (
     SWEEP_TAG,
     Tracker,
 )
-from workloads.data.augment import random_hflip
+from workloads.data.decode import random_hflip
 from workloads.evaluation.loop import eval_loop_per_worker, read_checkpoint_spec
 
 
@@ -228,8 +228,8 @@ def _build_trainer(
     DataContext.get_current().enable_progress_bars = False
     train_rows = data.train.num_rows
     datasets = {
-        "train": labelled_dataset(data.train, data.img_size, spec.data.seed),
-        "val": labelled_dataset(data.val, data.img_size, spec.data.seed),
+        "train": labelled_dataset(data.train, data.img_size, spec.data.seed, data.columns),
+        "val": labelled_dataset(data.val, data.img_size, spec.data.seed, data.columns),
     }
     if spec.protocol == "finetune":
         train_rows = round(train_rows * spec.finetune.label_fraction)

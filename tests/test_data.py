@@ -8,11 +8,23 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from workloads.data import BUILTIN_DATASETS, build_dataset, describe_source, validate_source
-from workloads.data.digits import DIGIT_CLASSES, NUM_DIGIT_IMAGES, load_digit_images
-from workloads.data.folder import folder_class_names, folder_image_files
-from workloads.data.shapes import SHAPE_CLASSES, render_shapes
-from workloads.data.sources import digits_split_indices, shapes_split_indices
+from workloads.data import build_dataset, builtin_names, describe_source, validate_source
+from workloads.data.sources.digits import (
+    DIGIT_CLASSES,
+    NUM_DIGIT_IMAGES,
+    digits_split_indices,
+    load_digit_images,
+)
+from workloads.data.sources.folder import folder_class_names, folder_image_files
+from workloads.data.sources.shapes import SHAPE_CLASSES, render_shapes
+from workloads.data.sources.shapes import SOURCE as SHAPES
+
+BUILTIN_DATASETS = builtin_names()
+
+
+def shapes_split_indices(split: str, num_images: int | None = None) -> np.ndarray:
+    return SHAPES.split_indices(split, num_images)
+
 
 # --- shapes, without Ray -------------------------------------------------------------------
 
@@ -145,7 +157,7 @@ def test_asking_for_more_digits_than_the_split_holds_is_an_error():
     [
         ("imagenet", "'imagenet'"),
         ("/no/such/folder", "'/no/such/folder'"),
-        ("gs://bucket/images", "only s3://bucket"),
+        ("gs://bucket/images", "unsupported location"),
     ],
 )
 def test_bad_source_raises_naming_it(source, expected):
@@ -177,7 +189,7 @@ def test_shapes_dataset_matches_render_shapes(ray_session):
     rows = sorted(dataset.take_all(), key=lambda row: int(row["id"].rsplit("/", 1)[1]))
 
     assert len(rows) == 64
-    assert set(rows[0]) == {"image", "label", "id"}
+    assert set(rows[0]) == {"image", "label", "id", "ok"} and all(row["ok"] for row in rows)
     assert [row["id"] for row in rows] == [f"shapes/train/{i}" for i in range(64)]
     expected_images, expected_labels = render_shapes(np.arange(64), img_size=16, seed=7)
     np.testing.assert_array_equal(np.stack([row["image"] for row in rows]), expected_images)
@@ -226,7 +238,7 @@ def test_folder_dataset_labels_by_class_folder(ray_session, tmp_path):
 
     rows = build_dataset(str(tmp_path), img_size=6).take_all()
     assert len(rows) == 5
-    assert set(rows[0]) == {"image", "label", "id"}
+    assert set(rows[0]) == {"image", "label", "id", "ok"} and all(row["ok"] for row in rows)
     for row in rows:
         class_name = row["id"].split("/")[0]
         assert row["label"] == ["cat", "dog"].index(class_name)

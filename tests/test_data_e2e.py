@@ -17,8 +17,8 @@ from orchestrator.cli import main
 from orchestrator.launch import run_pretrain
 from orchestrator.spec import load_spec
 from orchestrator.tracking import Tracker, resolve_tracking_uri
-from workloads.data.shapes import render_shapes
-from workloads.data.shards import read_manifest
+from workloads.data.manifest import read_manifest
+from workloads.data.sources.shapes import render_shapes
 
 pytestmark = pytest.mark.slow
 

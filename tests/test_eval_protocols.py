@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from workloads.data.colors import COLOR_CLASSES, render_colors
-from workloads.data.sources import GENERATED_VAL_INDEX_OFFSET
+from workloads.data.builtin import GENERATED_VAL_INDEX_OFFSET
+from workloads.data.sources.colors import COLOR_CLASSES, render_colors
 from workloads.evaluation.heads import (
     FineTuneClassifier,
     layer_decay_param_groups,

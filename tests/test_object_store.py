@@ -19,16 +19,18 @@ import pytest
 from conftest import free_port, moto_checks_credentials
 from PIL import Image
 
+from workloads.data import Augmentation, build_dataset
+from workloads.data.decode import decode_images, random_resized_crop_box
+from workloads.data.manifest import MANIFEST_NAME, Manifest, ShardInfo, read_manifest
 from workloads.data.object_store import DataSourceError, S3Settings, check_reachable
-from workloads.data.remote import (
-    build_remote_dataset,
-    decode_images,
-    describe_remote,
-    random_resized_crop_box,
+from workloads.data.push import push_dataset
+from workloads.data.sources.shapes import SHAPE_CLASSES, render_shapes
+from workloads.data.sources.stored import (
+    describe_stored as describe_remote,
+)
+from workloads.data.sources.stored import (
     sample_ids,
 )
-from workloads.data.shapes import SHAPE_CLASSES, render_shapes
-from workloads.data.shards import MANIFEST_NAME, Manifest, ShardInfo, push_dataset, read_manifest
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
@@ -104,7 +106,7 @@ def test_random_resized_crop_box_stays_inside_the_image():
 def test_decode_images_flags_undecodable_bytes():
     image = np.full((10, 12, 3), 200, dtype=np.uint8)
     encoded = [png_bytes(image), b"garbage", None, png_bytes(image)[:40]]
-    images, ok = decode_images(encoded, 8, augment=False, rng=np.random.default_rng(0))
+    images, ok = decode_images(encoded, 8, augmentation=None, rng=np.random.default_rng(0))
     assert images.shape == (4, 8, 8, 3) and images.dtype == np.uint8
     assert ok.tolist() == [True, False, False, False]
     assert (images[0] == 200).all() and not images[1:].any()
@@ -187,10 +189,17 @@ def test_pushed_shapes_read_back_exactly(ray_session, bucket):
     push_dataset("shapes", uri, num_images=64, shard_bytes=TINY_SHARD_BYTES)
     info = describe_remote(uri)
     assert (info.num_rows, info.class_names, info.kind) == (64, list(SHAPE_CLASSES), "shards")
-    assert sample_ids(uri, 3) == ["shapes/train/0", "shapes/train/1", "shapes/train/2"]
+    # Rows are pushed in a seeded random order, not index order, and a re-push is the same.
+    first_ids = sample_ids(uri, 8)
+    assert len(set(first_ids)) == 8 and all(i.startswith("shapes/train/") for i in first_ids)
+    assert first_ids != [f"shapes/train/{index}" for index in range(8)]
+    push_dataset(
+        "shapes", f"s3://{bucket}/shapes-again", num_images=64, shard_bytes=TINY_SHARD_BYTES
+    )
+    assert sample_ids(f"s3://{bucket}/shapes-again", 8) == first_ids
 
     # Without augmentation at the pushed size, PNG is lossless: the very pixels come back.
-    plain = build_remote_dataset(uri, img_size=32, augment=False).take_all()
+    plain = build_dataset(uri, img_size=32).take_all()
     index = np.asarray([int(row["id"].rsplit("/", 1)[1]) for row in plain])
     expected_images, expected_labels = render_shapes(index, 32, seed=0)
     assert sorted(index.tolist()) == list(range(64))
@@ -221,7 +230,7 @@ def test_hugging_face_style_parquet_reads_with_its_labels(ray_session, s3_client
     s3_client.upload_file(str(local_file), bucket, "hf/train-00000-of-00001.parquet")
     info = describe_remote(f"s3://{bucket}/hf")
     assert (info.num_rows, info.class_names, info.kind) == (30, ["cat", "dog", "fox"], "parquet")
-    rows = rows_of(build_remote_dataset(f"s3://{bucket}/hf", img_size=16))
+    rows = rows_of(build_dataset(f"s3://{bucket}/hf", img_size=16, augmentation=Augmentation()))
     assert all(row["ok"] for row in rows)
     assert {row["id"]: row["label"] for row in rows} == expected
 
@@ -232,7 +241,11 @@ def test_hugging_face_style_parquet_reads_with_its_labels(ray_session, s3_client
     shard = s3_client.get_object(Bucket=bucket, Key=f"hf-pushed/{manifest.shards[0].path}")
     pushed = pq.read_table(pa.BufferReader(shard["Body"].read())).to_pylist()
     assert {row["id"]: row["label"] for row in pushed} == expected
-    assert [row["image"] for row in pushed] == [image["bytes"] for image in images]
+    # Each image keeps its own bytes (rows are in the push's seeded random order).
+    assert {row["id"]: row["image"] for row in pushed} == {
+        image["path"]: image["bytes"] for image in images
+    }
+    assert [row["id"] for row in pushed] != [image["path"] for image in images]
 
 
 def test_corrupt_images_become_flagged_rows(ray_session, s3_client, bucket, tmp_path):
@@ -241,7 +254,7 @@ def test_corrupt_images_become_flagged_rows(ray_session, s3_client, bucket, tmp_
     manifest = push_dataset(str(tmp_path / "images"), f"s3://{bucket}/pushed")
     assert manifest.num_rows == 40
 
-    rows = rows_of(build_remote_dataset(f"s3://{bucket}/pushed", img_size=24))
+    rows = rows_of(build_dataset(f"s3://{bucket}/pushed", img_size=24, augmentation=Augmentation()))
     assert len(rows) == 40
     assert {row["image"].shape for row in rows} == {(24, 24, 3)}
     assert rows[0]["image"].dtype == np.uint8
@@ -254,7 +267,7 @@ def test_corrupt_images_become_flagged_rows(ray_session, s3_client, bucket, tmp_
     info = describe_remote(f"s3://{bucket}/files")
     assert (info.num_rows, info.kind) == (40, "image-files")
     assert info.class_names == [f"class_{index}" for index in range(4)]
-    rows = rows_of(build_remote_dataset(f"s3://{bucket}/files", img_size=16, augment=False))
+    rows = rows_of(build_dataset(f"s3://{bucket}/files", img_size=16))
     assert len(rows) == 40 and sum(not row["ok"] for row in rows) == 2
     assert all(row["label"] == int(row["id"].split("/")[0][-1]) for row in rows)
 
@@ -267,7 +280,7 @@ def test_corrupt_images_become_flagged_rows(ray_session, s3_client, bucket, tmp_
 def test_missing_bucket_is_named_within_seconds(s3_env):
     started = time.monotonic()
     with pytest.raises(DataSourceError, match="bucket 'no-such-bucket' does not exist"):
-        build_remote_dataset("s3://no-such-bucket/shapes", img_size=16)
+        build_dataset("s3://no-such-bucket/shapes", img_size=16)
     assert time.monotonic() - started < 30
 
 

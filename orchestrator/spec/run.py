@@ -16,7 +16,7 @@ from pydantic import (
 
 from orchestrator.spec.base import Section, check_storage_path
 from orchestrator.spec.evaluation import EvalSpec
-from workloads.data import validate_source
+from workloads.data import Augmentation, Columns, validate_source
 from workloads.methods import MethodKnobs, get_method, method_names
 
 
@@ -55,10 +55,23 @@ class ModelSpec(Section):
 
 
 class DataSpec(Section):
-    source: str = Field("shapes", description="built-in name, image folder")
+    source: str = Field(
+        "shapes", description="built-in name, image folder, Parquet or s3://bucket/prefix"
+    )
     num_images: int | None = Field(None, ge=1, description="rows used (None: all / default)")
     seed: int = Field(0, description="generation seed of built-in data (not the training seed)")
+    shuffle: Literal["buffer", "full", "none"] = Field(
+        "buffer",
+        description="row order every epoch: buffer (file/block order + a local shuffle "
+        "buffer), full (random_shuffle; small data), none (stored order)",
+    )
+    shuffle_buffer: int = Field(1024, ge=1, description="rows in each worker's shuffle buffer")
+    crop_scale: tuple[float, float] | None = Field(
+        (0.2, 1.0), description="RandomResizedCrop area range (MAE: 0.2-1); null: no crop"
+    )
     hflip: bool = Field(True, description="random horizontal flip")
+    image_column: str | None = Field(None, description="Parquet image column (None: find it)")
+    label_column: str | None = Field(None, description="Parquet label column (None: label)")
     max_skipped_share: float = Field(
         0.01, ge=0, le=1, description="fail when more undecodable images than this share"
     )
@@ -68,6 +81,22 @@ class DataSpec(Section):
     def _known_source(cls, source: str) -> str:
         validate_source(source)
         return source
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _crop_scale_range(cls, scale: tuple[float, float] | None) -> tuple[float, float] | None:
+        if scale is not None and not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError(
+                f"crop_scale: {list(scale)}; allowed: [low, high] with 0 < low <= high <= 1"
+            )
+        return scale
+
+    def augmentation(self) -> Augmentation:
+        """MAE's pretraining augmentation as this spec sets it."""
+        return Augmentation(crop_scale=self.crop_scale, hflip=self.hflip)
+
+    def columns(self) -> Columns:
+        return Columns(image=self.image_column, label=self.label_column)
 
 
 class TrainSpec(Section):

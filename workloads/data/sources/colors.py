@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from workloads.data.builtin import GeneratedSource
+
 COLOR_CLASSES: tuple[str, ...] = ("red", "green", "blue", "yellow")
 _BASE_RGB = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]], dtype=np.float32)
 _PIXEL_NOISE_STD = 0.15
@@ -26,3 +28,6 @@ def render_colors(indices: np.ndarray, img_size: int, seed: int) -> tuple[np.nda
         images[row] = _BASE_RGB[label] * brightness + 0.1 + noise * _PIXEL_NOISE_STD
     np.clip(images, 0.0, 1.0, out=images)
     return (images * 255.0 + 0.5).astype(np.uint8), labels
+
+
+SOURCE = GeneratedSource("colors", COLOR_CLASSES, render_colors)

@@ -11,9 +11,14 @@ import functools
 
 import numpy as np
 
+from workloads.data.base import check_split, digest
+from workloads.data.builtin import BuiltinSource
+
 DIGIT_CLASSES: tuple[str, ...] = tuple(str(digit) for digit in range(10))
 NUM_DIGIT_IMAGES = 1797  # fixed by scikit-learn's bundled file; lets callers count without loading
 _MAX_DIGIT_VALUE = 16.0
+DIGITS_VAL_FRACTION = 0.2
+_SPLIT_SEED = 0  # fixed, not the run's seed: the split must not move between runs
 
 
 def load_digit_images(
@@ -55,3 +60,33 @@ def _raw_digits() -> tuple[np.ndarray, np.ndarray]:
 
     bunch = load_digits()
     return bunch.images.astype(np.float32), bunch.target.astype(np.int64)
+
+
+def digits_split_indices(split: str, num_images: int | None = None) -> np.ndarray:
+    """Indices into scikit-learn's digits for a split: a fixed shuffle, last 20% is val."""
+    check_split(split)
+    permutation = np.random.default_rng(_SPLIT_SEED).permutation(NUM_DIGIT_IMAGES)
+    num_val = round(NUM_DIGIT_IMAGES * DIGITS_VAL_FRACTION)
+    indices = permutation[-num_val:] if split == "val" else permutation[:-num_val]
+    if num_images is not None and num_images > len(indices):
+        raise ValueError(
+            f"digits {split} split has {len(indices)} images, num_images={num_images} asks for more"
+        )
+    return indices[:num_images]
+
+
+class DigitsSource(BuiltinSource):
+    """scikit-learn's digits: a fixed set, so `seed` changes nothing."""
+
+    def split_indices(self, split: str, num_images: int | None) -> np.ndarray:
+        return digits_split_indices(split, num_images)
+
+    def _digest(self, split: str, num_rows: int, seed: int) -> str:
+        return digest(self.name, split, num_rows)
+
+
+def _load(indices: np.ndarray, img_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    return load_digit_images(img_size, indices=indices)
+
+
+SOURCE = DigitsSource("digits", DIGIT_CLASSES, _load)

@@ -9,12 +9,29 @@ Files and folders whose names start with "." or "_" are skipped, as Ray's listin
 from __future__ import annotations
 
 import os
+import posixpath
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from workloads.data.base import (
+    SPLITS,
+    Augmentation,
+    Columns,
+    DatasetInfo,
+    DataSource,
+    PushRows,
+    check_num_images,
+    check_split,
+    digest,
+    object_array,
+    rows_per_batch,
+)
+from workloads.data.decode import decode_images
+
 if TYPE_CHECKING:
+    import pyarrow as pa
     import ray.data
 
 IMAGE_EXTENSIONS: tuple[str, ...] = ("png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp")
@@ -79,55 +96,113 @@ def folder_image_files(root: str, num_images: int | None = None) -> list[str]:
     return [files[index] for index in sorted(chosen)]
 
 
-def read_image_folder(
+class FolderSource(DataSource):
+    """A local folder of class sub-folders (`data.source: ./my-images`)."""
+
+    kind = "folder"
+    priority = 20  # after stored layouts: a folder of Parquet files is not an image folder
+
+    def claims(self, source: str) -> bool:
+        return "://" not in source and os.path.isdir(os.path.expanduser(source))
+
+    def validate(self, source: str) -> None:
+        folder_class_names(os.path.expanduser(source))  # raises, naming the folder
+
+    def describe(
+        self, source: str, *, split: str, num_images: int | None, seed: int, columns: Columns
+    ) -> DatasetInfo:
+        check_split(split)
+        check_num_images(num_images)
+        root = os.path.expanduser(source)
+        files = folder_image_files(split_folder(root, split), num_images)
+        class_names = split_class_names(root, SPLITS)
+        fingerprint = digest(*(f"{os.path.relpath(f, root)}:{os.path.getsize(f)}" for f in files))
+        return DatasetInfo(source, len(files), class_names, split, self.kind, fingerprint)
+
+    def build(
+        self,
+        source: str,
+        *,
+        img_size: int,
+        split: str,
+        num_images: int | None,
+        seed: int,
+        augmentation: Augmentation | None,
+        order_seed: int | None,
+        columns: Columns,
+    ) -> ray.data.Dataset:
+        import ray.data
+
+        check_split(split)
+        check_num_images(num_images)
+        root = os.path.expanduser(source)
+        split_root = split_folder(root, split)
+        # An explicit file list (not the folder) keeps stray files out of the dataset and
+        # makes the rows exactly those that `describe` counts.
+        files = folder_image_files(split_root, num_images)
+        shuffle = None if order_seed is None else ray.data.FileShuffleConfig(seed=order_seed)
+        dataset = ray.data.read_binary_files(files, include_paths=True, shuffle=shuffle)
+        return dataset.map_batches(
+            decode_class_files,
+            fn_kwargs={
+                "root": os.path.realpath(split_root),
+                "class_names": split_class_names(root, SPLITS),
+                "img_size": img_size,
+                "augmentation": augmentation,
+            },
+            batch_format="pyarrow",
+            batch_size=rows_per_batch(img_size),
+        )
+
+    def push_rows(
+        self, source: str, *, img_size: int, split: str, num_images: int | None, columns: Columns
+    ) -> PushRows:
+        root = os.path.expanduser(source)
+        split_root = split_folder(root, split)
+        class_names = split_class_names(root, SPLITS)
+        files = folder_image_files(split_root, num_images)
+        class_index = {name: index for index, name in enumerate(class_names)}
+
+        def read(positions: np.ndarray) -> tuple[list[bytes], np.ndarray, list[str]]:
+            chosen = [files[position] for position in positions]
+            ids = [os.path.relpath(path, split_root).replace(os.sep, "/") for path in chosen]
+            labels = np.asarray([class_index[i.split("/", 1)[0]] for i in ids], dtype=np.int64)
+            # Original bytes, never re-encoded unless asked: a push must not change pixels.
+            return [_read_bytes(path) for path in chosen], labels, ids
+
+        return PushRows(len(files), class_names, read)
+
+
+def decode_class_files(
+    batch: pa.Table,
     root: str,
+    class_names: list[str],
     img_size: int,
-    class_names: list[str] | None = None,
-    num_images: int | None = None,
-) -> ray.data.Dataset:
-    """Lazily read, decode and resize the class images under `root` into a Ray Dataset with
-    columns `image` (uint8 HxWx3), `label` (int64) and `id` (path relative to `root`).
-
-    `class_names` (default: the class folders of `root`) fixes the label indices; pass the
-    names of all splits so that labels agree between them."""
-    import ray.data
-
-    present = folder_class_names(root)
-    class_names = present if class_names is None else class_names
-    unknown = sorted(set(present) - set(class_names))
-    if unknown:
-        raise ValueError(f"image folder {root!r} has class folders {unknown} not in class_names")
-    # An explicit file list (not `root`) keeps stray files in `root` out of the dataset and
-    # makes the rows exactly those that `folder_image_files` counts.
-    dataset = ray.data.read_images(
-        folder_image_files(root, num_images),
-        size=(img_size, img_size),
-        mode="RGB",
-        include_paths=True,
-        file_extensions=list(IMAGE_EXTENSIONS),
-    )
-    return dataset.map_batches(
-        _label_from_path,
-        fn_kwargs={"root": os.path.realpath(root), "class_names": class_names},
-        batch_format="numpy",
-    )
-
-
-def _label_from_path(
-    batch: dict[str, np.ndarray], root: str, class_names: list[str]
+    augmentation: Augmentation | None,
 ) -> dict[str, np.ndarray]:
+    """Rows of (path, bytes) under `root/<class>/...` -> the common columns.
+
+    Shared by local folders and image files under an object-storage prefix."""
     class_index = {name: index for index, name in enumerate(class_names)}
-    # realpath on both sides: Ray may report resolved paths when `root` goes through a symlink.
-    relative_paths = [
-        os.path.relpath(os.path.realpath(str(path)), root).replace(os.sep, "/")
-        for path in batch["path"]
-    ]
-    labels = [class_index[relative.split("/", 1)[0]] for relative in relative_paths]
-    return {
-        "image": batch["image"],
-        "label": np.asarray(labels, dtype=np.int64),
-        "id": np.asarray(relative_paths, dtype=object),
-    }
+    local = os.path.isabs(root)
+    ids = []
+    for path in batch.column("path").to_pylist():
+        # realpath on both sides: Ray may report resolved paths when `root` is a symlink.
+        path = os.path.realpath(path) if local else str(path)
+        ids.append(posixpath.relpath(path, root).replace(os.sep, "/"))
+    labels = np.asarray([class_index[i.split("/", 1)[0]] for i in ids], dtype=np.int64)
+    images, ok = decode_images(
+        batch.column("bytes").to_pylist(),
+        img_size,
+        augmentation=augmentation,
+        rng=np.random.default_rng(),
+    )
+    return {"image": images, "label": labels, "id": object_array(ids), "ok": ok}
+
+
+def _read_bytes(path: str) -> bytes:
+    with open(path, "rb") as file:
+        return file.read()
 
 
 def _has_class_folders(root: str) -> bool:
@@ -153,3 +228,6 @@ def _image_files(folder: str) -> Iterator[str]:
             extension = os.path.splitext(name)[1].lstrip(".").lower()
             if extension in IMAGE_EXTENSIONS and not name.startswith(_SKIPPED_PREFIXES):
                 yield os.path.join(directory, name)
+
+
+SOURCE = FolderSource()

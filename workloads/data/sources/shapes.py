@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from workloads.data.builtin import GeneratedSource
+
 SHAPE_CLASSES: tuple[str, ...] = (
     "circle",
     "square",
@@ -287,3 +289,6 @@ _SHAPE_MASKS = (
     _ellipse,
 )
 assert len(_SHAPE_MASKS) == len(SHAPE_CLASSES)
+
+
+SOURCE = GeneratedSource("shapes", SHAPE_CLASSES, render_shapes)

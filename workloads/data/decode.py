@@ -1,0 +1,123 @@
+"""Pixels for the model: decode encoded images and apply MAE's augmentation, on CPU.
+
+Runs inside Ray Data's `map_batches` tasks, next to training. An image that PIL cannot read
+(0 bytes, truncated, not an image) stays all zeros with ok=False: never dropped silently,
+never a crash; the training loop counts those rows in `data/skipped`.
+
+Crops are drawn from fresh entropy in every task, so they differ from epoch to epoch; they
+are not repeatable between runs (row order is, where Ray Data allows: see `stream.py`).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+
+from workloads.data.base import CROP_RATIO, DEFAULT_CROP_SCALE, Augmentation
+
+_CROP_ATTEMPTS = 10
+
+
+def decode_images(
+    encoded: list[bytes | None],
+    img_size: int,
+    *,
+    augmentation: Augmentation | None,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decode to uint8 (n, img_size, img_size, 3) plus an ok flag per image.
+
+    With an augmentation, the crop is taken from the full-resolution image before resizing
+    (as torchvision's RandomResizedCrop does); without, the whole image is resized
+    bilinearly (deterministic, for evaluation).
+    """
+    from PIL import Image
+
+    images = np.zeros((len(encoded), img_size, img_size, 3), dtype=np.uint8)
+    ok = np.zeros(len(encoded), dtype=bool)
+    for row, data in enumerate(encoded):
+        if not data:
+            continue
+        try:
+            with Image.open(io.BytesIO(data)) as opened:
+                image = opened.convert("RGB")  # forces the full decode inside the try
+        except Exception:  # noqa: BLE001 - any decoder failure means "corrupt", never a crash
+            continue
+        images[row] = _to_model_size(image, img_size, augmentation, rng)
+        ok[row] = True
+    return images, ok
+
+
+def augment_pixels(
+    images: np.ndarray, img_size: int, augmentation: Augmentation, rng: np.random.Generator
+) -> np.ndarray:
+    """The same augmentation for sources that produce pixels (built-ins): (n, H, W, 3) uint8
+    in, (n, img_size, img_size, 3) out."""
+    from PIL import Image
+
+    out = np.empty((len(images), img_size, img_size, 3), dtype=np.uint8)
+    for row, pixels in enumerate(images):
+        out[row] = _to_model_size(Image.fromarray(pixels), img_size, augmentation, rng)
+    return out
+
+
+def _to_model_size(image, img_size: int, augmentation: Augmentation | None, rng) -> np.ndarray:
+    from PIL import Image
+
+    if augmentation is None:
+        if image.size != (img_size, img_size):
+            image = image.resize((img_size, img_size), Image.Resampling.BILINEAR)
+        return np.asarray(image, dtype=np.uint8)
+    if augmentation.crop_scale is not None:
+        box = random_resized_crop_box(
+            image.width, image.height, rng, augmentation.crop_scale, augmentation.crop_ratio
+        )
+        image = image.resize((img_size, img_size), Image.Resampling.BICUBIC, box=box)
+    elif image.size != (img_size, img_size):
+        image = image.resize((img_size, img_size), Image.Resampling.BICUBIC)
+    pixels = np.asarray(image, dtype=np.uint8)
+    if augmentation.hflip and rng.random() < 0.5:
+        pixels = pixels[:, ::-1]
+    return pixels
+
+
+def random_resized_crop_box(
+    width: int,
+    height: int,
+    rng: np.random.Generator,
+    scale: tuple[float, float] = DEFAULT_CROP_SCALE,
+    ratio: tuple[float, float] = CROP_RATIO,
+) -> tuple[int, int, int, int]:
+    """A (left, top, right, bottom) crop as torchvision's RandomResizedCrop picks it: an area
+    share in `scale` and an aspect ratio log-uniform in `ratio`, else the central crop."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(_CROP_ATTEMPTS):
+        target_area = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        crop_width = round(math.sqrt(target_area * aspect))
+        crop_height = round(math.sqrt(target_area / aspect))
+        if 0 < crop_width <= width and 0 < crop_height <= height:
+            left = int(rng.integers(0, width - crop_width + 1))
+            top = int(rng.integers(0, height - crop_height + 1))
+            return left, top, left + crop_width, top + crop_height
+    # Fallback for extreme aspect ratios: the largest central crop within `ratio`.
+    crop_width, crop_height = width, height
+    if width / height < ratio[0]:
+        crop_height = round(width / ratio[0])
+    elif width / height > ratio[1]:
+        crop_width = round(height * ratio[1])
+    left, top = (width - crop_width) // 2, (height - crop_height) // 2
+    return left, top, left + crop_width, top + crop_height
+
+
+def random_hflip(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Flip each image left-right with probability 1/2 (fine-tuning's light augmentation).
+    (B, H, W, C) uint8 in and out."""
+    images = batch["image"]
+    flip = np.random.default_rng().random(len(images)) < 0.5
+    images = images.copy()
+    images[flip] = images[flip, :, ::-1]
+    return {**batch, "image": images}

@@ -1,0 +1,57 @@
+"""The training stream: what each Train worker iterates, in a new random order every epoch.
+
+Ray Data keeps stored order unless asked, so mimray asks at three levels, chosen by cost
+(`data.shuffle`):
+
+    buffer (default)  file/block order reshuffled every epoch by Ray Data (cheap: no data
+                      moves), plus a local shuffle buffer of `data.shuffle_buffer` rows in each
+                      worker's batch iterator, seeded from (train.seed, epoch, rank)
+    full              a full `random_shuffle` every epoch: every row can meet every other
+                      (moves the whole dataset through the object store; small data only)
+    none              stored order (for debugging the pipeline itself)
+
+Repeatability: the orders are seeded from `train.seed` and reseeded per epoch, so epoch e of
+a run is repeatable where Ray Data's execution is deterministic; with several read or decode
+tasks in flight, rows can still arrive in a different interleaving (Ray's own caveat). Crops
+and flips draw fresh entropy and are not repeatable. A resumed run continues with the epochs
+it has left; their orders are drawn anew (Ray counts executions per process), not replayed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+SHUFFLE_MODES = ("buffer", "full", "none")
+
+
+def pretraining_view(dataset: Any, shuffle: str, seed: int) -> Any:
+    """Only what pretraining consumes (the image and its `ok` flag), shuffled as asked.
+
+    Labels and ids stay out of the stream: strings do not convert to tensors, and the worker
+    has no use for labels during pretraining."""
+    import ray.data
+
+    dataset = dataset.select_columns(["image", "ok"])
+    if shuffle == "full":
+        dataset = dataset.random_shuffle(
+            seed=ray.data.RandomSeedConfig(seed, reseed_after_execution=True)
+        )
+    return dataset
+
+
+def order_seed(shuffle: str, seed: int) -> int | None:
+    """The seed of a source's file/block order randomisation (None: keep stored order)."""
+    return None if shuffle == "none" else seed
+
+
+def batch_shuffle_options(
+    shuffle: str, buffer_rows: int, seed: int, epoch: int, rank: int
+) -> dict[str, int]:
+    """Keyword arguments of `iter_torch_batches` for one worker's epoch."""
+    if shuffle != "buffer":
+        return {}
+    # Distinct per run seed, epoch and worker, and the same on a rerun.
+    return {
+        "local_shuffle_buffer_size": buffer_rows,
+        "local_shuffle_seed": (seed * 1_000_003 + epoch * 1_009 + rank) % 2**32,
+    }
