@@ -27,6 +27,7 @@ from orchestrator.launch import (
     prepare_run,
 )
 from orchestrator.spec import SweepSpec, Trial
+from orchestrator.sweep_space import param_space, searcher
 from orchestrator.tracking import (
     KIND_TAG,
     SWEEP_TAG,
@@ -144,9 +145,12 @@ def run_sweep(
     else:
         tuner = tune.Tuner(
             trainable,
-            param_space={"trial": tune.grid_search([t.index for t in trials])},
+            # The knobs are Tune's search space (ResultGrid columns `config/method.k`, ...);
+            # the searcher runs exactly the trials recorded above, in order.
+            param_space=param_space(sweep, trials),
             tune_config=tune.TuneConfig(
-                max_concurrent_trials=sweep.sweep.max_concurrent_trials,
+                search_alg=searcher(trials, sweep.sweep.max_concurrent_trials),
+                num_samples=len(trials),
                 scheduler=_scheduler(sweep, base.train.epochs),
                 trial_name_creator=lambda t: trials[t.config["trial"]].name,
                 trial_dirname_creator=lambda t: trials[t.config["trial"]].name,

@@ -52,6 +52,13 @@ def plan_summary(sweep: SweepSpec, trials: list[Trial]) -> str:
         f"{len(trials)} trials, {sweep.sweep.max_concurrent_trials} at a time; "
         f"per trial: {trial_resources(trials[0])} for Train workers + a 0.01 CPU trial driver"
     ]
+    section = sweep.sweep
+    if section.search == "random":
+        drawn = ", ".join(f"{k} ~ {d.describe()}" for k, d in section.distributions().items())
+        lines.append(
+            f"random search: {section.num_samples} points (sample_seed {section.sample_seed}) "
+            f"x {section.seeds} seeds; {drawn}"
+        )
     if measured:
         scale = len(trials) / measured
         lines.append(

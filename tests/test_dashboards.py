@@ -143,3 +143,54 @@ def test_grafana_provisioning_points_at_these_dashboards_and_prometheus():
     (provider,) = providers["providers"]
     assert provider["type"] == "file"
     assert provider["options"]["path"], provider
+
+
+# Every Ray cluster start is a new session (Ray's `SessionName` label); one Prometheus keeps
+# the series of earlier clusters, so each selector filters on the picked session.
+SESSION_MATCHER = 'SessionName=~"$session"'
+SELECTOR = re.compile(r"(?<![\w\"'])(ray_\w+)(\{[^}]*\})?")
+
+
+def selectors(expr: str) -> list[tuple[str, str]]:
+    """(metric, its label matchers) for every metric selector in EXPR."""
+    skipped = [m.span() for m in MATCHERS.finditer(expr)] + [
+        m.span() for m in GROUPING.finditer(expr)
+    ]
+    return [
+        (m.group(1), m.group(2) or "")
+        for m in SELECTOR.finditer(expr)
+        if not any(start <= m.start() < end for start, end in skipped)
+    ]
+
+
+def test_selectors_are_found_outside_matchers_and_groupings():
+    expr = (
+        'sum by (ray_train_run_name) (rate(ray_a{run=~"$run", x="ray_b"}[5m])) / ray_c'
+        ' + label_values(ray_d{SessionName=~"$session"}, run)'
+    )
+    assert selectors(expr) == [
+        ("ray_a", '{run=~"$run", x="ray_b"}'),
+        ("ray_c", ""),
+        ("ray_d", '{SessionName=~"$session"}'),
+    ]
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_every_query_is_filtered_by_the_picked_ray_session(path):
+    dashboard = load(path)
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    session = variables["session"]
+    query = session["query"]["query"] if isinstance(session["query"], dict) else session["query"]
+    assert re.fullmatch(r"label_values\(ray_\w+, SessionName\)", query)
+    assert session["includeAll"] and session["datasource"] == DATASOURCE
+    names = list(variables)
+    assert names.index("session") < min(names.index(n) for n in names if n not in (
+        "datasource", "session"
+    )), "run/sweep choices depend on the session, so it comes first"
+    for expr in expressions(dashboard):
+        if expr == query:
+            continue
+        found = selectors(expr)
+        assert found, expr
+        for metric, matchers in found:
+            assert SESSION_MATCHER in matchers, f"{metric} in {expr!r}"
