@@ -116,12 +116,13 @@ def load_sweep(config: str, overrides: Iterable[str] = ()) -> tuple[SweepSpec, l
     if isinstance(base, str):
         base = read_spec_source(base)
     own = [o for o in overrides if o.startswith(("sweep.", "name="))]
-    # A grid key is itself dotted (`sweep.grid.method.k=[2, 4]`): keep it whole.
-    grid = [o for o in own if o.startswith("sweep.grid.")]
-    raw = apply_overrides({**raw, "base": base}, [o for o in own if o not in grid])
-    for item in grid:
-        key, _, text = item.removeprefix("sweep.grid.").partition("=")
-        raw.setdefault("sweep", {}).setdefault("grid", {})[key] = yaml.safe_load(text)
+    # A grid or space key is itself dotted (`sweep.grid.method.k=[2, 4]`): keep it whole.
+    knobs = [o for o in own if o.startswith(("sweep.grid.", "sweep.space."))]
+    raw = apply_overrides({**raw, "base": base}, [o for o in own if o not in knobs])
+    for item in knobs:
+        section, _, rest = item.removeprefix("sweep.").partition(".")
+        key, _, text = rest.partition("=")
+        raw.setdefault("sweep", {}).setdefault(section, {})[key] = yaml.safe_load(text)
     raw["base"] = apply_overrides(raw["base"], [o for o in overrides if o not in own])
     sweep = parse_sweep(raw, default_name=Path(config).stem)
     trials = expand_trials(sweep, validate_spec)

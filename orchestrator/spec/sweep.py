@@ -11,6 +11,9 @@ sweep:
   seeds: 2                         # every point repeated with train.seed = base seed + i
 ```
 
+Instead of points and grid, `search: random` draws `num_samples` points from per-knob
+distributions (`orchestrator.spec.search_space`).
+
 Every trial is validated as a run spec before anything starts; an error names the key and
 the grid point it came from.
 """
@@ -23,10 +26,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from orchestrator.spec.base import NAME_RULE, ConfigError, name_problem
 from orchestrator.spec.run import RunSpec, check_custom_resources
+from orchestrator.spec.search_space import Distribution, draw_samples, parse_distribution
 
 
 class EarlyStop(BaseModel):
@@ -52,11 +63,49 @@ class SweepSection(BaseModel):
     # Custom resources of each trial's driver, e.g. {on_demand: 0.01} keeps drivers off spot
     # nodes: a preempted driver takes its trial's whole worker group down with it.
     driver_resources: dict[str, float] = Field(default_factory=dict)
+    # grid: every point x grid combination. random: `num_samples` points drawn from `space`.
+    search: Literal["grid", "random"] = "grid"
+    num_samples: int | None = Field(None, ge=1, description="random search: points drawn")
+    space: dict[str, Any] = Field(default_factory=dict, description="knob -> distribution")
+    sample_seed: int = Field(0, description="random search: the generator's seed")
 
     @field_validator("driver_resources")
     @classmethod
     def _custom_resources_only(cls, resources: dict[str, float]) -> dict[str, float]:
         return check_custom_resources(resources, instead="a trial driver reserves 0.01 CPU")
+
+    @field_validator("space")
+    @classmethod
+    def _known_distributions(cls, space: dict[str, Any]) -> dict[str, Any]:
+        for key, raw in space.items():
+            parse_distribution(key, raw)
+        return space
+
+    @model_validator(mode="after")
+    def _search_settings_fit(self) -> SweepSection:
+        if self.search == "grid":
+            if self.space or self.num_samples is not None:
+                raise ValueError(
+                    "search: space and num_samples are for random search; allowed: "
+                    "search: random, or the values as a grid"
+                )
+            return self
+        if not self.space:
+            raise ValueError(
+                "space: random search needs knob distributions; allowed: e.g. "
+                "{method.mask_ratio: {uniform: [0.5, 0.9]}}"
+            )
+        if self.num_samples is None:
+            raise ValueError("num_samples: random search needs the number of points to draw")
+        if self.grid or self.points:
+            raise ValueError(
+                "search: random search draws every point from `space`; allowed: no grid or "
+                "points (a fixed set of values is {choice: [...]})"
+            )
+        return self
+
+    def distributions(self) -> dict[str, Distribution]:
+        return {key: parse_distribution(key, raw) for key, raw in self.space.items()}
 
 
 class SweepSpec(BaseModel):
@@ -115,7 +164,10 @@ def parse_sweep(raw: Mapping[str, Any], default_name: str) -> SweepSpec:
 
 
 def point_values(sweep: SweepSection) -> list[dict[str, Any]]:
-    """Points crossed with the grid's cartesian product (YAML order kept)."""
+    """Points crossed with the grid's cartesian product (YAML order kept), or for random
+    search the points drawn from the space."""
+    if sweep.search == "random":
+        return draw_samples(sweep.distributions(), sweep.num_samples or 0, sweep.sample_seed)
     points = sweep.points or [{}]
     keys = list(sweep.grid)
     combos = [
@@ -137,10 +189,15 @@ def expand_trials(spec: SweepSpec, validate: Any) -> list[Trial]:
             try:
                 run = validate(raw)
             except ConfigError as err:
-                raise ConfigError(
-                    f"{err} (grid point {point_index}: {_describe(values)})"
-                ) from None
-            name = f"{spec.name}-{trial_slug(trial_values)}"
+                label = "sample" if spec.sweep.search == "random" else "grid point"
+                raise ConfigError(f"{err} ({label} {point_index}: {_describe(values)})") from None
+            if spec.sweep.search == "random":  # drawn floats make poor names: number them
+                slug = (
+                    f"sample-{point_index}_{trial_slug({'train.seed': trial_values['train.seed']})}"
+                )
+            else:
+                slug = trial_slug(trial_values)
+            name = f"{spec.name}-{slug}"
             trials.append(Trial(len(trials), name, trial_values, run))
     return trials
 
