@@ -18,6 +18,7 @@ from typing import Any
 
 from orchestrator import __version__
 from orchestrator.eval_data import describe_eval_data, labelled_dataset
+from orchestrator.local_fit import fit_in_process
 from orchestrator.spec import RunSpec, check_name
 from orchestrator.tracking import (
     FINGERPRINT_TAG,
@@ -112,6 +113,12 @@ def run_tags(spec: RunSpec, run_path: str) -> dict[str, str]:
     return tags
 
 
+def runs_in_process(spec: RunSpec) -> bool:
+    """One worker trains in the calling process (Ray Train's local mode, `local_fit.py`):
+    no worker group to start. Several workers keep Ray Train's TorchTrainer."""
+    return spec.scaling.num_workers == 1
+
+
 def scaling_config(scaling: Any, extra_resources: Mapping[str, float] | None = None) -> Any:
     """Ray Train's ScalingConfig from a spec's scaling section (num_workers, use_gpu,
     cpus_per_worker, gpus_per_worker), plus custom resources per worker."""
@@ -135,7 +142,7 @@ def build_trainer(
 ) -> Any:
     """The Ray Train V2 trainer for one pretrain run (a sweep trial builds the same)."""
     from ray.data import DataContext
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     # The epoch lines from rank 0 are the progress output; Ray Data's per-operator bars
@@ -159,7 +166,9 @@ def build_trainer(
             "reporter": reporter,
             "run_path": f"{storage_path}/{name}",
         },
-        scaling_config=scaling_config(spec.scaling, spec.scaling.worker_resources),
+        scaling_config=ScalingConfig(num_workers=0)  # Ray Train's local mode: in-process
+        if runs_in_process(spec)
+        else scaling_config(spec.scaling, spec.scaling.worker_resources),
         run_config=RunConfig(
             name=name,
             storage_path=storage_path,
@@ -289,7 +298,21 @@ def execute_run(
     trainer = build_trainer(spec, run.name, run.storage_path, run.schedule, reporter, callbacks)
     tracker.mark_running(run.run_id)
     try:
-        result = trainer.fit()
+        if runs_in_process(spec):
+            result = fit_in_process(
+                trainer,
+                run.run_path,
+                keep=spec.train.keep_checkpoints,
+                max_failures=spec.train.max_failures,
+                cpus=spec.scaling.cpus_per_worker,
+            )
+        else:
+            result = trainer.fit()
+    except SystemExit:
+        # Tune stops an in-process trial (ASHA) by exiting its thread at a report: the epochs
+        # it reported are checkpointed, and the sweep counts the trial as complete.
+        tracker.finish_run(run.run_id)
+        raise
     except BaseException as err:
         # Ctrl-C is not a failure of the run: it can be resumed by re-running the name.
         status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"

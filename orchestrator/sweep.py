@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from ray.tune import Callback
+from ray.tune import Callback, PlacementGroupFactory
 from rich.table import Table
 
 from orchestrator.launch import (
@@ -25,8 +25,9 @@ from orchestrator.launch import (
     evaluate_after,
     execute_run,
     prepare_run,
+    runs_in_process,
 )
-from orchestrator.spec import SweepSpec, Trial
+from orchestrator.spec import RunSpec, SweepSpec, Trial
 from orchestrator.sweep_space import param_space, searcher
 from orchestrator.tracking import (
     KIND_TAG,
@@ -125,9 +126,10 @@ def run_sweep(
 
     tracker.mark_running(parent_run_id)
     ensure_ray(address, log_to_driver=log_to_driver)
+    reserved = [trial_resources(t.spec, sweep.sweep.driver_resources) for t in trials]
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, runs=runs),
-        {**sweep.sweep.driver_resources, "CPU": TRIAL_DRIVER_CPU},
+        lambda config: PlacementGroupFactory([reserved[config["trial"]]]),
     )
     progress = SweepProgress(trials, name)
     restored = tune.Tuner.can_restore(experiment_path)
@@ -156,7 +158,18 @@ def run_sweep(
                 trial_dirname_creator=lambda t: trials[t.config["trial"]].name,
             ),
             run_config=tune.RunConfig(
-                name=name, storage_path=storage_path, verbose=0, callbacks=[progress]
+                name=name,
+                storage_path=storage_path,
+                verbose=0,
+                callbacks=[progress],
+                # In-process trials have no Ray Train FailureConfig: Tune restarts a crashed
+                # one, and it resumes from its last checkpoint.
+                failure_config=tune.FailureConfig(
+                    max_failures=max(
+                        (t.spec.train.max_failures for t in trials if runs_in_process(t.spec)),
+                        default=0,
+                    )
+                ),
             ),
         )
     print(
@@ -185,6 +198,18 @@ def run_sweep(
         else "FINISHED",
     )
     return SweepResult(name, parent_run_id, outcomes, restored, time.perf_counter() - started)
+
+
+def trial_resources(spec: RunSpec, driver_resources: dict[str, float]) -> dict[str, float]:
+    """What a trial's own process reserves: a sliver beside its Train workers, or, when it
+    trains in-process (one worker), what that worker would have reserved."""
+    if not runs_in_process(spec):
+        return {**driver_resources, "CPU": TRIAL_DRIVER_CPU}
+    resources = {**driver_resources, **spec.scaling.worker_resources}
+    resources["CPU"] = spec.scaling.cpus_per_worker
+    if spec.scaling.use_gpu:
+        resources["GPU"] = spec.scaling.gpus_per_worker
+    return resources
 
 
 def _scheduler(sweep: SweepSpec, max_epochs: int) -> Any:

@@ -18,6 +18,13 @@ def trial_resources(trial: Trial) -> str:
     return f"{scaling.num_workers} x ({per_worker})"
 
 
+def trial_process(trial: Trial) -> str:
+    # Mirrors launch.runs_in_process without importing launch (and Ray) for a dry run.
+    if trial.spec.scaling.num_workers == 1:
+        return "trained in the trial's own process (no worker group to start)"
+    return "Train workers + a 0.01 CPU trial driver"
+
+
 def plan_table(sweep: SweepSpec, trials: list[Trial]) -> Table:
     keys = list(dict.fromkeys(k for t in trials for k in t.values))
     table = Table("#", "trial", *keys, "epochs", "resources", title=f"sweep {sweep.name!r}")
@@ -50,7 +57,7 @@ def plan_summary(sweep: SweepSpec, trials: list[Trial]) -> str:
     hours, measured = estimate_worker_hours(trials)
     lines = [
         f"{len(trials)} trials, {sweep.sweep.max_concurrent_trials} at a time; "
-        f"per trial: {trial_resources(trials[0])} for Train workers + a 0.01 CPU trial driver"
+        f"per trial: {trial_resources(trials[0])}, {trial_process(trials[0])}"
     ]
     section = sweep.sweep
     if section.search == "random":
