@@ -1,29 +1,254 @@
-"""Decode + augment throughput streaming Parquet shards from a local S3 server.
+"""Ingest speed: Ray Data vs a PyTorch DataLoader on the same shards and the same CPU count.
 
-    python benchmarks/data_throughput.py [--images 2000] [--img-size 64] [--cpus 2]
+    python benchmarks/data_throughput.py [--images 20000] [--cpus 2] [--rounds 2]
+        [--cases png64,jpeg224] [--stores s3,local] [--ray mimray,fused] [--stats]
 
-Starts moto's S3 server on 127.0.0.1, pushes `shapes` as Parquet shards (the `mimray data
-push` format), then reads the same shards two ways, side by side in one run:
-  - mimray: Ray Data `read_parquet` through pyarrow's S3 filesystem, decode + RandomResizedCrop
-    + flip in `map_batches`, consumed with `iter_torch_batches` (what a Train worker does);
-  - baseline: a PyTorch DataLoader with the same number of worker processes, each reading
-    whole shards with boto3 and decoding with PIL (the same decode function).
-Prints images/s for both and their ratio. Absolute figures depend on the machine; the ratio
-is the result.
+Two cases, each written once as `mimray data push`-style Parquet shards (columns image binary,
+label int64, id string, plus manifest.json) and cached under --data-dir:
+  - png64:   built-in `shapes` rendered at 64 px, PNG-encoded (what push writes for built-ins);
+  - jpeg224: the ImageNet case: shapes rendered at 288 px, JPEG-encoded (quality 90), read
+             as RandomResizedCrop to 224 px.
+Each case is read from a moto S3 server on 127.0.0.1 and from the local folder, two ways,
+side by side in one run, rounds alternating so drift hits both:
+  - Ray Data (one or more configurations, --ray): `mimray` is the project's own stream
+    (`build_remote_dataset` + the columns a Train worker takes); the others are the same
+    decode in Ray Data set up differently (see RAY_CONFIGS);
+  - baseline: a DataLoader with --cpus worker processes, each streaming whole shards
+    (boto3 or local file) in batches of --batch and decoding them.
+Both sides decode with the project's `decode_images` (PIL decode, RandomResizedCrop scale
+0.2-1, ratio 3/4-4/3, bicubic, flip), output batches of --batch images as torch tensors.
+
+Per run it reports time to first batch (dataset construction included) and steady-state
+images/s (batches after the first, until the end) per CPU, and Ray Data / DataLoader.
+Absolute figures depend on the machine; the ratios are the result.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import io
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
+
+BUCKET = "bench"
+BIN_PACKING_ENV = "RAY_DATA_PARQUET_BIN_PACKING_BYTES"  # read by Ray in the driver
+_ROW_GROUP_BYTES = 16 * 2**20  # as `mimray data push` writes row groups
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    name: str
+    render_px: int  # size the source images are rendered at
+    out_px: int  # size the crop is resized to
+    encoding: str  # PIL format name
+
+
+CASES = {
+    "png64": Case("png64", render_px=64, out_px=64, encoding="PNG"),
+    "jpeg224": Case("jpeg224", render_px=288, out_px=224, encoding="JPEG"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class RayConfig:
+    """How the Ray Data side is set up. `project=True` reads through mimray's own stream
+    (`build_remote_dataset`); the DataContext/env settings below apply to it too."""
+
+    project: bool = False
+    # Ray 2.60 reads Parquet through "datasource V2" (ListFiles -> ReadFiles) by default: it
+    # bin-packs row groups into read tasks of up to RAY_DATA_PARQUET_BIN_PACKING_BYTES
+    # (128 MiB) and ignores override_num_blocks. `v1` switches back to one task per file.
+    v1: bool = False
+    bin_mb: int | None = None  # RAY_DATA_PARQUET_BIN_PACKING_BYTES for V2 reads
+    read_blocks: str = "auto"  # V1: "auto" (>= 200 blocks, split, unfused) or "files"
+    map_batch_rows: int | None = None  # rows per decode call; None: a whole block
+    actors: int = 0  # >0: decode in an actor pool of up to this size instead of tasks
+    prefetch_batches: int = 2  # iter_torch_batches; the Train worker loop uses 2
+    target_block_mb: int | None = None  # DataContext.target_max_block_size (128 MiB)
+    note: str = ""
+
+
+RAY_CONFIGS = {
+    "mimray": RayConfig(project=True, note="the project's stream as it is"),
+    "mimray-tuned": RayConfig(
+        project=True, bin_mb=16, target_block_mb=16, note="project stream + recommended settings"
+    ),
+    "v2": RayConfig(note="read_parquet defaults, decode fused into the read"),
+    "v2-bin16": RayConfig(bin_mb=16, note="V2, 16 MiB read units"),
+    "v2-bin16-blk16": RayConfig(bin_mb=16, target_block_mb=16, note="+ 16 MiB blocks"),
+    "v2-bin8-blk8": RayConfig(bin_mb=8, target_block_mb=8, note="8 MiB units and blocks"),
+    "v2-bin16-b256": RayConfig(bin_mb=16, map_batch_rows=256, note="16 MiB units, 256-row map"),
+    "v1-split": RayConfig(v1=True, map_batch_rows=256, note="V1, 200 blocks: read | decode"),
+    "v1-files": RayConfig(v1=True, read_blocks="files", note="V1, a task per file, fused"),
+    "v1-files-blk16": RayConfig(
+        v1=True, read_blocks="files", target_block_mb=16, note="V1 per file + 16 MiB blocks"
+    ),
+    "actors": RayConfig(
+        v1=True, read_blocks="files", target_block_mb=16, actors=2, note="V1 | 2 decode actors"
+    ),
+    "v2-bin16-p8": RayConfig(bin_mb=16, target_block_mb=16, prefetch_batches=8, note="prefetch 8"),
+}
+
+
+# ---------------------------------------------------------------- shared decode (both sides)
+
+
+def project_decode():
+    """The project's decode + RandomResizedCrop + flip, as f(encoded, out_px, rng), wherever
+    it lives now (workloads.data.decode since issue 11, workloads.data.remote before)."""
+    try:
+        from workloads.data.base import Augmentation
+        from workloads.data.decode import decode_images
+
+        augmentation = Augmentation()  # MAE's: crop scale 0.2-1, ratio 3/4-4/3, flip
+        return lambda encoded, out_px, rng: decode_images(
+            encoded, out_px, augmentation=augmentation, rng=rng
+        )
+    except ImportError:
+        from workloads.data.remote import decode_images
+
+        return lambda encoded, out_px, rng: decode_images(encoded, out_px, augment=True, rng=rng)
+
+
+def decode_column(encoded: list[bytes | None], out_px: int) -> tuple[np.ndarray, np.ndarray]:
+    return project_decode()(encoded, out_px, np.random.default_rng())
+
+
+def decode_arrow_batch(batch, out_px: int) -> dict[str, np.ndarray]:
+    """Ray Data map_batches function: encoded `image` column -> image (uint8) + ok."""
+    images, ok = decode_column(batch.column("image").to_pylist(), out_px)
+    return {"image": images, "ok": ok}
+
+
+class DecodeActor:
+    """The same decode in a long-lived actor (Ray Data actor-pool map)."""
+
+    def __init__(self, out_px: int) -> None:
+        self.out_px = out_px
+        self.decode = project_decode()
+
+    def __call__(self, batch) -> dict[str, np.ndarray]:
+        encoded = batch.column("image").to_pylist()
+        images, ok = self.decode(encoded, self.out_px, np.random.default_rng())
+        return {"image": images, "ok": ok}
+
+
+# ---------------------------------------------------------------- data: written once, cached
+
+
+def write_shards(case: Case, images: int, shard_mb: float, folder: Path) -> list[str]:
+    """Shards as `mimray data push` lays them out; returns the shard file names."""
+    if (folder / "bench.json").exists():
+        return shard_files(folder)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    try:
+        from workloads.data.sources.shapes import SHAPE_CLASSES, render_shapes
+    except ImportError:
+        from workloads.data.shapes import SHAPE_CLASSES, render_shapes
+
+    folder.mkdir(parents=True, exist_ok=True)
+    schema = pa.schema([("image", pa.binary()), ("label", pa.int64()), ("id", pa.string())])
+    metadata = {b"mimray.class_names": json.dumps(list(SHAPE_CLASSES)).encode()}
+    # 288 px renders cost ~13 ms each: render a pool of distinct images and encode each row
+    # from a randomly flipped/rolled pool image, so every row's bytes still differ.
+    pool_size = images if case.render_px <= 64 else min(images, 2000)
+    rng = np.random.default_rng(0)
+    rows: list[tuple[bytes, int, str]] = []
+    names, shards, pending = [], [], 0
+    options = {"quality": 90} if case.encoding == "JPEG" else {}
+
+    def flush() -> None:
+        nonlocal rows, pending
+        if not rows:
+            return
+        table = pa.Table.from_pydict(
+            {
+                "image": [r[0] for r in rows],
+                "label": [r[1] for r in rows],
+                "id": [r[2] for r in rows],
+            },
+            schema=schema,
+        ).replace_schema_metadata(metadata)
+        name = f"part-{len(names):05d}.parquet"
+        buffer = io.BytesIO()
+        group = max(1, int(len(table) * _ROW_GROUP_BYTES / max(pending, 1)))
+        pq.write_table(
+            table,
+            buffer,
+            row_group_size=group,
+            compression="none",
+            write_statistics=["label", "id"],
+        )
+        data = buffer.getvalue()
+        (folder / name).write_bytes(data)
+        names.append(name)
+        shards.append(
+            {
+                "path": name,
+                "rows": len(table),
+                "bytes": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+            }
+        )
+        rows, pending = [], 0
+
+    for start in range(0, images, 64):
+        index = np.arange(start, min(start + 64, images))
+        pixels, labels = render_shapes(index % pool_size, case.render_px, seed=0)
+        for position, image, label in zip(index, pixels, labels, strict=True):
+            if pool_size < images:
+                image = np.roll(image, int(rng.integers(0, case.render_px)), axis=1)
+                if rng.random() < 0.5:
+                    image = image[::-1]
+            buffer = io.BytesIO()
+            Image.fromarray(np.ascontiguousarray(image)).save(
+                buffer, format=case.encoding, **options
+            )
+            encoded = buffer.getvalue()
+            if rows and pending + len(encoded) > shard_mb * 2**20:
+                flush()
+            rows.append((encoded, int(label), f"shapes/train/{position}"))
+            pending += len(encoded)
+    flush()
+    write_manifest(folder, images, list(SHAPE_CLASSES), shards)
+    (folder / "bench.json").write_text(json.dumps({"files": names}))
+    return names
+
+
+def write_manifest(folder: Path, rows: int, class_names: list[str], shards: list[dict]) -> None:
+    """manifest.json through the project's Manifest when it exists; else Parquet files only."""
+    try:
+        from workloads.data.manifest import Manifest, ShardInfo
+    except ImportError:
+        try:
+            from workloads.data.shards import Manifest, ShardInfo
+        except ImportError:
+            return
+    manifest = Manifest(rows, class_names, [ShardInfo(**shard) for shard in shards])
+    (folder / "manifest.json").write_text(manifest.to_json())
+
+
+def shard_files(folder: Path) -> list[str]:
+    return json.loads((folder / "bench.json").read_text())["files"]
+
+
+# ---------------------------------------------------------------- S3 (moto on 127.0.0.1)
 
 
 def start_moto() -> tuple[subprocess.Popen, str]:
@@ -54,104 +279,358 @@ def start_moto() -> tuple[subprocess.Popen, str]:
     return server, endpoint
 
 
-class ShardDataset:
-    """Baseline: one item = one whole shard, fetched with boto3 and decoded with PIL."""
+def upload(endpoint: str, folder: Path, prefix: str) -> None:
+    import boto3
 
-    def __init__(self, endpoint: str, bucket: str, keys: list[str], img_size: int) -> None:
-        self.endpoint, self.bucket, self.keys, self.img_size = endpoint, bucket, keys, img_size
+    client = boto3.client("s3", endpoint_url=endpoint)
+    for path in sorted(folder.iterdir()):
+        if path.name != "bench.json":
+            client.upload_file(str(path), BUCKET, f"{prefix}/{path.name}")
 
-    def __len__(self) -> int:
-        return len(self.keys)
 
-    def __getitem__(self, index: int):
-        import boto3
+def s3_filesystem(endpoint: str):
+    import pyarrow.fs
+
+    return pyarrow.fs.S3FileSystem(
+        endpoint_override=endpoint.removeprefix("http://"),
+        scheme="http",
+        access_key="bench",
+        secret_key="bench",
+        region="us-east-1",
+    )
+
+
+# ---------------------------------------------------------------- the two sides
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """One case in one store: where the shards are and how each side opens them."""
+
+    case: Case
+    store: str  # "s3" or "local"
+    uri: str  # what mimray's data.source would be
+    paths: list[str]  # shard paths for pyarrow (scheme-less for S3) / boto3 keys
+    endpoint: str
+
+
+@dataclasses.dataclass
+class Measured:
+    first_batch_s: float  # wall time from building the dataset to the first batch
+    steady_images_per_s: float  # wall: images after the first batch / time after it
+    epoch_images_per_s: float  # wall: all images / all time, start-up included
+    images_per_cpu_s: float  # all images / CPU seconds the side's processes used
+    images: int
+    detail: str = ""
+
+
+def cpu_snapshot(ignore: set[int] | None = None) -> tuple[float, dict[int, float]]:
+    """CPU seconds used so far by this process (incl. reaped children) and by each live
+    descendant (Ray's raylet and workers, DataLoader workers), skipping pids in `ignore`."""
+    import psutil
+
+    me = psutil.Process()
+    times = me.cpu_times()
+    own = times.user + times.system + times.children_user + times.children_system
+    descendants = {}
+    for child in me.children(recursive=True):
+        if ignore and child.pid in ignore:
+            continue
+        try:
+            times = child.cpu_times()
+            descendants[child.pid] = (
+                times.user + times.system + times.children_user + times.children_system
+            )
+        except psutil.Error:
+            continue
+    return own, descendants
+
+
+def cpu_seconds_since(start: tuple[float, dict[int, float]], ignore: set[int] | None) -> float:
+    own, descendants = cpu_snapshot(ignore)
+    used = own - start[0]
+    for pid, seconds in descendants.items():
+        used += seconds - start[1].get(pid, 0.0)
+    return used
+
+
+def measure(batches: Iterable[Any], started: float, ignore: set[int] | None = None) -> Measured:
+    """Consume `batches` (image tensors) as fast as they come; `ignore`: pids whose CPU time
+    is not this side's (the Ray processes, while the DataLoader runs)."""
+    cpu_start = cpu_snapshot(ignore)
+    first_at = None
+    count = after_first = 0
+    last = started
+    for images in batches:
+        last = time.perf_counter()
+        count += len(images)
+        if first_at is None:
+            first_at = last
+        else:
+            after_first += len(images)
+    if first_at is None:
+        raise RuntimeError("no batch came out")
+    cpu = cpu_seconds_since(cpu_start, ignore)
+    steady = after_first / (last - first_at) if last > first_at else float("nan")
+    return Measured(first_at - started, steady, count / (last - started), count / cpu, count)
+
+
+class ShardStream(torch.utils.data.IterableDataset):
+    """Baseline dataset: each DataLoader worker streams its share of shards, `batch` rows at a
+    time, and decodes them; one item = one batch, so batch_size=None in the DataLoader."""
+
+    def __init__(self, source: Source, batch: int) -> None:
+        self.source, self.batch = source, batch
+
+    def __iter__(self) -> Iterator[Any]:
         import pyarrow.parquet as pq
         import torch
 
-        from workloads.data.remote import decode_images
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        client = None
+        if self.source.store == "s3":
+            import boto3
 
-        client = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
-        body = client.get_object(Bucket=self.bucket, Key=self.keys[index])["Body"].read()
-        table = pq.read_table(io.BytesIO(body), columns=["image", "label"])
-        images, ok = decode_images(
-            table.column("image").to_pylist(),
-            self.img_size,
-            augment=True,
-            rng=np.random.default_rng(index),
-        )
-        return torch.from_numpy(images), torch.from_numpy(ok)
+            client = boto3.client("s3", endpoint_url=self.source.endpoint)
+        for path in self.source.paths[worker::workers]:
+            if client is not None:
+                bucket, key = path.split("/", 1)
+                handle = io.BytesIO(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+            else:
+                handle = path
+            reader = pq.ParquetFile(handle)
+            for records in reader.iter_batches(batch_size=self.batch, columns=["image"]):
+                images, ok = decode_column(records.column(0).to_pylist(), self.source.case.out_px)
+                yield torch.from_numpy(images), torch.from_numpy(ok)
 
 
-def baseline_images_per_s(endpoint, bucket, keys, img_size, workers) -> float:
+def run_dataloader(source: Source, cpus: int, batch: int) -> Measured:
+    import psutil
     import torch
 
+    ray_processes = {child.pid for child in psutil.Process().children(recursive=True)}
+    started = time.perf_counter()
     loader = torch.utils.data.DataLoader(
-        ShardDataset(endpoint, bucket, keys, img_size),
-        batch_size=None,
-        num_workers=workers,
-        prefetch_factor=2,
-        persistent_workers=False,
+        ShardStream(source, batch), batch_size=None, num_workers=cpus, prefetch_factor=2
     )
-    started, count = time.perf_counter(), 0
-    for images, _ in loader:
-        count += len(images)
-    return count / (time.perf_counter() - started)
+    return measure((images for images, _ in loader), started, ignore=ray_processes)
 
 
-def mimray_images_per_s(uri: str, img_size: int, batch: int) -> float:
+def ray_dataset(source: Source, config: RayConfig):
+    import ray.data
+
+    case = source.case
+    if config.project:
+        return project_stream(source.uri, case.out_px)
+    filesystem = s3_filesystem(source.endpoint) if source.store == "s3" else None
+    blocks = len(source.paths) if config.read_blocks == "files" else None
+    dataset = ray.data.read_parquet(
+        source.paths, filesystem=filesystem, override_num_blocks=blocks
+    ).select_columns(["image"])
+    if config.actors:
+        return dataset.map_batches(
+            DecodeActor,
+            fn_constructor_kwargs={"out_px": case.out_px},
+            batch_format="pyarrow",
+            batch_size=config.map_batch_rows or 64,
+            compute=ray.data.ActorPoolStrategy(
+                min_size=1, max_size=config.actors if config.actors > 0 else 64
+            ),
+        )
+    return dataset.map_batches(
+        decode_arrow_batch,
+        fn_kwargs={"out_px": case.out_px},
+        batch_format="pyarrow",
+        batch_size=config.map_batch_rows,
+    )
+
+
+def project_stream(uri: str, out_px: int):
+    """mimray's own training stream of a stored source: the columns a Train worker takes."""
+    import inspect
+
     from workloads.data.remote import build_remote_dataset
 
-    dataset = build_remote_dataset(uri, img_size=img_size, augment=True).select_columns(
-        ["image", "ok"]
+    if "augment" in inspect.signature(build_remote_dataset).parameters:
+        dataset = build_remote_dataset(uri, img_size=out_px, augment=True)
+    else:
+        from workloads.data.base import Augmentation
+
+        dataset = build_remote_dataset(uri, img_size=out_px, augmentation=Augmentation())
+    return dataset.select_columns(["image", "ok"])
+
+
+def run_ray(source: Source, config: RayConfig, batch: int, stats: bool) -> Measured:
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    saved = context.target_max_block_size, context.use_datasource_v2
+    saved_env = os.environ.get(BIN_PACKING_ENV)
+    if config.target_block_mb:
+        context.target_max_block_size = config.target_block_mb * 2**20
+    context.use_datasource_v2 = not config.v1
+    if config.bin_mb:
+        os.environ[BIN_PACKING_ENV] = str(config.bin_mb * 2**20)
+    try:
+        started = time.perf_counter()
+        dataset = ray_dataset(source, config)
+        batches = dataset.iter_torch_batches(
+            batch_size=batch, prefetch_batches=config.prefetch_batches
+        )
+        result = measure((rows["image"] for rows in batches), started)
+    finally:
+        context.target_max_block_size, context.use_datasource_v2 = saved
+        os.environ.pop(BIN_PACKING_ENV, None)
+        if saved_env is not None:
+            os.environ[BIN_PACKING_ENV] = saved_env
+    if stats:
+        result.detail = dataset.stats()
+    return result
+
+
+# ---------------------------------------------------------------- the table
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One side in one case and store: best of the rounds, cold = round 1."""
+
+    case: str
+    store: str
+    side: str
+    steady_per_cpu: float  # wall images/s after the first batch, / CPUs
+    steady_ratio: float  # vs the DataLoader
+    per_cpu_s: float  # images per CPU second used (robust to other load on the machine)
+    cpu_ratio: float
+    epoch_per_cpu: float  # wall images/s over the whole pass, start-up included, / CPUs
+    first_batch_cold: float
+    first_batch_warm: float
+    first_batch_ratio: float  # warm, vs the DataLoader
+
+
+def table_rows(case: str, store: str, results: dict[str, list[Measured]], cpus: int) -> list[Row]:
+    def best(values: list[Measured], key: str) -> float:
+        return max(getattr(value, key) for value in values)
+
+    def warm(values: list[Measured]) -> float:
+        return min((value.first_batch_s for value in values[1:]), default=values[0].first_batch_s)
+
+    base = results["DataLoader"]
+    rows = []
+    for side, values in results.items():
+        steady, per_cpu_s = best(values, "steady_images_per_s"), best(values, "images_per_cpu_s")
+        rows.append(
+            Row(
+                case,
+                store,
+                side,
+                steady / cpus,
+                steady / best(base, "steady_images_per_s"),
+                per_cpu_s,
+                per_cpu_s / best(base, "images_per_cpu_s"),
+                best(values, "epoch_images_per_s") / cpus,
+                values[0].first_batch_s,
+                warm(values),
+                warm(values) / warm(base),
+            )
+        )
+    return rows
+
+
+HEADER = (
+    f"{'case':8} {'store':5} {'side':11} {'steady/CPU':>10} {'ratio':>6} {'img/CPU-s':>9} "
+    f"{'ratio':>6} {'epoch/CPU':>9} {'1st batch cold':>14} {'warm':>6} {'ratio':>6}"
+)
+
+
+def print_row(row: Row) -> None:
+    print(
+        f"{row.case:8} {row.store:5} {row.side:11} {row.steady_per_cpu:10.0f} "
+        f"{row.steady_ratio:5.2f}x {row.per_cpu_s:9.0f} {row.cpu_ratio:5.2f}x "
+        f"{row.epoch_per_cpu:9.0f} {row.first_batch_cold:13.2f}s {row.first_batch_warm:5.2f}s "
+        f"{row.first_batch_ratio:5.1f}x"
     )
-    started, count = time.perf_counter(), 0
-    for rows in dataset.iter_torch_batches(batch_size=batch, prefetch_batches=4):
-        count += len(rows["image"])
-    return count / (time.perf_counter() - started)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=2000)
-    parser.add_argument("--img-size", type=int, default=64)
+    parser.add_argument("--images", type=int, default=20000)
     parser.add_argument("--cpus", type=int, default=2, help="Ray CPUs = DataLoader workers")
-    parser.add_argument("--shard-mb", type=float, default=1.0)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=128, help="images per batch, both sides")
+    parser.add_argument("--shard-mb", type=float, default=16.0)
+    parser.add_argument("--cases", default="png64,jpeg224")
+    parser.add_argument("--stores", default="s3,local")
+    parser.add_argument("--ray", default="mimray,fused", help=f"of {', '.join(RAY_CONFIGS)}")
+    parser.add_argument("--data-dir", default="/tmp/mimray-bench-data")
+    parser.add_argument("--stats", action="store_true", help="print Ray Data's stats per run")
     args = parser.parse_args()
+    cases = [CASES[name] for name in args.cases.split(",")]
+    stores = args.stores.split(",")
+    configs = {name: RAY_CONFIGS[name] for name in args.ray.split(",")}
+    for name in [*stores]:
+        if name not in ("s3", "local"):
+            parser.error(f"--stores: {name!r} is not s3 or local")
+
+    folders = {}
+    for case in cases:
+        folder = Path(args.data_dir) / f"{case.name}-{args.images}-{args.shard_mb:g}mb"
+        started = time.perf_counter()
+        if not (folder / "bench.json").exists():
+            write_shards(case, args.images, args.shard_mb, folder)
+            print(f"wrote {folder} in {time.perf_counter() - started:.0f} s")
+        folders[case.name] = folder
 
     server, endpoint = start_moto()
     try:
         import boto3
         import ray
 
-        from workloads.data.shards import push_dataset
-
-        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="bench")
-        uri = "s3://bench/shapes"
-        manifest = push_dataset(
-            "shapes",
-            uri,
-            shard_bytes=int(args.shard_mb * 2**20),
-            img_size=args.img_size,
-            num_images=args.images,
-        )
-        keys = [f"shapes/{shard.path}" for shard in manifest.shards]
-        print(
-            f"{manifest.num_rows} images ({args.img_size}px PNG) in {len(keys)} shards "
-            f"on moto S3 at {endpoint}; {args.cpus} CPUs each way"
-        )
-        ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        results: dict[str, list[float]] = {"mimray (Ray Data)": [], "baseline (DataLoader)": []}
-        for _ in range(args.rounds):  # alternate, so drift hits both
-            results["mimray (Ray Data)"].append(mimray_images_per_s(uri, args.img_size, 64))
-            results["baseline (DataLoader)"].append(
-                baseline_images_per_s(endpoint, "bench", keys, args.img_size, args.cpus)
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
+        sources = []
+        for case in cases:
+            folder, files = folders[case.name], shard_files(folders[case.name])
+            size = sum((folder / name).stat().st_size for name in files)
+            print(
+                f"{case.name}: {args.images} images ({case.encoding} {case.render_px} px -> "
+                f"{case.out_px} px crop) in {len(files)} shards, {size / 2**20:.0f} MB"
             )
-        for name, values in results.items():
-            print(f"{name:>22}: {max(values):7.0f} images/s (best of {args.rounds})")
-        ratio = max(results["mimray (Ray Data)"]) / max(results["baseline (DataLoader)"])
-        print(f"ratio mimray / baseline: {ratio:.2f}x")
+            for store in stores:
+                if store == "s3":
+                    upload(endpoint, folder, case.name)
+                    paths = [f"{BUCKET}/{case.name}/{name}" for name in files]
+                    uri = f"s3://{BUCKET}/{case.name}"
+                else:
+                    paths = [str(folder / name) for name in files]
+                    uri = str(folder)
+                sources.append(Source(case, store, uri, paths, endpoint))
+        ray.init(
+            num_cpus=args.cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            object_store_memory=2 * 2**30,
+        )
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        print(f"{args.cpus} CPUs each way, batches of {args.batch}, {args.rounds} rounds")
+        rows = []
+        for source in sources:
+            results: dict[str, list[Measured]] = {"DataLoader": []}
+            results.update({name: [] for name in configs})
+            for round_index in range(args.rounds):
+                results["DataLoader"].append(run_dataloader(source, args.cpus, args.batch))
+                for name, config in configs.items():
+                    measured = run_ray(source, config, args.batch, args.stats)
+                    results[name].append(measured)
+                    if args.stats and round_index == args.rounds - 1:
+                        print(f"--- {source.case.name} {source.store} {name}\n{measured.detail}")
+            print(HEADER)
+            for row in table_rows(source.case.name, source.store, results, args.cpus):
+                print_row(row)
+                rows.append(row)
+        print(f"\n{HEADER}")
+        for row in rows:
+            print_row(row)
     finally:
         server.terminate()
         server.wait(timeout=10)
