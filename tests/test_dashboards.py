@@ -184,9 +184,9 @@ def test_every_query_is_filtered_by_the_picked_ray_session(path):
     assert re.fullmatch(r"label_values\(ray_\w+, SessionName\)", query)
     assert session["includeAll"] and session["datasource"] == DATASOURCE
     names = list(variables)
-    assert names.index("session") < min(names.index(n) for n in names if n not in (
-        "datasource", "session"
-    )), "run/sweep choices depend on the session, so it comes first"
+    assert names.index("session") < min(
+        names.index(n) for n in names if n not in ("datasource", "session")
+    ), "run/sweep choices depend on the session, so it comes first"
     for expr in expressions(dashboard):
         if expr == query:
             continue
