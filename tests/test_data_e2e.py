@@ -32,7 +32,9 @@ TINY = [
 ]
 
 
-def upload_parquet(s3_client, bucket: str, key: str, count: int, corrupt: int) -> None:
+def upload_parquet(
+    s3_client, bucket: str, key: str, count: int, corrupt: int, image_column: str = "image"
+) -> None:
     """A Hugging Face-style Parquet file (image struct {bytes, path}, label), `corrupt` of
     whose images are garbage bytes."""
     images, labels = render_shapes(np.arange(count), 32, seed=0)
@@ -42,7 +44,7 @@ def upload_parquet(s3_client, bucket: str, key: str, count: int, corrupt: int) -
         Image.fromarray(image).save(buffer, format="PNG")
         data = b"not an image" if index < corrupt else buffer.getvalue()
         records.append({"bytes": data, "path": f"{index}.png"})
-    table = pa.table({"image": records, "label": pa.array(labels, pa.int64())})
+    table = pa.table({image_column: records, "label": pa.array(labels, pa.int64())})
     sink = io.BytesIO()
     pq.write_table(table, sink)
     s3_client.put_object(Bucket=bucket, Key=key, Body=sink.getvalue())
@@ -75,7 +77,8 @@ def test_push_inspect_then_pretrain_from_s3(ray_session, workdir, bucket):
 
 
 def test_two_corrupt_of_400_train_and_are_counted(ray_session, workdir, bucket, s3_client):
-    upload_parquet(s3_client, bucket, "hf/train.parquet", count=400, corrupt=2)
+    # As CIFAR-10 is published: the image struct is named `img`, found without being named.
+    upload_parquet(s3_client, bucket, "hf/train.parquet", count=400, corrupt=2, image_column="img")
     spec = load_spec(None, [*TINY, f"data.source=s3://{bucket}/hf", "train.batch_size=40"])
     result = run_pretrain(spec, name="two-corrupt")
     tracker = Tracker(resolve_tracking_uri(), "s3")
@@ -112,3 +115,39 @@ def test_unreadable_bucket_fails_fast_with_a_clear_line(problem, workdir, bucket
     assert result.output.startswith("mimray: error:") and expected in result.output
     assert uri in result.output
     assert not (workdir / "mimray-runs").exists()
+
+
+def write_folder_with_empty_images(root, count: int, empty: int) -> None:
+    """Two classes of PNGs, the first `empty` of them 0-byte files (a failed copy)."""
+    images, _ = render_shapes(np.arange(count), 32, seed=0)
+    for index, image in enumerate(images):
+        path = root / f"class_{index % 2}" / f"{index:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if index < empty:
+            path.write_bytes(b"")
+        else:
+            Image.fromarray(image).save(path)
+
+
+def test_empty_images_in_a_folder_are_skipped_and_counted(ray_session, workdir, tmp_path):
+    write_folder_with_empty_images(tmp_path / "images", count=64, empty=2)
+    args = [
+        f"data.source={tmp_path / 'images'}",
+        "train.batch_size=32",
+        "data.max_skipped_share=0.05",
+    ]
+    result = run_pretrain(load_spec(None, [*TINY, *args]), name="empty-files")
+    tracker = Tracker(resolve_tracking_uri(), "s3")
+    assert tracker.metric_history(result.run_id, "data/skipped") == [(1, 2.0)]
+    assert tracker.metric_history(result.run_id, "data/images_seen") == [(1, 64.0)]
+
+
+def test_too_many_empty_images_stop_the_run_with_one_line(ray_session, workdir, tmp_path):
+    write_folder_with_empty_images(tmp_path / "images", count=64, empty=8)
+    sets = [*TINY, f"data.source={tmp_path / 'images'}", "train.batch_size=32"]
+    result = CliRunner().invoke(main, ["pretrain", "demo", *(f"--set={item}" for item in sets)])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.startswith("mimray: error:")]
+    assert len(lines) == 1, result.output
+    assert "8 of 64 images (12.5%)" in lines[0] and "data.max_skipped_share=1.0%" in lines[0]
+    assert "Traceback" not in result.output
