@@ -13,8 +13,9 @@ Ray Data keeps stored order unless asked, so mimray asks at three levels, chosen
 Repeatability: the orders are seeded from `train.seed` and reseeded per epoch, so epoch e of
 a run is repeatable where Ray Data's execution is deterministic; with several read or decode
 tasks in flight, rows can still arrive in a different interleaving (Ray's own caveat). Crops
-and flips draw fresh entropy and are not repeatable. A resumed run continues with the epochs
-it has left; their orders are drawn anew (Ray counts executions per process), not replayed.
+and flips draw fresh entropy and are not repeatable. After a resume, each epoch's buffer seed
+is its own epoch's; Ray Data counts file/block reshuffles per driver process, so the resumed
+driver's first epoch gets a first epoch's file order.
 """
 
 from __future__ import annotations
