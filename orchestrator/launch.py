@@ -28,8 +28,8 @@ from orchestrator.tracking import (
     resolve_tracking_uri,
 )
 from workloads.data import DatasetInfo, build_dataset, describe_source
-from workloads.data.augment import pretraining_view
-from workloads.data.sources import is_stored_source
+from workloads.data.stream import order_seed, pretraining_view
+from workloads.methods import train_img_size
 from workloads.pretrain import Schedule, make_schedule, train_loop_per_worker
 
 
@@ -149,13 +149,6 @@ def build_trainer(
     # and Ray Train's per-report INFO lines would bury them.
     DataContext.get_current().enable_progress_bars = False
 
-    dataset = build_dataset(
-        spec.data.source,
-        img_size=spec.model.img_size,
-        split="train",
-        num_images=spec.data.num_images,
-        seed=spec.data.seed,
-    )
     monitor, monitor_datasets = knn_monitor(spec)
     return TorchTrainer(
         train_loop_per_worker,
@@ -177,7 +170,7 @@ def build_trainer(
             logging_config=LoggingConfig(log_level="WARNING"),
             callbacks=callbacks or None,
         ),
-        datasets={"train": training_stream(spec, dataset), **monitor_datasets},
+        datasets={"train": training_stream(spec), **monitor_datasets},
     )
 
 
@@ -205,7 +198,11 @@ def check_trainable(spec: RunSpec) -> tuple[DatasetInfo, Schedule]:
     missing bucket, bad credentials or a batch larger than the data fail here, in seconds,
     before anything is recorded."""
     info = describe_source(
-        spec.data.source, split="train", num_images=spec.data.num_images, seed=spec.data.seed
+        spec.data.source,
+        split="train",
+        num_images=spec.data.num_images,
+        seed=spec.data.seed,
+        columns=spec.data.columns(),
     )
     for evaluation in spec.eval:  # labelled data of chained evaluations must be readable too
         describe_eval_data(evaluation, spec.model_dump(mode="json"))
@@ -229,8 +226,10 @@ def knn_monitor(spec: RunSpec) -> tuple[dict[str, Any] | None, dict[str, Any]]:
         "num_classes": data.train.num_classes,
     }
     datasets = {
-        "knn_train": labelled_dataset(data.train, data.img_size, evaluation.data.seed),
-        "knn_val": labelled_dataset(data.val, data.img_size, evaluation.data.seed),
+        "knn_train": labelled_dataset(
+            data.train, data.img_size, evaluation.data.seed, data.columns
+        ),
+        "knn_val": labelled_dataset(data.val, data.img_size, evaluation.data.seed, data.columns),
     }
     return settings, datasets
 
@@ -334,12 +333,22 @@ def execute_run(
     )
 
 
-def training_stream(spec: RunSpec, dataset: Any) -> Any:
-    """Stored images are cropped and flipped as they are decoded, and flag undecodable rows;
-    built-in images only need the flip."""
-    if is_stored_source(spec.data.source):
-        return pretraining_view(dataset, hflip=False, with_ok=True)
-    return pretraining_view(dataset, hflip=spec.data.hflip)
+def training_stream(spec: RunSpec) -> Any:
+    """The pretraining data as the workers consume it: MAE's crop and flip while decoding,
+    file/block order reshuffled every epoch (plus the workers' shuffle buffer, see
+    `workloads/data/stream.py`), and only the image and its decodable flag."""
+    dataset = build_dataset(
+        spec.data.source,
+        # Latent MIM's gap grid crops its cells from a larger image, at native resolution.
+        img_size=train_img_size(spec.model_dump(mode="json")),
+        split="train",
+        num_images=spec.data.num_images,
+        seed=spec.data.seed,
+        augmentation=spec.data.augmentation(),
+        order_seed=order_seed(spec.data.shuffle, spec.train.seed),
+        columns=spec.data.columns(),
+    )
+    return pretraining_view(dataset, spec.data.shuffle, spec.train.seed)
 
 
 def _already_complete(tracker: Tracker, run: PreparedRun) -> PretrainResult | None:

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from workloads.data.stream import batch_shuffle_options
 from workloads.methods import get_method
 from workloads.metrics import TrainingMetrics
 from workloads.optim import build_optimizer, lr_at, scaled_lr, set_lr
@@ -195,6 +196,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     prefetch_batches=2,
                     # Pinned host batches make the copy to the GPU asynchronous.
                     pin_memory=device.type == "cuda",
+                    # A new row order every epoch (file/block order is reshuffled upstream).
+                    **batch_shuffle_options(
+                        spec["data"].get("shuffle", "buffer"),
+                        spec["data"].get("shuffle_buffer", 1024),
+                        train["seed"],
+                        epoch,
+                        rank,
+                    ),
                 )
             )
             seen = skipped = 0
