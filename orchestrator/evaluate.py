@@ -262,14 +262,17 @@ def _build_trainer(
 def chained_evaluations(
     spec_evals: list[EvalSpec], checkpoints: list[Checkpoint], final_epoch: int
 ) -> list[tuple[Checkpoint, EvalSpec]]:
-    """(checkpoint, eval) pairs a run's `eval:` list asks for: the final checkpoint, and every
-    N epochs where `every` is set."""
+    """(checkpoint, eval) pairs a run's `eval:` list asks for: the final checkpoint, every
+    N epochs where `every` is set, and the untrained encoder (epoch 0) where `baseline` is."""
     pairs = []
     for spec in spec_evals:
         for checkpoint in checkpoints:
-            due = checkpoint.epoch == final_epoch or (
-                spec.every is not None and checkpoint.epoch % spec.every == 0
-            )
+            if checkpoint.epoch == 0:
+                due = spec.baseline
+            else:
+                due = checkpoint.epoch == final_epoch or (
+                    spec.every is not None and checkpoint.epoch % spec.every == 0
+                )
             if due:
                 pairs.append((checkpoint, spec))
     return pairs
@@ -286,13 +289,26 @@ def run_chained_evaluations(
     if not spec_evals:
         return []
     client = open_store(tracking_uri)
-    checkpoints = run_checkpoints(client, client.get_run(run_id))
+    run = client.get_run(run_id)
+    checkpoints = run_checkpoints(client, run)
+    if checkpoints and any(spec.baseline for spec in spec_evals):
+        _record_baseline(client, tracking_uri, run, checkpoints[-1])
+        checkpoints = run_checkpoints(client, run)
     results = []
     for checkpoint, spec in chained_evaluations(spec_evals, checkpoints, final_epoch):
         result = evaluate_checkpoint(checkpoint, spec, tracking_uri, address)
         print_result(result)
         results.append(result)
     return results
+
+
+def _record_baseline(client: Any, tracking_uri: str, run: Any, last: Checkpoint) -> None:
+    """The run's untrained encoder as its epoch-0 checkpoint (see `orchestrator.baseline`)."""
+    from orchestrator.baseline import ensure_baseline_model  # torch: only when asked for
+
+    tracker = Tracker.for_experiment_id(tracking_uri, run.info.experiment_id)
+    spec = read_checkpoint_spec(last.uri)
+    ensure_baseline_model(client, tracker, run, spec, run_path=last.uri.rsplit("/", 1)[0])
 
 
 def print_result(result: EvalResult) -> None:

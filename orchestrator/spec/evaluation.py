@@ -70,6 +70,11 @@ class EvalSpec(Section):
     every: int | None = Field(
         None, ge=1, description="chained: also evaluate every N epochs (default: final only)"
     )
+    baseline: bool = Field(
+        False,
+        description="chained: also evaluate the untrained encoder of the run (same spec and "
+        "seed; recorded as its epoch-0 checkpoint)",
+    )
     data: EvalDataSpec = Field(default_factory=EvalDataSpec)
     knn: KnnSpec = Field(default_factory=KnnSpec)
     linear: LinearSpec = Field(default_factory=LinearSpec)
@@ -79,8 +84,8 @@ class EvalSpec(Section):
     def settings(self) -> dict[str, Any]:
         """What decides the result: the protocol, its own section, pooling, data and seed.
 
-        Scaling and `every` are left out (they change how, not what), and so are the other
-        protocols' sections.
+        Scaling, `every` and `baseline` are left out (they change how or which checkpoints,
+        not what), and so are the other protocols' sections.
         """
         tree = self.model_dump(mode="json")
         return {
