@@ -28,6 +28,7 @@ def report(sweep: str, out: Path | None, experiment: str | None, tracking_uri: s
     Writes report.md and report.html (plots inline) and attaches both to the sweep's parent
     run in MLflow under report/."""
     from orchestrator.cli_common import console, fail
+    from orchestrator.paper_directions import compare_pairs
     from orchestrator.report import ReportError, attach_report, build_report
     from orchestrator.report_render import report_paths, rich_table, write_report
     from orchestrator.tracking import resolve_tracking_uri
@@ -40,6 +41,13 @@ def report(sweep: str, out: Path | None, experiment: str | None, tracking_uri: s
     paths = write_report(built, report_paths(out, sweep))
     logged = attach_report(built, paths)
     console.print(rich_table(built))
+    for pair in compare_pairs(built):
+        measured = "; ".join(f"{c.column.key} {c.verdict}" for c in pair.comparisons)
+        console.print(
+            f"paper direction {pair.claim.name!r} ({pair.better.label} vs {pair.worse.label}): "
+            f"{pair.verdict}" + (f" [{measured}]" if measured else ""),
+            markup=False,
+        )
     if not built.has_evals:
         console.print(
             "No evaluation runs recorded for this sweep yet: the table shows pretraining loss only."

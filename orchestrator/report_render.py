@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from rich.table import Table
 
+from orchestrator.paper_directions import compare_pairs, direction_lines
 from orchestrator.report import Cell, Column, Report, short_keys
 
 if TYPE_CHECKING:
@@ -55,6 +56,12 @@ def notes(report: Report) -> list[str]:
         "(higher is better).",
         f"Bold: best in its column. {MISSING}: not recorded.",
     ]
+    if any(c.epoch == 0 for c in report.columns):
+        lines.append(
+            "`PROTOCOL@e0`: the random-init baseline, i.e. the untrained encoder of the same "
+            "spec and seed (the weights the run started from, recorded as its epoch-0 "
+            "checkpoint and evaluated like the others)."
+        )
     if not report.has_evals:
         lines.append(
             "No evaluation runs recorded for this sweep yet: the table shows pretraining loss "
@@ -78,6 +85,7 @@ def render_markdown(report: Report) -> str:
     for row in body:
         lines.append("| " + " | ".join(f"**{t}**" if bold else t for t, bold in row) + " |")
     lines += ["", *(f"- {note}" for note in notes(report)), ""]
+    lines += direction_lines(report, compare_pairs(report))
     return "\n".join(lines)
 
 
@@ -147,12 +155,37 @@ def render_html(report: Report) -> str:
 {report.eval_runs} evaluation runs; tracking URI <code>{esc(report.tracking_uri)}</code>.</p>
 <table id="ablation"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>
 <ul class="notes">{note_items}</ul>
+{_directions_html(report)}
 {figures}
 <h2>Trials</h2>
 <table id="trials"><thead><tr><th class="knob">trial</th><th class="knob">run id</th>
 <th>seed</th><th>status</th><th>final loss</th></tr></thead><tbody>{trials}</tbody></table>
 </body></html>
 """
+
+
+def _directions_html(report: Report) -> str:
+    """The paper-direction pairs (see `paper_directions`) as one table per pair."""
+    esc = html.escape
+    parts = []
+    for pair in compare_pairs(report):
+        rows = "".join(
+            f"<tr><td class='knob'>{esc(c.column.key)}</td>"
+            f"<td>{esc(format_cell(c.column, c.better))}</td>"
+            f"<td>{esc(format_cell(c.column, c.worse))}</td>"
+            f"<td>{(c.better.mean - c.worse.mean) * 100:+.1f}</td>"
+            f"<td class='knob'>{esc(c.verdict)}</td></tr>"
+            for c in pair.comparisons
+        )
+        parts.append(
+            f"<h3>{esc(pair.claim.name)}: {esc(pair.verdict)}</h3>"
+            f"<p class='meta'>{esc(pair.claim.source)}. Better arm "
+            f"<code>{esc(pair.better.label)}</code> vs <code>{esc(pair.worse.label)}</code>."
+            "</p><table class='directions'><thead><tr><th class='knob'>metric</th>"
+            "<th>paper's better arm</th><th>other arm</th><th>difference</th>"
+            f"<th class='knob'>verdict</th></tr></thead><tbody>{rows}</tbody></table>"
+        )
+    return f"<h2>Paper directions</h2>{''.join(parts)}" if parts else ""
 
 
 def write_report(report: Report, out_dir: Path) -> list[Path]:
