@@ -130,6 +130,7 @@ def _local_utils_class() -> type:
             self._report_to_tune = report_to_tune
             self._last_checkpoint = store.latest()
             self._last_metrics = {}
+            self._pending: dict[str, Any] | None = None
 
         def report(
             self,
@@ -138,18 +139,54 @@ def _local_utils_class() -> type:
             checkpoint_dir_name: str | None = None,
             **_: Any,
         ) -> None:
+            self.send_to_tune()  # one left pending when the loop had no reporter
             if checkpoint is not None:
                 dir_name = checkpoint_dir_name or f"checkpoint_{len(metrics)}"
                 self._last_checkpoint = self._store.persist(checkpoint, dir_name)
             self._last_metrics = dict(metrics)
             if self._report_to_tune:
-                from ray import tune
+                # A checkpointed epoch goes to Tune once the loop has recorded it in MLflow
+                # (right after this call): Tune may stop the trial at this report (ASHA),
+                # and nothing of the epoch must be lost to that.
+                self._pending = dict(metrics)
+                if checkpoint is None:
+                    self.send_to_tune()
 
-                # The checkpoint stays in Ray storage (a restored trial resumes from it by
-                # name); handing it to Tune too would copy the weights a second time.
-                tune.report(dict(metrics))
+        def send_to_tune(self) -> None:
+            """Report the pending epoch to Tune; raises SystemExit when Tune stops the trial.
+
+            The checkpoint stays in Ray storage (a restored trial resumes from it by name);
+            handing it to Tune too would copy the weights a second time."""
+            if self._pending is None:
+                return
+            from ray import tune
+
+            pending, self._pending = self._pending, None
+            tune.report(pending)
 
     return PersistingLocalTrainFnUtils
+
+
+class TuneAfterCheckpointReporter:
+    """The loop's reporter, sending a checkpointed epoch to Tune once it is recorded (the
+    loop logs a checkpoint right after reporting it to Ray Train)."""
+
+    def __init__(self, inner: Any, utils: Any) -> None:
+        self.inner, self.utils = inner, utils
+
+    def start(self) -> None:
+        self.inner.start()
+
+    def log_metrics(self, metrics: Any, step: int) -> None:
+        self.inner.log_metrics(metrics, step)
+
+    def log_checkpoint(self, uri: str, epoch: int, step: int, metrics: Any) -> str | None:
+        model_id = self.inner.log_checkpoint(uri, epoch, step, metrics)
+        self.utils.send_to_tune()
+        return model_id
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 def in_tune_trial() -> bool:
@@ -210,8 +247,14 @@ def fit_in_process(
         utils = utils_class(trainer.run_config.name, datasets, store, report_to_tune)
         set_train_fn_utils(utils)
         try:
+            attempt_config = pickle.loads(config)
+            if attempt_config.get("reporter") is not None:
+                attempt_config["reporter"] = TuneAfterCheckpointReporter(
+                    attempt_config["reporter"], utils
+                )
             with _torch_threads(cpus), _train_api_inside_tune(report_to_tune):
-                trainer.train_loop_per_worker(pickle.loads(config))
+                trainer.train_loop_per_worker(attempt_config)
+                utils.send_to_tune()
             return InProcessResult(utils._last_metrics, utils._last_checkpoint)
         except Exception as err:  # not Ctrl-C, and not Tune's stop (SystemExit)
             if report_to_tune or attempt >= max_failures:

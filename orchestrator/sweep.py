@@ -184,6 +184,11 @@ def run_sweep(
         tracker.finish_run(parent_run_id, status="KILLED")
         raise
     outcomes = _outcomes(trials, grid)
+    for outcome in outcomes:
+        if outcome.status == "FINISHED" and outcome.epochs != outcome.trial.spec.train.epochs:
+            # Stopped early by the scheduler: Tune ends the trial's process, which may not
+            # get to close its MLflow run.
+            tracker.finish_run(runs[outcome.trial.index].run_id)
     tracker.log_text(parent_run_id, summary_markdown(outcomes), "summary.md")
     tracker.log_text(
         parent_run_id, json.dumps([_as_row(o) for o in outcomes], indent=2), "summary.json"

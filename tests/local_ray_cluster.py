@@ -157,8 +157,14 @@ class LocalRayCluster:
         return self.state("nodes", state="ALIVE")
 
     def train_worker_nodes(self) -> set[str]:
-        """Ids of the nodes that Ray Train worker actors ran on (alive or finished)."""
-        return {actor["node_id"] for actor in self.state("actors", class_name="RayTrainWorker")}
+        """Ids of the nodes that trained (alive or finished): Ray Train worker actors, or Tune
+        trials (`ImplicitFunc`) that train in-process, as one-worker trials do. Use it for
+        sweeps whose trials are all one kind: a multi-worker trial's driver trains nothing."""
+        return {
+            actor["node_id"]
+            for kind in ("RayTrainWorker", "ImplicitFunc")
+            for actor in self.state("actors", class_name=kind)
+        }
 
     def stop(self) -> None:
         for group in self.groups:

@@ -77,3 +77,34 @@ def test_pretrain_records_run_and_checkpoints_then_resumes_same_run(ray_session,
     # The data is declared once, however often the run is resumed.
     resumed_run = tracker.client.get_run(first.run_id)
     assert len(resumed_run.inputs.dataset_inputs) == 1
+
+
+def test_one_worker_run_trains_in_process_and_resumes_into_the_same_run(ray_session, workdir):
+    from ray.util.state import list_actors
+
+    def train_workers() -> int:
+        address = ray_session.get_runtime_context().gcs_address  # other Rays may be running
+        found = list_actors(address, filters=[("class_name", "=", "RayTrainWorker")], limit=1000)
+        return len(found)
+
+    workers_before = train_workers()
+    one = [*TINY, "scaling.num_workers=1", "data.num_images=128", "tracking.system_metrics=false"]
+    first = run_pretrain(load_spec("demo", [*one, "train.epochs=2"]), name="solo")
+    assert (first.resumed, first.epochs_done) == (False, 2)
+    assert train_workers() == workers_before  # trained in this process: no worker group
+
+    tracker = Tracker(resolve_tracking_uri(), "e2e")
+    models = tracker.checkpoint_models(first.run_id)
+    assert [m.params["epoch"] for m in models] == ["1", "2"]
+    for model in models:  # persisted to the run's storage, where Ray Train would put them
+        uri = model.tags[CHECKPOINT_URI_TAG]
+        assert uri.endswith(f"mimray-runs/ray/solo/checkpoint_epoch_000{model.params['epoch']}")
+        assert (Path(uri) / "checkpoint.pt").is_file(), uri
+
+    second = run_pretrain(load_spec("demo", [*one, "train.epochs=3"]), name="solo")
+    assert (second.resumed, second.run_id, second.epochs_done) == (True, first.run_id, 3)
+    assert [s for s, _ in tracker.metric_history(first.run_id, "epoch/loss")] == [1, 2, 3]
+    # 128 images / batch 64 = 2 steps per epoch: epoch 3 alone was trained on resume.
+    assert [s for s, _ in tracker.metric_history(first.run_id, "train/loss")] == list(range(1, 7))
+    assert [m.params["epoch"] for m in tracker.checkpoint_models(first.run_id)] == ["1", "2", "3"]
+    assert tracker.client.get_run(first.run_id).info.status == "FINISHED"

@@ -1,0 +1,110 @@
+"""The in-process path of one-worker runs, without Ray workers: a training function written
+against Ray Train's API (`ray.train.report`, `get_checkpoint`, `get_context`) has its
+checkpoints persisted to the run's storage, resumes from the last one, and is retried from it
+after a failure."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from types import SimpleNamespace
+
+import pytest
+
+from orchestrator.local_fit import CheckpointStore, fit_in_process
+
+
+def epoch_loop(config: dict) -> None:
+    """A tiny loop in the shape of workloads/pretrain.py: resume, train epochs, checkpoint."""
+    import ray.train
+
+    context = ray.train.get_context()
+    assert (context.get_world_rank(), context.get_world_size()) == (0, 1)
+    start = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            with open(os.path.join(folder, "checkpoint.pt")) as f:
+                start = int(f.read())
+    config["log"].append(("start", start))
+    for epoch in range(start + 1, config["epochs"] + 1):
+        if epoch == config.get("fail_at") and not os.path.exists(config["failed_once"]):
+            open(config["failed_once"], "w").close()
+            raise RuntimeError(f"worker lost at epoch {epoch}")
+        with tempfile.TemporaryDirectory() as folder:
+            with open(os.path.join(folder, "checkpoint.pt"), "w") as f:
+                f.write(str(epoch))
+            ray.train.report(
+                {"epoch": epoch, "loss": 1.0 / epoch},
+                checkpoint=ray.train.Checkpoint.from_directory(folder),
+                checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}",
+            )
+
+
+class SharedLog(list):
+    """Survives the pickling of the config per attempt: appends go to one module-level list."""
+
+    entries: list = []
+
+    def append(self, item) -> None:
+        SharedLog.entries.append(item)
+
+    def __reduce__(self):
+        return (SharedLog, ())
+
+
+def fake_trainer(tmp_path, **config):
+    return SimpleNamespace(
+        train_loop_per_worker=epoch_loop,
+        train_loop_config={"log": SharedLog(), "failed_once": str(tmp_path / "failed"), **config},
+        datasets={},
+        run_config=SimpleNamespace(name="run"),
+    )
+
+
+def checkpoints(run_path) -> list[str]:
+    return sorted(p.name for p in run_path.iterdir())
+
+
+@pytest.fixture(autouse=True)
+def fresh_log():
+    SharedLog.entries = []
+
+
+def test_checkpoints_persist_resume_by_name_and_prune(tmp_path):
+    run_path = tmp_path / "ray" / "run"
+    result = fit_in_process(
+        fake_trainer(tmp_path, epochs=3), str(run_path), keep=None, max_failures=0, cpus=1
+    )
+    assert result.metrics == {"epoch": 3, "loss": 1 / 3}
+    assert checkpoints(run_path) == [f"checkpoint_epoch_000{e}" for e in (1, 2, 3)]
+    assert result.checkpoint.path.endswith("checkpoint_epoch_0003")
+    assert (run_path / "checkpoint_epoch_0002" / "checkpoint.pt").read_text() == "2"
+
+    # The same run again with more epochs starts after its last persisted checkpoint; with
+    # keep=2 the oldest ones go.
+    fit_in_process(fake_trainer(tmp_path, epochs=5), str(run_path), keep=2, max_failures=0, cpus=1)
+    assert SharedLog.entries == [("start", 0), ("start", 3)]
+    assert checkpoints(run_path) == ["checkpoint_epoch_0004", "checkpoint_epoch_0005"]
+
+
+def test_a_failed_attempt_is_retried_from_the_last_checkpoint(tmp_path):
+    run_path = tmp_path / "run"
+    trainer = fake_trainer(tmp_path, epochs=4, fail_at=3)
+    result = fit_in_process(trainer, str(run_path), keep=None, max_failures=1, cpus=1)
+    assert SharedLog.entries == [("start", 0), ("start", 2)]  # epochs 1-2 were not redone
+    assert result.metrics["epoch"] == 4
+    assert len(checkpoints(run_path)) == 4
+
+    os.remove(tmp_path / "failed")
+    with pytest.raises(RuntimeError, match="worker lost at epoch 5"):
+        fit_in_process(fake_trainer(tmp_path, epochs=6, fail_at=5), str(run_path), None, 0, cpus=1)
+
+
+def test_an_interrupted_copy_is_not_a_checkpoint(tmp_path):
+    run_path = tmp_path / "run"
+    (run_path / "checkpoint_epoch_0007").mkdir(parents=True)  # no state file: copy cut short
+    (run_path / "checkpoint_epoch_0002").mkdir()
+    (run_path / "checkpoint_epoch_0002" / "checkpoint.pt").write_text("2")
+    latest = CheckpointStore(str(run_path), keep=None).latest()
+    assert latest.path.endswith("checkpoint_epoch_0002")
