@@ -1,7 +1,8 @@
 """The lineage tree of a run or checkpoint: sweep -> trial runs -> checkpoints -> evaluations.
 
 Built from MLflow alone (tags, LoggedModels and dataset inputs), as plain data for `--json`
-and as a rich Tree for the terminal.
+and as a rich Tree for the terminal. A sweep's tree is read in a bounded number of queries
+(`lookup`): its trials, their eval runs and their checkpoints in bulk, not per trial.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from rich.tree import Tree
 
 from orchestrator.lookup import (
     checkpoint_models,
+    checkpoint_models_of,
     eval_runs_of,
     find_named_run,
     find_sweep,
@@ -19,6 +21,7 @@ from orchestrator.lookup import (
     get_run,
     is_result_metric,
     open_store,
+    sweep_eval_runs,
     sweep_trials,
 )
 from orchestrator.spec import ConfigError
@@ -54,15 +57,24 @@ def lineage(tracking_uri: str, target: str) -> dict[str, Any]:
 
     if run.data.tags.get(KIND_TAG) == "sweep":
         sweep, pretrain_runs = run, sweep_trials(client, run)
+        evals = sweep_eval_runs(client, run)
+        models = checkpoint_models_of(
+            client, run.info.experiment_id, [r.info.run_id for r in pretrain_runs]
+        )
     else:
         parent_id = run.data.tags.get("mlflow.parentRunId")
         parent = get_run(client, parent_id) if parent_id else None
         is_sweep = parent is not None and parent.data.tags.get(KIND_TAG) == "sweep"
         sweep, pretrain_runs = (parent if is_sweep else None), [run]
+        evals = {run.info.run_id: eval_runs_of(client, run)}
+        models = {run.info.run_id: checkpoint_models(client, run)}
     return {
         "tracking_uri": tracking_uri,
         "sweep": _run_summary(sweep) if sweep is not None else None,
-        "runs": [_pretrain_node(client, r, only_model) for r in pretrain_runs],
+        "runs": [
+            _pretrain_node(r, evals.get(r.info.run_id, []), models[r.info.run_id], only_model)
+            for r in pretrain_runs
+        ],
     }
 
 
@@ -87,9 +99,12 @@ def _datasets(run: Any) -> list[dict[str, str]]:
     ]
 
 
-def _pretrain_node(client: Any, run: Any, only_model: str | None) -> dict[str, Any]:
+def _pretrain_node(
+    run: Any, evals: list[Any], models: list[Any], only_model: str | None
+) -> dict[str, Any]:
+    """The run with its checkpoints (`models`, oldest first), each with its `evals`."""
     evals_by_model: dict[str, list[dict[str, Any]]] = {}
-    for evaluation in eval_runs_of(client, run):
+    for evaluation in evals:
         evals_by_model.setdefault(evaluation.data.tags.get(MODEL_ID_TAG, ""), []).append(
             {
                 **_run_summary(evaluation),
@@ -106,7 +121,7 @@ def _pretrain_node(client: Any, run: Any, only_model: str | None) -> dict[str, A
             "uri": model.params.get("checkpoint_uri"),
             "evals": sorted(evals_by_model.get(model.model_id, []), key=lambda e: e["protocol"]),
         }
-        for model in checkpoint_models(client, run)
+        for model in models
         if only_model is None or model.model_id == only_model
     ]
     return {

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.lookup import open_store, search_all, sweep_trials
+from orchestrator.lookup import metric_histories, open_store, search_all, sweep_trials
 from orchestrator.spec import ConfigError
 from orchestrator.tracking import (
     CHECKPOINT_EPOCH_TAG,
@@ -149,8 +149,12 @@ def build_report(tracking_uri: str, experiment: str | None, sweep_name: str) -> 
     experiment_id = parent.info.experiment_id
     knob_keys = _knob_keys(client, parent)
 
-    trials = [_trial_record(client, run, knob_keys) for run in sweep_trials(client, parent)]
-    columns, cells_by_trial, used = _eval_cells(client, experiment_id, {t.run_id for t in trials})
+    trial_runs = sweep_trials(client, parent)
+    losses = metric_histories(client, [run.info.run_id for run in trial_runs], LOSS_METRIC)
+    trials = [_trial_record(run, losses[run.info.run_id], knob_keys) for run in trial_runs]
+    columns, cells_by_trial, used = _eval_cells(
+        client, experiment_id, sweep_name, {t.run_id for t in trials}
+    )
     loss = Column("loss", LOSS_METRIC, higher_is_better=False)
     rows = _rows(trials, knob_keys)
     for row in rows:
@@ -239,10 +243,12 @@ def _no_progress_bar() -> Iterator[None]:
             os.environ[name] = before
 
 
-def _trial_record(client: Any, run: Any, knob_keys: list[str]) -> TrialRecord:
-    history = client.get_metric_history(run.info.run_id, LOSS_METRIC)
+def _trial_record(
+    run: Any, history: list[tuple[int, int, float]], knob_keys: list[str]
+) -> TrialRecord:
+    """`history`: the run's (step, timestamp, value) points of the loss metric."""
     # Sorted by (step, time): a resumed epoch logged twice keeps its last value below.
-    curve = [(m.step, m.value) for m in sorted(history, key=lambda m: (m.step, m.timestamp))]
+    curve = [(step, value) for step, _, value in sorted(history, key=lambda p: (p[0], p[1]))]
     params = run.data.params
     return TrialRecord(
         run_id=run.info.run_id,
@@ -256,14 +262,19 @@ def _trial_record(client: Any, run: Any, knob_keys: list[str]) -> TrialRecord:
 
 
 def _eval_cells(
-    client: Any, experiment_id: str, trial_ids: set[str]
+    client: Any, experiment_id: str, sweep_name: str, trial_ids: set[str]
 ) -> tuple[list[Column], dict[tuple[str, str], float | None], int]:
     """Columns found among the trials' eval runs, and each (trial, column) value.
 
-    When an evaluation was run more than once, the latest run counts."""
+    When an evaluation was run more than once, the latest run counts. Eval runs carry their
+    trial's sweep tag, so only this sweep's are read, not every evaluation in the experiment."""
     latest: dict[tuple[str, str], tuple[int, float]] = {}
     columns: dict[str, Column] = {}
-    runs = search_all(client, [experiment_id], f"tags.`{KIND_TAG}` = 'eval'")
+    runs = search_all(
+        client,
+        [experiment_id],
+        f"tags.`{KIND_TAG}` = 'eval' and tags.`{SWEEP_TAG}` = '{sweep_name}'",
+    )
     for run in runs:
         tags = run.data.tags
         protocol = tags.get(EVAL_PROTOCOL_TAG)

@@ -75,9 +75,8 @@ def snapshot(tracker: Tracker, uri: str, trial_ids: list[str]) -> dict[str, Any]
         return json.loads(normalise(result.output, labels, uri))
 
     trial = tracker.client.get_run(trial_ids[1])  # two checkpoints, an eval run twice
-    model_ids = [
-        m for m, label in labels.items() if label.startswith(f"model:{labels[trial_ids[1]]}")
-    ]
+    # Its epoch-3 checkpoint, picked by label: model ids are random.
+    model_ids = [m for m, label in labels.items() if label == f"model:{labels[trial_ids[1]]}:e3"]
     evals = tracker.client.search_runs(  # trial 2: a kNN and a linear evaluation
         [tracker.experiment_id], filter_string=f"tags.`mimray.pretrain_run_id` = '{trial_ids[2]}'"
     )
@@ -99,7 +98,7 @@ def snapshot(tracker: Tracker, uri: str, trial_ids: list[str]) -> dict[str, Any]
         "lineage": {
             "sweep": lineage_json(SWEEP),
             "trial_by_name": lineage_json(trial.info.run_name),
-            "checkpoint": lineage_json(sorted(model_ids)[0]),
+            "checkpoint": lineage_json(model_ids[0]),
             "eval_run": lineage_json(evals[0].info.run_id) if evals else None,
         },
         "eval_targets": json.loads(normalise(json.dumps(checkpoints), labels, uri)),
