@@ -16,6 +16,7 @@ from orchestrator.eval_data import EvalData, describe_eval_data, labelled_datase
 from orchestrator.launch import ensure_ray, git_commit, scaling_config
 from orchestrator.lookup import (
     checkpoint_models,
+    checkpoint_models_of,
     find_named_run,
     find_sweep,
     get_checkpoint_model,
@@ -92,10 +93,13 @@ def resolve_checkpoints(tracking_uri: str, target: str) -> list[Checkpoint]:
 
 
 def _sweep_checkpoints(client: Any, parent: Any) -> list[Checkpoint]:
+    """Each trial's last checkpoint: the trials in one search, their checkpoints in bulk."""
+    trials = sweep_trials(client, parent)
+    by_run = checkpoint_models_of(
+        client, parent.info.experiment_id, [run.info.run_id for run in trials]
+    )
     found = [
-        _checkpoint(run, models[-1])
-        for run in sweep_trials(client, parent)
-        if (models := checkpoint_models(client, run))
+        _checkpoint(run, models[-1]) for run in trials if (models := by_run[run.info.run_id])
     ]
     if not found:
         name = parent.data.tags.get(SWEEP_TAG)
