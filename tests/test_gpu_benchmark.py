@@ -103,6 +103,7 @@ def test_compiled_step_runs(capsys):
     )
     (row,) = report["rows"]
     assert row["compile"] is True and "error" not in row and row["images_per_s"] > 0
+    assert row["compiled_graphs"] >= 1  # dynamo captured the step
     assert row["mfu"] is None  # no peak is known for a CPU, and none was given
     assert "MFU not computed" in capsys.readouterr().out
 
