@@ -18,6 +18,7 @@ from typing import Any
 from ray.tune import Callback, PlacementGroupFactory
 from rich.table import Table
 
+from orchestrator import console_log
 from orchestrator.launch import (
     PreparedRun,
     check_trainable,
@@ -73,7 +74,10 @@ def run_trial(config: dict[str, Any], runs: list[PreparedRun]) -> None:
 def open_sweep_runs(
     sweep: SweepSpec, trials: list[Trial], tracker: Tracker, name: str
 ) -> tuple[str, list[PreparedRun]]:
-    """The sweep's parent run and one child run per trial (found again on a re-run)."""
+    """The sweep's parent run and one child run per trial (found again on a re-run).
+
+    The sweep's existing runs are found in one search, not one per trial (`prefetch_runs`)."""
+    tracker.prefetch_runs(SWEEP_TAG, name)
     parent = tracker.open_run(
         key=f"sweep:{name}",
         params={
@@ -101,6 +105,7 @@ def open_sweep_runs(
         )
         for trial in trials
     ]
+    tracker.end_prefetch()
     return parent.run_id, runs
 
 
@@ -178,6 +183,7 @@ def run_sweep(
         f"Ray logs in {ray_log_dir()}",
         flush=True,
     )
+    console_log.gate_library_handlers()  # Tune added its handlers on import
     try:
         grid = tuner.fit()
     except KeyboardInterrupt:

@@ -3,7 +3,15 @@
 
 Driver side: `Tracker` creates the store and experiment (before any worker starts: many
 workers creating a fresh SQLite database at once fail), and finds or creates each run by a
-deterministic key tag, so re-running the same name continues the same run.
+deterministic key tag, so re-running the same name continues the same run. A sweep's runs are
+found in one search (`prefetch_runs`) and each new run is written in two calls (the run with
+its tags, then its params in one batch): creating 1,000 trial runs was 71 s with a search and
+three writes per trial.
+
+SQLite stores run in WAL mode with `synchronous=NORMAL`: every MLflow call is one or more
+transactions, and with the default rollback journal each commit waits for several fsyncs
+(~25 ms each here); in WAL mode a commit is an append, and a crash can lose at most the last
+commits, never corrupt the file. (WAL needs a local disk, not a network filesystem.)
 
 Worker side: `MlflowReporter` is the `workloads.reporting.Reporter` that rank 0 uses to write
 metrics, system metrics and one LoggedModel per checkpoint. The LoggedModel points at the
@@ -12,8 +20,10 @@ checkpoint's URI in Ray storage; the weights are not copied into MLflow.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -69,8 +79,11 @@ class Tracker:
         self.tracking_uri = tracking_uri
         mlflow.set_tracking_uri(tracking_uri)
         if tracking_uri.startswith("sqlite:///"):
-            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            use_wal(Path(tracking_uri.removeprefix("sqlite:///")))
         self.client = MlflowClient(tracking_uri)
+        # Runs of one sweep found in one search, by key (see `prefetch_runs`).
+        self._scope: tuple[str, str] | None = None
+        self._scoped: dict[str, _KnownRun] = {}
         found = self.client.get_experiment_by_name(experiment)
         if found is not None:
             self.experiment_id = found.experiment_id
@@ -102,6 +115,41 @@ class Tracker:
         )
         return runs[0] if runs else None
 
+    def prefetch_runs(self, tag: str, value: str) -> int:
+        """Find every run of the experiment tagged `tag` = `value` (a sweep's parent and
+        trials) in one paginated search; returns how many.
+
+        Until `end_prefetch`, `open_run` finds a run whose tags carry `tag` = `value` among
+        them by its key, without a query of its own, and creates it when it is not there. That
+        is exact because a run gets its tags in the call that creates it: a set-up killed
+        half-way leaves runs that carry the tag, or no run at all. It is meant for one set-up:
+        runs other processes make later are not seen."""
+        self._scope, self._scoped = (tag, value), {}
+        token = None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.`{tag}` = '{value}'",
+                max_results=1000,
+                page_token=token,
+            )
+            for run in page:
+                key = run.data.tags.get(RUN_KEY_TAG)
+                if key is not None and key not in self._scoped:
+                    self._scoped[key] = _KnownRun.of(run)
+            token = page.token
+            if not token:
+                return len(self._scoped)
+
+    def end_prefetch(self) -> None:
+        self._scope, self._scoped = None, {}
+
+    def _existing(self, key: str, tags: Mapping[str, str]) -> _KnownRun | None:
+        if self._scope is not None and tags.get(self._scope[0]) == self._scope[1]:
+            return self._scoped.get(key)
+        found = self.find_run(key)
+        return _KnownRun.of(found) if found is not None else None
+
     def open_run(
         self,
         key: str,
@@ -113,29 +161,44 @@ class Tracker:
         """The run recorded under `key`, reopened; or a new one with `params` logged."""
         from mlflow.entities import Param, RunTag
 
-        existing = self.find_run(key)
-        run_tags = {**tags, RUN_KEY_TAG: key}
+        existing = self._existing(key, tags)
+        run_tags = {**{k: str(v) for k, v in tags.items()}, RUN_KEY_TAG: key}
         if parent_run_id:
             run_tags["mlflow.parentRunId"] = parent_run_id
         if existing is not None:
-            run_id = existing.info.run_id
-            previous = existing.data.tags.get(FINGERPRINT_TAG)
             # The status stays as it was until training really starts (`mark_running`):
-            # a finished sweep trial that is not run again must not look RUNNING.
-            self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in run_tags.items()])
+            # a finished sweep trial that is not run again must not look RUNNING. Only what
+            # changed is written: tags that differ, and params a killed set-up never logged
+            # (a logged param cannot change in MLflow).
+            self._log_batch(
+                existing.run_id,
+                params=[
+                    Param(k, _param_value(v)) for k, v in params.items() if k not in existing.params
+                ],
+                tags=[RunTag(k, v) for k, v in run_tags.items() if existing.tags.get(k) != v],
+            )
             return RunHandle(
-                run_id,
+                existing.run_id,
                 self.experiment_id,
                 resumed=True,
-                previous_fingerprint=previous,
-                previous_status=existing.info.status,
+                previous_fingerprint=existing.tags.get(FINGERPRINT_TAG),
+                previous_status=existing.status,
             )
         run = self.client.create_run(self.experiment_id, run_name=run_name or key, tags=run_tags)
         run_id = run.info.run_id
-        items = [Param(k, _param_value(v)) for k, v in params.items()]
-        for start in range(0, len(items), 100):  # MLflow caps a batch at 100 params
-            self.client.log_batch(run_id, params=items[start : start + 100])
+        items = {k: _param_value(v) for k, v in params.items()}
+        self._log_batch(run_id, params=[Param(k, v) for k, v in items.items()])
+        if self._scope is not None and run_tags.get(self._scope[0]) == self._scope[1]:
+            self._scoped[key] = _KnownRun(run_id, run.info.status, run_tags, items)
         return RunHandle(run_id, self.experiment_id, resumed=False)
+
+    def _log_batch(self, run_id: str, params: list[Any], tags: list[Any] | None = None) -> None:
+        tags = tags or []
+        for start in range(0, max(len(params), 1), 100):  # MLflow caps a batch at 100 params
+            batch = params[start : start + 100]
+            if batch or tags:
+                self.client.log_batch(run_id, params=batch, tags=tags)
+            tags = []
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         self.client.log_text(run_id, text, artifact_file)
@@ -204,6 +267,52 @@ class Tracker:
         )
 
 
+@dataclass(frozen=True)
+class _KnownRun:
+    """What `open_run` needs of a run that already exists."""
+
+    run_id: str
+    status: str
+    tags: Mapping[str, str]
+    params: Mapping[str, str]
+
+    @classmethod
+    def of(cls, run: Any) -> _KnownRun:
+        return cls(run.info.run_id, run.info.status, run.data.tags, run.data.params)
+
+
+def use_wal(db: Path) -> None:
+    """Put the SQLite store at `db` (created if missing) in WAL mode, and make this process's
+    connections to WAL stores commit without waiting for fsync (`synchronous=NORMAL`)."""
+    db.parent.mkdir(parents=True, exist_ok=True)
+    _commit_without_fsync()
+    try:
+        with contextlib.closing(sqlite3.connect(db, timeout=30)) as connection:
+            connection.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the file
+    except sqlite3.OperationalError:
+        pass  # another process holds it in rollback mode right now: works as before
+
+
+_FAST_COMMITS = False
+
+
+def _commit_without_fsync() -> None:
+    global _FAST_COMMITS
+    if _FAST_COMMITS:
+        return
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    def on_connect(connection: Any, _record: Any) -> None:
+        if isinstance(connection, sqlite3.Connection):
+            mode = connection.execute("PRAGMA journal_mode").fetchone()
+            if mode and mode[0] == "wal":  # NORMAL is only crash-safe in WAL mode
+                connection.execute("PRAGMA synchronous=NORMAL")
+
+    event.listen(Engine, "connect", on_connect)
+    _FAST_COMMITS = True
+
+
 def _param_value(value: Any) -> str:
     text = "" if value is None else str(value)
     return text[:6000]  # MLflow's param length limit
@@ -246,6 +355,8 @@ class MlflowReporter:
         from mlflow import MlflowClient
 
         mlflow.set_tracking_uri(self.tracking_uri)
+        if self.tracking_uri.startswith("sqlite:///"):
+            _commit_without_fsync()  # the driver put the store in WAL mode
         self._client = MlflowClient(self.tracking_uri)
         self._last_flush = time.monotonic()
         if self.system_metrics:
