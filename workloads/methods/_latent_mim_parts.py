@@ -15,7 +15,7 @@ from timm.models.vision_transformer import Attention
 from torch import Tensor, nn
 
 from workloads.masking import gather_tokens
-from workloads.models.pos_embed import sincos_pos_embed_2d
+from workloads.models.decoder import SinCosDecoder
 from workloads.models.vit import init_linear_and_norm
 from workloads.patches import patchify
 
@@ -185,7 +185,7 @@ class CrossBlock(nn.Module):
         return queries + self.mlp(self.norm2(queries))
 
 
-class CrossAttentionDecoder(nn.Module):
+class CrossAttentionDecoder(SinCosDecoder):
     """Predicts the target encoder's features at the masked positions from the visible latent.
 
     queries = mask token + visual cues + pos(masked); keys/values = latent + pos(visible).
@@ -200,12 +200,7 @@ class CrossAttentionDecoder(nn.Module):
         num_heads: int = 4,
         mlp_ratio: float = 4.0,
     ) -> None:
-        super().__init__()
-        grid_size = int(round(num_patches**0.5))
-        self.embed = nn.Linear(encoder_dim, decoder_dim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
-        pos = sincos_pos_embed_2d(decoder_dim, grid_size, cls_token=True)
-        self.pos_embed = nn.Parameter(pos.unsqueeze(0), requires_grad=False)  # (1, 1+N, Dd)
+        super().__init__(num_patches, encoder_dim, decoder_dim)
         self.blocks = nn.ModuleList(
             CrossBlock(decoder_dim, num_heads, mlp_ratio) for _ in range(depth)
         )
@@ -218,17 +213,14 @@ class CrossAttentionDecoder(nn.Module):
         """(B, 1+K, De) latent with cls, (B, K) visible, (B, M) masked -> (B, M, De)."""
         x = self.embed(latent)  # (B, 1+K, Dd)
         cls, visible = x[:, :1, :], x[:, 1:, :]
-        patch_pos = self.pos_embed[:, 1:, :].expand(x.shape[0], -1, -1)  # (B, N, Dd)
+        patch_pos = self.patch_positions(x.shape[0])  # (B, N, Dd)
         pe_k = gather_tokens(patch_pos, idx_keep)  # (B, K, Dd)
         pe_q = gather_tokens(patch_pos, idx_mask)  # (B, M, Dd)
         queries = self.mask_token + visual_cues(pe_q, pe_k, visible) + pe_q  # (B, M, Dd)
-        context = torch.cat([cls + self.pos_embed[:, :1, :], visible + pe_k], dim=1)
+        context = torch.cat([cls + self.cls_position(), visible + pe_k], dim=1)
         for block in self.blocks:
             queries = block(queries, context)
         return self.pred(self.norm(queries))
-
-    def no_weight_decay(self) -> set[str]:
-        return {"mask_token", "pos_embed"}
 
 
 # -------------------------------------------------------------------------------- losses

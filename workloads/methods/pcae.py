@@ -117,8 +117,8 @@ class KeptPositionDecoder(MAEDecoder):
         """(B, 1+K, De) latent, (B, K) visible, (B, T) target indices -> (B, T, out_dim)."""
         x = self.embed(latent)  # (B, 1+K, Dd)
         batch = x.shape[0]
-        patch_pos = self.pos_embed[:, 1:, :].expand(batch, -1, -1)  # (B, N, Dd)
-        cls = x[:, :1, :] + self.pos_embed[:, :1, :]
+        patch_pos = self.patch_positions(batch)  # (B, N, Dd)
+        cls = x[:, :1, :] + self.cls_position()
         visible = x[:, 1:, :] + gather_tokens(patch_pos, idx_keep)  # (B, K, Dd)
         queries = self.mask_token + gather_tokens(patch_pos, idx_target)  # (B, T, Dd)
         x = torch.cat([cls, visible, queries], dim=1)

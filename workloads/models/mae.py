@@ -13,12 +13,12 @@ from torch import Tensor, nn
 
 from workloads.losses import masked_mse
 from workloads.masking import MaskIndices, gather_tokens, random_masking
-from workloads.models.pos_embed import sincos_pos_embed_2d
+from workloads.models.decoder import SinCosDecoder
 from workloads.models.vit import ViTEncoder, init_linear_and_norm
 from workloads.patches import patchify
 
 
-class MAEDecoder(nn.Module):
+class MAEDecoder(SinCosDecoder):
     """Light decoder: mask tokens fill the hidden slots, then Blocks predict all patches."""
 
     def __init__(
@@ -31,16 +31,8 @@ class MAEDecoder(nn.Module):
         patch_dim: int = 48,
         mlp_ratio: float = 4.0,
     ) -> None:
-        super().__init__()
-        grid_size = int(round(num_patches**0.5))
-        if grid_size**2 != num_patches:
-            raise ValueError(f"{num_patches} patches do not form a square grid")
+        super().__init__(num_patches, encoder_dim, decoder_dim)
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
-
-        self.embed = nn.Linear(encoder_dim, decoder_dim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
-        pos = sincos_pos_embed_2d(decoder_dim, grid_size, cls_token=True)
-        self.pos_embed = nn.Parameter(pos.unsqueeze(0), requires_grad=False)  # (1, 1+N, Dd)
         self.blocks = nn.ModuleList(
             Block(decoder_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
             for _ in range(depth)
@@ -62,9 +54,6 @@ class MAEDecoder(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.pred(self.norm(x))[:, 1:, :]
-
-    def no_weight_decay(self) -> set[str]:
-        return {"mask_token", "pos_embed"}
 
 
 @dataclass
