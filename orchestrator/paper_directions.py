@@ -3,12 +3,12 @@ paper's way?
 
 A claim names two arms by knob values: the one the paper finds better (`better`) and the one
 it beats (`worse`). Any sweep whose rows contain both arms gets the comparison, the arms
-paired where every other knob of the sweep is equal (so `latent-gap` compares gap 4 with gap
-0 at each mask ratio). For every evaluation column at the final checkpoint, both arms' mean ±
-std over seeds are shown, and the verdict: `agrees` when the better arm's mean is higher,
-`disagrees` when not; `apart` when the intervals mean ± std do not overlap, `overlap` when
-they do (then the direction is within seed noise). A pair agrees overall when every column
-agrees, disagrees when none does, and is `mixed` otherwise.
+paired where every other knob of the sweep that both arms have is equal (so `latent-gap`
+compares gap 4 with gap 0 at each mask ratio). For every evaluation column at the final
+checkpoint, both arms' mean ± std over seeds are shown, and the verdict: `agrees` when the
+better arm's mean is higher, `disagrees` when not; `apart` when the intervals mean ± std do
+not overlap, `overlap` when they do (then the direction is within seed noise). A pair agrees
+overall when every column agrees, disagrees when none does, and is `mixed` otherwise.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def compare_pairs(report: Report, claims: tuple[Claim, ...] = CLAIMS) -> list[Pa
         others = [i for i, key in enumerate(report.knob_keys) if key not in claim_keys]
         for better in _matching(report, claim.better):
             for worse in _matching(report, claim.worse):
-                if any(better.knobs[i] != worse.knobs[i] for i in others):
+                if any(_differ(better.knobs[i], worse.knobs[i]) for i in others):
                     continue
                 comparisons = tuple(
                     Comparison(c, better.cells[c.key], worse.cells[c.key])
@@ -127,6 +127,12 @@ def compare_pairs(report: Report, claims: tuple[Claim, ...] = CLAIMS) -> list[Pa
                 )
                 results.append(PairResult(claim, better, worse, comparisons))
     return results
+
+
+def _differ(one: str | None, other: str | None) -> bool:
+    """A knob that only one arm's method has (None on the other) does not make them differ:
+    SBAM's `delta_r` is no reason not to compare SBAM with MAE."""
+    return one is not None and other is not None and one != other
 
 
 def _matching(report: Report, wanted: Mapping[str, Wanted]) -> list[Row]:

@@ -7,7 +7,8 @@ from orchestrator.paper_directions import compare_pairs
 from orchestrator.report import Cell, Column, Report, Row, TrialRecord, row_label
 from orchestrator.report_render import render_markdown
 
-KNOBS = ["method.name", "method.mask_ratio", "method.k", "method.gamma", "method.gap"]
+KNOBS = ["method.name", "method.mask_ratio", "method.k", "method.gamma", "method.gap",
+         "method.delta_r"]  # fmt: skip
 KNN_E0 = Column("knn@e0", "knn/top1", True, "knn", 0)
 KNN = Column("knn@e20", "knn/top1", True, "knn", 20)
 LINEAR = Column("linear@e20", "linear/top1", True, "linear", 20)
@@ -25,21 +26,21 @@ def _report(rows: list[Row]) -> Report:
 
 
 MAE = _row(
-    ("mae", "0.75", None, None, None),
+    ("mae", "0.75", None, None, None, None),
     {"knn@e0": (0.6, 0.6, 0.6), "knn@e20": (0.80, 0.82, 0.81), "linear@e20": (0.90, 0.91, 0.92)},
 )
 EMAE = _row(  # knn clearly ahead of MAE, linear behind within noise
-    ("emae", None, "4", None, None),
+    ("emae", None, "4", None, None, None),
     {"knn@e0": (0.9, 0.9, 0.9), "knn@e20": (0.90, 0.91, 0.92), "linear@e20": (0.89, 0.92, 0.90)},
 )
-SBAM = _row(  # behind MAE on both, clearly
-    ("sbam", None, None, "0.75", None),
+SBAM = _row(  # behind MAE on both, clearly; delta_r is SBAM's alone, so no reason not to pair
+    ("sbam", None, None, "0.75", None, "0.0"),
     {"knn@e20": (0.70, 0.71, 0.72), "linear@e20": (0.80, 0.81, 0.82)},
 )
 
 
 def _latent(gap: str, ratio: str, top1: float) -> Row:
-    return _row(("latent_mim", ratio, None, None, gap), {"knn@e20": (top1, top1 + 0.01)})
+    return _row(("latent_mim", ratio, None, None, gap, None), {"knn@e20": (top1, top1 + 0.01)})
 
 
 def test_each_claim_pairs_its_two_arms_and_judges_every_final_metric():
