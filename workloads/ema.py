@@ -30,3 +30,36 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
         t.mul_(momentum).add_(o.detach(), alpha=1.0 - momentum)
     for t, o in zip(target.buffers(), online.buffers(), strict=True):
         t.copy_(o)
+
+
+class EMATeacher:
+    """Frozen EMA copies of online modules, stepped together on one momentum schedule.
+
+    `follow(online)` returns the copy; the method registers it under its own attribute, so
+    the copy's checkpoint keys are the method's (`target_encoder.*`, `teacher.*`). This
+    object only remembers the pairs and the schedule (cosine from `base_momentum` to
+    `final_momentum`); it is no nn.Module and holds no state of its own: the momentum is a
+    function of progress, which the method keeps.
+    """
+
+    def __init__(self, base_momentum: float, final_momentum: float = 1.0) -> None:
+        self.base_momentum = base_momentum
+        self.final_momentum = final_momentum
+        self._pairs: list[tuple[nn.Module, nn.Module]] = []
+
+    def follow(self, online: nn.Module) -> nn.Module:
+        """A frozen copy of `online` that `step` keeps as its moving average."""
+        target = frozen_copy(online)
+        self._pairs.append((target, online))
+        return target
+
+    def momentum(self, progress: float) -> float:
+        return cosine_momentum(progress, self.base_momentum, self.final_momentum)
+
+    @torch.no_grad()
+    def step(self, progress: float) -> float:
+        """θ_target ← m·θ_target + (1 − m)·θ_online for every pair; returns m."""
+        momentum = self.momentum(progress)
+        for target, online in self._pairs:
+            ema_update(target, online, momentum)
+        return momentum

@@ -60,7 +60,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from workloads.ema import cosine_momentum, ema_update, frozen_copy
+from workloads.ema import EMATeacher
 from workloads.masking import MaskIndices, gather_tokens, num_kept, random_masking
 from workloads.methods import register_method
 from workloads.methods._latent_mim_parts import (
@@ -72,7 +72,13 @@ from workloads.methods._latent_mim_parts import (
     patch_disc_loss,
     projection_head,
 )
-from workloads.methods.base import Method, MethodKnobs, MethodOutput, no_decay_names
+from workloads.methods.base import (
+    Method,
+    MethodKnobs,
+    MethodOutput,
+    PretrainModel,
+    no_decay_names,
+)
 from workloads.models.vit import ViTEncoder, encoder_from_spec
 
 # Similarity target of the regulariser, from the start to the end of training.
@@ -100,7 +106,7 @@ def sim_target(progress: float) -> float:
     return SIM_TARGET_END + (SIM_TARGET_START - SIM_TARGET_END) * weight
 
 
-class LatentMIM(nn.Module):
+class LatentMIM(PretrainModel):
     """Online encoder + EMA target encoder + cross-attention decoder, PatchDisc loss."""
 
     def __init__(
@@ -116,11 +122,12 @@ class LatentMIM(nn.Module):
     ) -> None:
         super().__init__()
         self.encoder = encoder
-        self.target_encoder = frozen_copy(encoder)
+        self.ema = EMATeacher(momentum_base, final_momentum=1.0)
+        self.target_encoder = self.ema.follow(encoder)
         self.decoder = decoder
         # Per-token head after each encoder; the target's is the EMA of the online one.
         self.projector = projector if projector is not None else nn.Identity()
-        self.target_projector = frozen_copy(self.projector)
+        self.target_projector = self.ema.follow(self.projector)
         self.mask_ratio = mask_ratio
         self.gap = gap
         self.tau = tau
@@ -159,7 +166,7 @@ class LatentMIM(nn.Module):
         logged = torch.stack([loss_patchdisc, loss_sim, sim_pred, sim_visible]).tolist()
         metrics = dict(zip(names, logged, strict=True))
         metrics |= {
-            "ema_momentum": cosine_momentum(self.progress, self.momentum_base, 1.0),
+            "ema_momentum": self.ema.momentum(self.progress),
             "sim_target": target_sim,
             "mask_ratio": masks.idx_mask.shape[1] / self.encoder.num_patches,
             "grid_resampled": float(resampled),
@@ -173,13 +180,10 @@ class LatentMIM(nn.Module):
         tokens = gather_tokens(self.target_encoder.embed_patches(crops), idx_mask)  # (B, M, D)
         return self.target_projector(self.target_encoder.forward_visible(tokens)[:, 1:, :])
 
-    @torch.no_grad()
     def after_optimizer_step(self, progress: float) -> None:
-        """θ_target ← m·θ_target + (1 − m)·θ_online, m = cosine_momentum(progress), for the
-        encoder and its projector."""
-        momentum = cosine_momentum(progress, self.momentum_base, 1.0)
-        ema_update(self.target_encoder, self.encoder, momentum)
-        ema_update(self.target_projector, self.projector, momentum)
+        """Target encoder and projector take their EMA step (momentum cosine from
+        momentum_base to 1); the progress also drives the similarity target."""
+        self.ema.step(progress)
         self.progress = progress
 
     # The schedule position is state: a resumed run must continue the sim target, not restart.

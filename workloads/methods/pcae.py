@@ -32,10 +32,16 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 
-from workloads.ema import cosine_momentum, ema_update, frozen_copy
+from workloads.ema import EMATeacher
 from workloads.masking import gather_tokens, random_masking
 from workloads.methods import register_method
-from workloads.methods.base import Method, MethodKnobs, MethodOutput, no_decay_names
+from workloads.methods.base import (
+    Method,
+    MethodKnobs,
+    MethodOutput,
+    PretrainModel,
+    no_decay_names,
+)
 from workloads.models.mae import MAEDecoder
 from workloads.models.vit import ViTEncoder, encoder_from_spec
 
@@ -133,7 +139,7 @@ def cosine_feature_loss(pred: Tensor, target: Tensor) -> Tensor:
     return (1.0 - F.cosine_similarity(pred.float(), target, dim=-1)).mean()
 
 
-class PCAE(nn.Module):
+class PCAE(PretrainModel):
     """Student (encoder + decoder) regressing an EMA teacher's progressively compressed tokens."""
 
     def __init__(
@@ -148,12 +154,13 @@ class PCAE(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
-        self.teacher = frozen_copy(encoder)
+        self.ema = EMATeacher(momentum, final_momentum=1.0)
+        self.teacher = self.ema.follow(encoder)
         self.mask_ratio = mask_ratio
         self.keep_ratio = keep_ratio
         self.drop_after = tuple(drop_after)
         self.base_momentum = momentum
-        self.ema_momentum = cosine_momentum(0.0, momentum)
+        self.ema_momentum = self.ema.momentum(0.0)
 
     def forward(self, imgs: Tensor, generator: torch.Generator | None = None) -> MethodOutput:
         masks = random_masking(
@@ -172,11 +179,9 @@ class PCAE(nn.Module):
         }
         return MethodOutput(loss=loss, metrics=metrics)
 
-    @torch.no_grad()
     def after_optimizer_step(self, progress: float) -> None:
         """Teacher <- EMA of the student encoder, momentum on a cosine from base to 1."""
-        self.ema_momentum = cosine_momentum(progress, self.base_momentum)
-        ema_update(self.teacher, self.encoder, self.ema_momentum)
+        self.ema_momentum = self.ema.step(progress)
 
     def no_weight_decay(self) -> set[str]:
         return no_decay_names(encoder=self.encoder, decoder=self.decoder)
