@@ -1,20 +1,23 @@
-"""What a pretraining method is to mimray: its knobs and how to build its model.
+"""What a pretraining method is to mimray: its knobs, how to build its model, and the
+contract that model keeps.
 
 A method is a plug-in. Its module declares a `MethodKnobs` subclass (the knobs a sweep can
 vary, with defaults and bounds) and a builder that turns the model section of a run spec plus
-those knobs into an `nn.Module` whose forward pass returns a `MethodOutput`. The pretrain loop
-only ever sees that interface, so a new method never touches the loop or the orchestrator.
+those knobs into a `PretrainModel`. The pretrain loop, the optimizer and evaluation only ever
+use that contract, so a new method never touches the loop, evaluation or the orchestrator.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
+
+from workloads.models.vit import ViTEncoder
 
 
 class MethodKnobs(BaseModel):
@@ -33,7 +36,35 @@ class MethodOutput:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-ModelBuilder = Callable[[Mapping[str, Any], MethodKnobs], nn.Module]
+class PretrainModel(nn.Module):
+    """The contract of every method's model; the loop, optimizer and evaluation call only this.
+
+    - `encoder`: the online ViTEncoder, the representation evaluation loads. Its weights sit
+      under the state-dict key prefix `encoder_key` (a submodule named `encoder` unless the
+      class says otherwise); EMA copies live under other names.
+    - `forward(imgs)`: (B, C, H, W) normalised images -> `MethodOutput`, a scalar loss and
+      plain-float metrics.
+    - `after_optimizer_step(progress)`: called after every optimizer step with the share of
+      training done (0..1); EMA targets follow the online weights here. No-op by default.
+    - `no_weight_decay()`: names (as in `named_parameters`) kept out of weight decay besides
+      biases and norms.
+    """
+
+    encoder: ViTEncoder
+    # State-dict prefix of `encoder` (no trailing dot); evaluation reads the weights under it.
+    encoder_key: ClassVar[str] = "encoder"
+
+    def forward(self, imgs: torch.Tensor) -> MethodOutput:
+        raise NotImplementedError
+
+    def after_optimizer_step(self, progress: float) -> None:
+        """Nothing to update by default: only methods with EMA targets override this."""
+
+    def no_weight_decay(self) -> set[str]:
+        raise NotImplementedError
+
+
+ModelBuilder = Callable[[Mapping[str, Any], MethodKnobs], PretrainModel]
 # Cross-checks between knobs and the model section (e.g. K must divide the patch count).
 # Raise ValueError("key: what is wrong; what is allowed") to reject a combination.
 SpecCheck = Callable[[Mapping[str, Any], MethodKnobs], None]
