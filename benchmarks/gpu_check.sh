@@ -5,11 +5,12 @@
 #
 # Under 8 minutes in all (each step has its own time limit; a step stopped by its limit keeps
 # the rows it finished, because the benchmark rewrites its JSON after every row):
-#   1. ViT-B/16 224 px, every method, eager (no torch.compile)          <= 150 s
-#   2. ViT-B/16, MAE and EMAE K=4 with torch.compile (inductor)         <= 210 s
+#   1. ViT-B/16 224 px, every method, eager (no torch.compile)          <= 135 s
+#   2. ViT-B/16, MAE and EMAE K=4 with torch.compile (inductor)         <= 195 s
 #   3. the input side on this node's CPUs: JPEG decode + crop per core and on every core; with
 #      Ray installed, mimray's Ray Data stream and the data-wait share of a real
-#      `mimray pretrain` with scaling.use_gpu: true                       <= 90 s
+#      `mimray pretrain` with scaling.use_gpu: true                       <= 75 s
+# (405 s of limits, up to 30 s more if all three are killed, and ~20 s to set up.)
 #
 # Installs nothing but mimray itself (`pip install --no-deps -e .`, which needs no registry).
 # Python packages the GPU image lacks can travel as wheels in ./.whl (see benchmarks/README.md);
@@ -34,11 +35,14 @@ fi
 {
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
     nproc
-    "$PYTHON" -c "import torch; print('torch', torch.__version__, torch.version.cuda)"
-    for module in pydantic timm ray mlflow; do
-        "$PYTHON" -c "import $module; print('$module', $module.__version__)" 2>/dev/null \
-            || echo "$module MISSING"
-    done
+    "$PYTHON" - <<'PY'
+import importlib
+for name in ("torch", "pydantic", "timm", "ray", "mlflow"):
+    try:
+        print(name, importlib.import_module(name).__version__)
+    except ImportError:
+        print(name, "MISSING")
+PY
 } 2>&1 | tee "$OUT/environment.txt"
 if grep -qE "^(pydantic|timm) MISSING" "$OUT/environment.txt"; then
     echo "gpu_check: pydantic and timm are needed (method registry, ViT blocks); carry their" \
@@ -55,9 +59,9 @@ step() {  # step NAME SECONDS ARGS...: one benchmark run under a time limit
     echo "== $name exit ${PIPESTATUS[0]}"
 }
 
-step vitb-eager 150 --size vit-b --compile off --steps 10 --warmup 3
-step vitb-compile 210 --size vit-b --compile on --methods mae,emae --steps 10 --warmup 2 \
+step vitb-eager 135 --size vit-b --compile off --steps 10 --warmup 3
+step vitb-compile 195 --size vit-b --compile on --methods mae,emae --steps 10 --warmup 2 \
     --compile-warmup 3
-step input 90 --size vit-b --methods mae --compile off --steps 3 --warmup 1 \
+step input 75 --size vit-b --methods mae --compile off --steps 3 --warmup 1 \
     --data-images 8192 --data-cpus "$(nproc)" --pretrain-epochs 3
 echo "gpu_check: done in $(( $(date +%s) - started ))s; figures in $OUT"
