@@ -14,21 +14,13 @@ import click
 from rich.table import Table
 
 from orchestrator import __version__
-from orchestrator.cli_common import console, fail, root_cause, set_option
-from orchestrator.cli_eval import evaluate, lineage
-from orchestrator.cli_jobs import jobs, submit
-from orchestrator.cli_report import report
-from orchestrator.spec import (
-    ConfigError,
-    check_name,
-    load_spec,
-    load_sweep,
-    preset_names,
-    read_spec_source,
-)
+from orchestrator.cli_common import LazyGroup, console, fail, root_cause, set_option
+
+# The spec (and through it torch), Ray and MLflow are imported inside the commands that need
+# them: `mimray --help` does not pay seconds of imports before it prints a line.
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mimray")
 def main() -> None:
     """mimray: masked-image-modeling pretraining ablations on Ray, tracked in MLflow."""
@@ -66,6 +58,8 @@ def _pretrain(
     address: str | None,
     point: int | None = None,
 ) -> None:
+    from orchestrator.spec import ConfigError, check_name, load_spec
+
     try:
         if name is not None:
             check_name(name, "--name")
@@ -118,6 +112,8 @@ def sweep(
     config: str, overrides: tuple[str, ...], dry_run: bool, name: str | None, address: str | None
 ) -> None:
     """Run the ablation grid of CONFIG (a sweep YAML or preset) on Ray Tune."""
+    from orchestrator.spec import ConfigError, load_sweep
+
     try:
         # The sweep name is part of every trial's name, so it is set before expansion.
         sweep_spec, trials = load_sweep(config, [*overrides, *([f"name={name}"] if name else [])])
@@ -309,6 +305,8 @@ def methods() -> None:
 @main.command()
 def presets() -> None:
     """List the built-in spec presets (usable wherever a CONFIG path is)."""
+    from orchestrator.spec import ConfigError, load_sweep, preset_names, read_spec_source
+
     table = Table("preset", "kind", "runs", "description")
     for name in preset_names():
         if "sweep" not in read_spec_source(name):
@@ -323,11 +321,28 @@ def presets() -> None:
     console.print(table)
 
 
-main.add_command(submit)
-main.add_command(jobs)
-main.add_command(report)
-main.add_command(evaluate)
-main.add_command(lineage)
+# Registered by name and one-line help; their modules are imported when they run.
+LAZY_COMMANDS = {
+    "submit": (
+        "orchestrator.cli_jobs:submit",
+        "Run a mimray COMMAND on a Ray cluster as a job: mimray submit -- sweep emae-k",
+    ),
+    "jobs": ("orchestrator.cli_jobs:jobs", "Jobs on a Ray cluster: list, status, logs, stop."),
+    "report": (
+        "orchestrator.cli_report:report",
+        "Ablation table of SWEEP: mean ± std over seeds of final loss and every evaluation.",
+    ),
+    "eval": (
+        "orchestrator.cli_eval:evaluate",
+        "Evaluate TARGET's checkpoints downstream: kNN, linear probe or fine-tune.",
+    ),
+    "lineage": (
+        "orchestrator.cli_eval:lineage",
+        "Show TARGET's lineage: sweep -> trial runs -> checkpoints -> evaluations.",
+    ),
+}
+for _name, (_target, _short_help) in LAZY_COMMANDS.items():
+    main.add_lazy_command(_name, _target, _short_help)
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,161 @@
+"""Reading and writing a sweep's MLflow records at scale keeps what they say.
+
+- `report` cells and Markdown, `lineage --json` (of the sweep, a trial, a checkpoint, an eval
+  run) and the checkpoints `mimray eval SWEEP` picks are exactly what they were before the
+  store reads were batched: golden data captured from the per-trial reads of the code before
+  (`tracker_golden.py`), on a 50-trial sweep laid out with the real sweep and tracker code.
+- A sweep set-up killed half-way (SIGKILL, in a real process) and run again finds every run it
+  had made by its key: nothing is duplicated, and the runs it had made are the ones kept.
+- `mimray --help` imports neither torch nor Ray nor MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from recorded_sweep import load_trials
+from tracker_golden import TRIALS, record_and_snapshot
+
+from orchestrator.sweep import open_sweep_runs
+from orchestrator.tracking import KIND_TAG, RUN_KEY_TAG, SWEEP_TAG, Tracker
+
+GOLDEN = Path(__file__).parent / "data" / f"tracker_golden_{TRIALS}.json"
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def snapshot(tmp_path_factory):
+    return record_and_snapshot(tmp_path_factory.mktemp("golden"))
+
+
+def test_report_cells_are_unchanged(snapshot):
+    golden = json.loads(GOLDEN.read_text())
+    # Through JSON, as the golden file went: tuples become lists, nothing else changes.
+    now = json.loads(json.dumps(snapshot))
+    assert now["report"]["cells"] == golden["report"]["cells"]
+    assert now["report"]["body"] == golden["report"]["body"]
+    assert now["report"]["trials"] == golden["report"]["trials"]
+    assert now["report"] == golden["report"]
+
+
+def test_lineage_json_and_eval_targets_are_unchanged(snapshot):
+    golden = json.loads(GOLDEN.read_text())
+    now = json.loads(json.dumps(snapshot))
+    for target in ("sweep", "trial_by_name", "checkpoint", "eval_run"):
+        assert now["lineage"][target] == golden["lineage"][target], target
+    assert now["eval_targets"] == golden["eval_targets"]
+
+
+def test_golden_data_holds_what_it_should_cover():
+    """The golden sweep is not trivially empty: both protocols, two checkpoint epochs, trials
+    without evaluations, a failed trial and an evaluation run twice."""
+    golden = json.loads(GOLDEN.read_text())
+    assert golden["report"]["columns"] == ["loss", "knn@e2", "knn@e3", "linear@e3"]
+    assert len(golden["report"]["trials"]) == TRIALS
+    assert "FAILED" in {t[4] for t in golden["report"]["trials"]}
+    sweep = golden["lineage"]["sweep"]["runs"]
+    assert len(sweep) == TRIALS
+    assert any(not run["checkpoints"] for run in sweep)
+    assert any(len(run["checkpoints"]) == 2 for run in sweep)
+    twice = golden["lineage"]["trial_by_name"]["runs"][0]["checkpoints"][-1]["evals"]
+    assert [e["metrics"]["knn/top1"] for e in twice] == [0.17, 0.99]
+
+
+KILLED_SETUP = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+from recorded_sweep import load_trials
+from pathlib import Path
+from orchestrator.sweep import open_sweep_runs
+from orchestrator.tracking import Tracker
+
+tracker = Tracker({uri!r}, "restore")
+spec, trials = load_trials(Path({folder!r}), "killed", "restore", 20)
+created = 0
+create_run = tracker.client.create_run
+
+def create_then_die(*args, **kwargs):
+    global created
+    created += 1
+    run = create_run(*args, **kwargs)
+    if created == 9:  # the parent and 8 trials made; dies before the 8th trial's params
+        os.kill(os.getpid(), signal.SIGKILL)
+    return run
+
+tracker.client.create_run = create_then_die
+open_sweep_runs(spec, trials, tracker, "killed")
+"""
+
+
+def test_restore_after_killed_setup_duplicates_nothing(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    script = KILLED_SETUP.format(tests=str(REPO / "tests"), uri=uri, folder=str(tmp_path))
+    killed = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=tmp_path)
+    assert killed.returncode == -9
+
+    tracker = Tracker(uri, "restore")
+    before = {
+        run.data.tags[RUN_KEY_TAG]: run.info.run_id
+        for run in tracker.client.search_runs([tracker.experiment_id], max_results=1000)
+    }
+    assert len(before) == 9  # the parent and 8 trials were made before the kill
+
+    spec, trials = load_trials(tmp_path, "killed", "restore", 20)
+    parent_id, runs = open_sweep_runs(spec, trials, tracker, "killed")
+    again_parent, again = open_sweep_runs(spec, trials, tracker, "killed")  # a second restore
+
+    every = tracker.client.search_runs([tracker.experiment_id], max_results=1000)
+    keys = Counter(run.data.tags[RUN_KEY_TAG] for run in every)
+    assert len(every) == 21 and max(keys.values()) == 1, keys
+    assert {run.name for run in runs} == {trial.name for trial in trials}
+    assert [r.run_id for r in again] == [r.run_id for r in runs] and again_parent == parent_id
+    kept = {"sweep:killed": parent_id, **{r.name: r.run_id for r in runs}}
+    assert all(kept[key] == run_id for key, run_id in before.items())  # reused, not remade
+    for run in every:  # every trial carries its full record: tags and params
+        if run.data.tags.get(KIND_TAG) == "trial":
+            assert run.data.tags[SWEEP_TAG] == "killed"
+            assert run.data.tags["mlflow.parentRunId"] == parent_id
+            assert run.data.params["train.blr"] and run.data.params["method.k"]
+
+
+def test_help_imports_no_heavy_module():
+    probe = (
+        "import sys\n"
+        "from orchestrator.cli import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = sorted(m for m in ('torch', 'ray', 'mlflow', 'matplotlib') if m in sys.modules)\n"
+        "print('HEAVY', heavy)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "HEAVY []" in done.stdout, done.stdout[-500:]
+    assert "mimray" in done.stdout and "report" in done.stdout  # the help itself was printed
+
+
+def test_lazy_commands_list_their_own_one_line_help():
+    """`mimray --help` shows the lazily registered commands' help without importing them; it
+    must be what each command says of itself once imported."""
+    import click
+
+    from orchestrator.cli import LAZY_COMMANDS, main
+
+    listed = CliRunner().invoke(main, ["--help"]).output
+    for name, (_, short_help) in LAZY_COMMANDS.items():
+        command = main.get_command(click.Context(main), name)
+        assert command is not None and command.name == name
+        for limit in (45, 200):
+            assert click.utils.make_default_short_help(short_help, limit) == (
+                command.get_short_help_str(limit)
+            ), name
+        assert name in listed
+    assert "Ablation table of SWEEP" in listed
