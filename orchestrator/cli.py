@@ -66,7 +66,10 @@ def _pretrain(
         spec = load_spec(config, overrides, point=point)
     except ConfigError as err:
         fail(str(err))
+    from orchestrator.console_log import quiet_libraries
     from orchestrator.launch import run_pretrain  # heavy imports only after validation
+
+    quiet_libraries()  # mimray's lines and errors on the console; the rest to a log file
 
     started = time.perf_counter()
     try:
@@ -91,14 +94,14 @@ def _pretrain(
         table.add_row(key, value)
     console.print(table)
     console.print(
-        f"Evaluate it: [bold]mimray eval {result.name} --protocol knn[/bold] "
+        f"\\[mimray] Evaluate it: [bold]mimray eval {result.name} --protocol knn[/bold] "
         "(or linear, finetune); its lineage: "
         f"[bold]mimray lineage {result.name}[/bold]"
     )
     console.print(
-        "Browse it: [bold]mimray ui[/bold] (MLflow UI on http://127.0.0.1:5000)"
+        "\\[mimray] Browse it: [bold]mimray ui[/bold] (MLflow UI on http://127.0.0.1:5000)"
         if result.tracking_uri.startswith("sqlite:")
-        else f"Browse it in MLflow at {result.tracking_uri}"
+        else f"\\[mimray] Browse it in MLflow at {result.tracking_uri}"
     )
 
 
@@ -125,6 +128,9 @@ def sweep(
     console.print(plan_summary(sweep_spec, trials))
     if dry_run:
         return
+    from orchestrator.console_log import quiet_libraries
+
+    quiet_libraries()  # before Ray, Tune and MLflow are imported: their handlers get gated
     from orchestrator.sweep import run_sweep, summary_table
 
     result = run_sweep(sweep_spec, trials, address=address)

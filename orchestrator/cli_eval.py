@@ -47,8 +47,10 @@ def evaluate(
         checkpoints = resolve_checkpoints(uri, target)
     except ConfigError as err:
         fail(str(err))
+    from orchestrator.console_log import quiet_libraries
     from orchestrator.evaluate import evaluate_checkpoint, print_result
 
+    quiet_libraries()  # mimray's lines and errors on the console; the rest to a log file
     table = Table("run", "epoch", "protocol", "top-1", "MLflow eval run", title="evaluations")
     for checkpoint in checkpoints:
         for spec in specs:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator import __version__
+from orchestrator import __version__, console_log
 from orchestrator.eval_data import describe_eval_data, labelled_dataset
 from orchestrator.local_fit import fit_in_process
 from orchestrator.spec import RunSpec, check_name
@@ -31,6 +31,7 @@ from workloads.data import DatasetInfo, build_dataset, describe_source
 from workloads.data.stream import order_seed, pretraining_view
 from workloads.methods import train_img_size
 from workloads.pretrain import Schedule, make_schedule, train_loop_per_worker
+from workloads.progress import progress_every_s
 
 
 @dataclass(frozen=True)
@@ -77,10 +78,24 @@ def ensure_ray(address: str | None = None, log_to_driver: bool = True) -> None:
     else:
         ray.init(
             include_dashboard=True,
-            configure_logging=True,
+            # Under the CLI's console policy Ray's driver logs are already routed to a file.
+            configure_logging=not console_log.is_active(),
             logging_level="WARNING",
             log_to_driver=log_to_driver,
         )
+    log_path = console_log.attach_session_log(session_logs_dir())
+    if log_path:
+        print(f"[mimray] Ray, Tune, Ray Data and MLflow logs: {log_path}", flush=True)
+
+
+def session_logs_dir() -> str | None:
+    """This driver's Ray session log folder, or None (a client connection has none here)."""
+    try:
+        from ray._private.worker import _global_node
+
+        return _global_node.get_logs_dir_path()
+    except Exception:  # noqa: BLE001 - no local node behind this connection
+        return None
 
 
 def git_commit() -> str | None:
@@ -158,6 +173,8 @@ def build_trainer(
             "schedule": schedule,
             "reporter": reporter,
             "run_path": f"{storage_path}/{name}",
+            # Read here: the workers of a running cluster do not see this process' environment.
+            "progress_every_s": progress_every_s(),
         },
         scaling_config=ScalingConfig(num_workers=0)  # Ray Train's local mode: in-process
         if runs_in_process(spec)
@@ -295,6 +312,7 @@ def execute_run(
         commit_on_checkpoint=True,  # a worker-group restart must not log an epoch twice
     )
     trainer = build_trainer(spec, run.name, run.storage_path, run.schedule, reporter, callbacks)
+    console_log.gate_library_handlers()  # Ray Train and Ray Data added theirs on import
     tracker.mark_running(run.run_id)
     try:
         if runs_in_process(spec):

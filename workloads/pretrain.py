@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import sys
@@ -29,6 +30,7 @@ from workloads.data.stream import batch_shuffle_options
 from workloads.methods import get_method
 from workloads.metrics import TrainingMetrics
 from workloads.optim import build_optimizer, lr_at, scaled_lr, set_lr
+from workloads.progress import EpochProgress
 from workloads.reporting import NullReporter, Reporter
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -139,6 +141,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    # Ray hard-sets `ray.train` to INFO inside workers (LoggingConfig cannot lower it): its
+    # per-report lines would bury the progress lines. They stay in the session's worker logs.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     spec: dict[str, Any] = config["spec"]
     train: dict[str, Any] = spec["train"]
     schedule: Schedule = config["schedule"]
@@ -207,6 +212,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 )
             )
             seen = skipped = 0
+            progress = EpochProgress(
+                epoch + 1,
+                train["epochs"],
+                schedule.steps_per_epoch,
+                enabled=rank == 0,
+                every_s=config.get("progress_every_s"),
+            )
             for wait, batch in batches:
                 seen += len(batch["image"])
                 # Workers must take the same number of steps, or DDP's all-reduce hangs;
@@ -245,6 +257,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 losses.append(loss)
                 step += 1
                 live.record_step(wait + time.perf_counter() - computing, wait, len(images))
+                progress.update(len(losses), loss, len(images) * world_size)
                 reporter.log_metrics(
                     {
                         "train/loss": loss,
@@ -254,6 +267,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     step,
                 )
             elapsed = time.perf_counter() - started
+            progress.close()
             seen, skipped = global_sum([seen, skipped], device)
             check_skipped_share(skipped, seen, spec["data"]["max_skipped_share"], epoch + 1)
             epoch_metrics = {
