@@ -165,11 +165,17 @@ def ray_decode_rate(uri: str, img_size: int, num_cpus: int, batch_size: int = 25
 
 
 def pretrain_data_wait(
-    uri: str, model: Mapping[str, Any], workdir: str, batch_size: int, epochs: int, cpus: int
+    uri: str,
+    model: Mapping[str, Any],
+    workdir: str,
+    batch_size: int,
+    epochs: int,
+    cpus: float,
+    use_gpu: bool = True,
 ) -> dict[str, Any]:
-    """Run `mimray pretrain` (MAE, one GPU worker) on `uri` and read back from MLflow the
-    share of epoch time spent waiting for data (epochs after the first, which includes the
-    pipeline's start-up, and all epochs)."""
+    """Run `mimray pretrain` (MAE, one worker, on a GPU unless told otherwise) on `uri` and
+    read back from MLflow the share of epoch time spent waiting for data (epochs after the
+    first, which includes the pipeline's start-up, and all epochs)."""
     from orchestrator.launch import run_pretrain
     from orchestrator.spec import load_spec
     from orchestrator.tracking import Tracker
@@ -183,7 +189,7 @@ def pretrain_data_wait(
         "train.warmup_epochs=0",
         f"train.checkpoint_every={epochs}",
         "scaling.num_workers=1",
-        "scaling.use_gpu=true",
+        f"scaling.use_gpu={str(use_gpu).lower()}",
         f"scaling.cpus_per_worker={cpus}",
         f"tracking.uri={tracking_uri}",
         "tracking.system_metrics=false",

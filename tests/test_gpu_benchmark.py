@@ -174,3 +174,19 @@ def test_unwrap_peels_torch_compile_so_checkpoint_keys_stay_plain():
     compiled = torch.compile(model)
     assert unwrap(compiled) is model
     assert all(not key.startswith("_orig_mod.") for key in unwrap(compiled).state_dict())
+
+
+@pytest.mark.slow
+def test_data_wait_share_comes_back_from_a_real_pretrain(ray_session, tmp_path):
+    # The GPU run's code path on a CPU worker: push JPEG shards, train, read MLflow back.
+    folder, shards = str(tmp_path / "jpeg"), str(tmp_path / "shards")
+    gpu_input.write_jpeg_folder(folder, 48, unique=8)
+    gpu_input.push_jpeg_shards(folder, shards)
+    tiny = gpu_pretrain.SIZES["tiny"]
+    result = gpu_input.pretrain_data_wait(
+        shards, tiny, str(tmp_path), batch_size=16, epochs=2, cpus=0.5, use_gpu=False
+    )
+    assert result["epochs"] == 2
+    assert 0 < result["data_wait_share"] < 1
+    assert 0 < result["data_wait_share_all_epochs"] < 1
+    assert len(result["images_per_s_by_epoch"]) == 2
