@@ -129,6 +129,47 @@ def compare_pairs(report: Report, claims: tuple[Claim, ...] = CLAIMS) -> list[Pa
     return results
 
 
+def baseline_comparisons(report: Report) -> list[tuple[Row, Comparison]]:
+    """Per row and protocol: the trained encoder (final column) against the same encoder
+    untrained (`@e0`, the random-init baseline), as a comparison whose better arm is the
+    pretrained one."""
+    found = []
+    for column in final_columns(report):
+        untrained = next(
+            (c for c in report.columns if c.protocol == column.protocol and c.epoch == 0), None
+        )
+        if untrained is None:
+            continue
+        for row in report.rows:
+            if column.key in row.cells and untrained.key in row.cells:
+                comparison = Comparison(column, row.cells[column.key], row.cells[untrained.key])
+                found.append((row, comparison))
+    return found
+
+
+def baseline_lines(report: Report) -> list[str]:
+    """The pretrained-vs-random-init comparisons as Markdown (none without `@e0` columns)."""
+    found = baseline_comparisons(report)
+    if not found:
+        return []
+    lines = [
+        "## Pretrained vs random init",
+        "",
+        "| row | metric | pretrained | random init (@e0) | difference | pretraining |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row, comparison in found:
+        difference = (comparison.better.mean - comparison.worse.mean) * 100.0
+        verdict = "helps" if comparison.agrees else "does not help"
+        spread = "apart" if comparison.apart else "overlap"
+        lines.append(
+            f"| {row.label} | {comparison.column.key} | {_percent(comparison.better)} | "
+            f"{_percent(comparison.worse)} | {difference:+.1f} | {verdict} ({spread}) |"
+        )
+    lines.append("")
+    return lines
+
+
 def _differ(one: str | None, other: str | None) -> bool:
     """A knob that only one arm's method has (None on the other) does not make them differ:
     SBAM's `delta_r` is no reason not to compare SBAM with MAE."""

@@ -15,7 +15,12 @@ from typing import TYPE_CHECKING
 
 from rich.table import Table
 
-from orchestrator.paper_directions import compare_pairs, direction_lines
+from orchestrator.paper_directions import (
+    baseline_comparisons,
+    baseline_lines,
+    compare_pairs,
+    direction_lines,
+)
 from orchestrator.report import Cell, Column, Report, short_keys
 
 if TYPE_CHECKING:
@@ -85,6 +90,7 @@ def render_markdown(report: Report) -> str:
     for row in body:
         lines.append("| " + " | ".join(f"**{t}**" if bold else t for t, bold in row) + " |")
     lines += ["", *(f"- {note}" for note in notes(report)), ""]
+    lines += baseline_lines(report)
     lines += direction_lines(report, compare_pairs(report))
     return "\n".join(lines)
 
@@ -155,6 +161,7 @@ def render_html(report: Report) -> str:
 {report.eval_runs} evaluation runs; tracking URI <code>{esc(report.tracking_uri)}</code>.</p>
 <table id="ablation"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>
 <ul class="notes">{note_items}</ul>
+{_baseline_html(report)}
 {_directions_html(report)}
 {figures}
 <h2>Trials</h2>
@@ -162,6 +169,28 @@ def render_html(report: Report) -> str:
 <th>seed</th><th>status</th><th>final loss</th></tr></thead><tbody>{trials}</tbody></table>
 </body></html>
 """
+
+
+def _baseline_html(report: Report) -> str:
+    """Each row's trained encoder against its random init (`@e0`), one line per metric."""
+    esc = html.escape
+    rows = "".join(
+        f"<tr><td class='knob'>{esc(row.label)}</td><td class='knob'>{esc(c.column.key)}</td>"
+        f"<td>{esc(format_cell(c.column, c.better))}</td>"
+        f"<td>{esc(format_cell(c.column, c.worse))}</td>"
+        f"<td>{(c.better.mean - c.worse.mean) * 100:+.1f}</td>"
+        f"<td class='knob'>{'helps' if c.agrees else 'does not help'} "
+        f"({'apart' if c.apart else 'overlap'})</td></tr>"
+        for row, c in baseline_comparisons(report)
+    )
+    if not rows:
+        return ""
+    return (
+        "<h2>Pretrained vs random init</h2><table id='baseline'><thead><tr>"
+        "<th class='knob'>row</th><th class='knob'>metric</th><th>pretrained</th>"
+        "<th>random init (@e0)</th><th>difference</th><th class='knob'>pretraining</th>"
+        f"</tr></thead><tbody>{rows}</tbody></table>"
+    )
 
 
 def _directions_html(report: Report) -> str:

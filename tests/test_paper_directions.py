@@ -31,7 +31,7 @@ MAE = _row(
 )
 EMAE = _row(  # knn clearly ahead of MAE, linear behind within noise
     ("emae", None, "4", None, None, None),
-    {"knn@e0": (0.9, 0.9, 0.9), "knn@e20": (0.90, 0.91, 0.92), "linear@e20": (0.89, 0.92, 0.90)},
+    {"knn@e0": (0.905,) * 3, "knn@e20": (0.90, 0.91, 0.92), "linear@e20": (0.89, 0.92, 0.90)},
 )
 SBAM = _row(  # behind MAE on both, clearly; delta_r is SBAM's alone, so no reason not to pair
     ("sbam", None, None, "0.75", None, "0.0"),
@@ -76,3 +76,15 @@ def test_markdown_states_each_pair_with_mean_std_and_verdict():
     assert "| knn@e20 | 91.0 ± 1.0 | 81.0 ± 1.0 | +10.0 | agrees (apart) |" in lines
     assert "### SBAM vs random masking, ratio 0.75: disagrees" in lines
     assert any(line.startswith("- `PROTOCOL@e0`: the random-init baseline") for line in lines)
+
+
+def test_each_row_is_compared_with_its_own_random_init():
+    text = render_markdown(_report([MAE, EMAE]))
+    lines = text.splitlines()
+    assert "## Pretrained vs random init" in lines
+    # MAE: knn 81.0 ± 1.0 vs 60.0 ± 0.0 at e0; EMAE's untrained encoder is within noise.
+    mae, emae = "| name=mae, mask_ratio=0.75 |", "| name=emae, k=4 |"
+    assert f"{mae} knn@e20 | 81.0 ± 1.0 | 60.0 ± 0.0 | +21.0 | helps (apart) |" in lines
+    assert f"{emae} knn@e20 | 91.0 ± 1.0 | 90.5 ± 0.0 | +0.5 | helps (overlap) |" in lines
+    # linear has no @e0 column: nothing to compare it with.
+    assert not any(line.startswith(f"{mae} linear@e20") for line in lines)
