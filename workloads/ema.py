@@ -53,6 +53,10 @@ class EMATeacher:
         self._pairs.append((target, online))
         return target
 
+    def targets(self) -> list[nn.Module]:
+        """The frozen copies, in the order they were made."""
+        return [target for target, _ in self._pairs]
+
     def momentum(self, progress: float) -> float:
         return cosine_momentum(progress, self.base_momentum, self.final_momentum)
 

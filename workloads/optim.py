@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -13,9 +14,20 @@ def scaled_lr(blr: float, global_batch_size: int) -> float:
     return blr * global_batch_size / 256
 
 
+@runtime_checkable
+class ExemptsFromDecay(Protocol):
+    """What the optimizer needs of a model: every method's `PretrainModel` keeps it, and so do
+    MAE's MaskedAutoencoder and the encoders and decoders they are built of."""
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names (as in `named_parameters`) that take no weight decay."""
+        ...
+
+
 def param_groups_weight_decay(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups: no decay on biases, norms and the names in `model.no_weight_decay()`."""
-    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    """Two AdamW groups: no decay on biases, norms and the names in `model.no_weight_decay()`
+    (a plain module, e.g. a probe head, names none)."""
+    skip = model.no_weight_decay() if isinstance(model, ExemptsFromDecay) else set()
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:  # fixed pos embeds

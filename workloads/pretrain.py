@@ -248,9 +248,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 scaler.scale(objective).backward()
                 scaler.step(optimizer)
                 scaler.update()
-                step_hook = getattr(unwrap(model), "after_optimizer_step", None)
-                if step_hook is not None:
-                    step_hook(step / max(1, schedule.total_steps))
+                unwrap(model).after_optimizer_step(step / max(1, schedule.total_steps))
                 loss = out.loss.item()
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"loss is {loss} at epoch {epoch} step {step}")

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from workloads.methods import get_method, method_names
 from workloads.models.vit import ViTEncoder, encoder_from_spec
 
 Pool = Literal["mean", "cls"]
@@ -20,19 +21,23 @@ ENCODER_PREFIX = "encoder."
 
 
 def load_encoder(
-    model_spec: Mapping[str, Any], model_state: Mapping[str, Tensor] | None, init_seed: int = 0
+    model_spec: Mapping[str, Any],
+    model_state: Mapping[str, Tensor] | None,
+    init_seed: int = 0,
+    method: str | None = None,
 ) -> ViTEncoder:
-    """The encoder of a pretrain checkpoint's model state; with no state, a randomly
+    """The online encoder of a pretrain checkpoint's model state; with no state, a randomly
     initialised encoder (the baseline).
 
-    Every method keeps its online ViT in a module named `encoder` (MAE one level down, as
-    `mae.encoder`); EMA copies are named otherwise (`target_encoder`, `teacher`).
+    The weights are those under the key prefix the method's model declares
+    (`PretrainModel.encoder_key`: `encoder`, or `mae.encoder` for MAE); EMA copies live
+    under other names. Without `method`, the one declared prefix the state holds.
     """
     torch.manual_seed(init_seed)
     encoder = encoder_from_spec(model_spec)
     if model_state is None:
         return encoder
-    prefix = encoder_prefix(model_state)
+    prefix = f"{get_method(method).model.encoder_key}." if method else encoder_prefix(model_state)
     encoder.load_state_dict(
         {
             name.removeprefix(prefix): value
@@ -44,12 +49,16 @@ def load_encoder(
 
 
 def encoder_prefix(model_state: Mapping[str, Tensor]) -> str:
-    """The key prefix of the online encoder, e.g. "encoder." or "mae.encoder."."""
-    for name in model_state:
-        parts = name.split(".")
-        if "encoder" in parts:
-            return ".".join(parts[: parts.index("encoder") + 1]) + "."
-    raise ValueError("checkpoint holds no `encoder` weights; is it a mimray pretrain checkpoint?")
+    """The key prefix of the online encoder, e.g. "encoder." or "mae.encoder.": of the
+    prefixes the registered methods declare, the one `model_state` holds."""
+    declared = {f"{get_method(name).model.encoder_key}." for name in method_names()}
+    held = sorted(p for p in declared if any(name.startswith(p) for name in model_state))
+    if len(held) != 1:
+        raise ValueError(
+            f"checkpoint holds online encoder weights under {held or 'none'} of the declared "
+            f"prefixes {sorted(declared)}; is it a mimray pretrain checkpoint?"
+        )
+    return held[0]
 
 
 def pool_tokens(latent: Tensor, pool: Pool) -> Tensor:

@@ -84,5 +84,7 @@ class Method:
     summary: str
     knobs: type[MethodKnobs]
     build: ModelBuilder
+    # The class `build` returns: evaluation reads its `encoder_key` without building a model.
+    model: type[PretrainModel] = PretrainModel
     check: SpecCheck | None = None
     train_img_size: TrainImageSize | None = None

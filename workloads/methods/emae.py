@@ -41,12 +41,18 @@ from typing import Any
 
 import torch
 from pydantic import Field
-from torch import Tensor, nn
+from torch import Tensor
 
 from workloads.losses import masked_mse, normalize_patches
 from workloads.masking import MaskIndices
 from workloads.methods import register_method
-from workloads.methods.base import Method, MethodKnobs, MethodOutput, no_decay_names
+from workloads.methods.base import (
+    Method,
+    MethodKnobs,
+    MethodOutput,
+    PretrainModel,
+    no_decay_names,
+)
 from workloads.models.mae import MAEDecoder, mae_from_spec
 from workloads.models.vit import ViTEncoder
 from workloads.patches import patchify
@@ -140,7 +146,7 @@ def self_consistency_loss(online: Tensor, target: Tensor) -> Tensor:
 # ------------------------------------------------------------------------------- model
 
 
-class EMAE(nn.Module):
+class EMAE(PretrainModel):
     """MAE encoder and decoder shared by K parallel parts; whole + self-consistency loss."""
 
     def __init__(
@@ -253,7 +259,7 @@ def check(model: Mapping[str, Any], knobs: EMAEKnobs) -> None:
         )
 
 
-def build(model: Mapping[str, Any], knobs: EMAEKnobs) -> nn.Module:
+def build(model: Mapping[str, Any], knobs: EMAEKnobs) -> EMAE:
     mae = mae_from_spec(model, mask_ratio=1.0 - 1.0 / knobs.k, norm_pix_loss=knobs.norm_pix_loss)
     return EMAE(mae.encoder, mae.decoder, knobs.k, knobs.consistency_weight, knobs.norm_pix_loss)
 
@@ -264,6 +270,7 @@ METHOD = register_method(
         summary="EMAE: K parallel disjoint masks in one batch, whole + self-consistency loss",
         knobs=EMAEKnobs,
         build=build,
+        model=EMAE,
         check=check,
     )
 )

@@ -197,7 +197,7 @@ class LatentMIM(PretrainModel):
         return no_decay_names(encoder=self.encoder, decoder=self.decoder)
 
 
-def build(model: Mapping[str, Any], knobs: LatentMIMKnobs) -> nn.Module:
+def build(model: Mapping[str, Any], knobs: LatentMIMKnobs) -> LatentMIM:
     encoder = encoder_from_spec(model)
     decoder = CrossAttentionDecoder(
         num_patches=encoder.num_patches,
@@ -245,6 +245,7 @@ METHOD = register_method(
         summary="Latent MIM: EMA latent targets of masked patches, PatchDisc, gap grid",
         knobs=LatentMIMKnobs,
         build=build,
+        model=LatentMIM,
         check=check,
         train_img_size=train_img_size,
     )

@@ -7,11 +7,11 @@ from typing import Any
 
 import torch
 from pydantic import Field
-from torch import nn
 
 from workloads.methods import register_method
-from workloads.methods.base import Method, MethodKnobs, MethodOutput
+from workloads.methods.base import Method, MethodKnobs, MethodOutput, PretrainModel
 from workloads.models.mae import MaskedAutoencoder, mae_from_spec
+from workloads.models.vit import ViTEncoder
 
 
 class MAEKnobs(MethodKnobs):
@@ -20,12 +20,19 @@ class MAEKnobs(MethodKnobs):
     norm_pix_loss: bool = Field(True, description="per-patch normalised pixel targets")
 
 
-class MAEMethod(nn.Module):
-    """Adapts MaskedAutoencoder to the method interface (loss + loggable scalars)."""
+class MAEMethod(PretrainModel):
+    """Adapts MaskedAutoencoder to the method contract (loss + loggable scalars)."""
+
+    # MaskedAutoencoder sits one level down, so MAE checkpoints hold `mae.encoder.*`.
+    encoder_key = "mae.encoder"
 
     def __init__(self, mae: MaskedAutoencoder) -> None:
         super().__init__()
         self.mae = mae
+
+    @property
+    def encoder(self) -> ViTEncoder:
+        return self.mae.encoder
 
     def forward(self, imgs: torch.Tensor) -> MethodOutput:
         out = self.mae(imgs)
@@ -35,7 +42,7 @@ class MAEMethod(nn.Module):
         return {f"mae.{name}" for name in self.mae.no_weight_decay()}
 
 
-def build(model: Mapping[str, Any], knobs: MAEKnobs) -> nn.Module:
+def build(model: Mapping[str, Any], knobs: MAEKnobs) -> MAEMethod:
     return MAEMethod(
         mae_from_spec(model, mask_ratio=knobs.mask_ratio, norm_pix_loss=knobs.norm_pix_loss)
     )
@@ -47,5 +54,6 @@ METHOD = register_method(
         summary="Masked autoencoder: random masking at ratio r, MSE on masked patches",
         knobs=MAEKnobs,
         build=build,
+        model=MAEMethod,
     )
 )

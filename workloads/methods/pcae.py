@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
-from torch import Tensor, nn
+from torch import Tensor
 
 from workloads.ema import EMATeacher
 from workloads.masking import gather_tokens, random_masking
@@ -187,7 +187,7 @@ class PCAE(PretrainModel):
         return no_decay_names(encoder=self.encoder, decoder=self.decoder)
 
 
-def build(model: Mapping[str, Any], knobs: PCAEKnobs) -> nn.Module:
+def build(model: Mapping[str, Any], knobs: PCAEKnobs) -> PCAE:
     encoder = encoder_from_spec(model)
     decoder = KeptPositionDecoder(
         num_patches=encoder.num_patches,
@@ -222,6 +222,7 @@ METHOD = register_method(
         summary="EMA teacher on masked patches drops redundant tokens; 1-cos on the kept ones",
         knobs=PCAEKnobs,
         build=build,
+        model=PCAE,
         check=check,
     )
 )

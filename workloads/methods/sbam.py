@@ -43,7 +43,7 @@ from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
-from torch import Tensor, nn
+from torch import Tensor
 
 from workloads.losses import masked_mse
 from workloads.masking import MaskIndices, gather_tokens
@@ -55,7 +55,13 @@ from workloads.methods._ragged_masks import (
     ragged_masked_mse,
     ragged_masking,
 )
-from workloads.methods.base import Method, MethodKnobs, MethodOutput, no_decay_names
+from workloads.methods.base import (
+    Method,
+    MethodKnobs,
+    MethodOutput,
+    PretrainModel,
+    no_decay_names,
+)
 from workloads.models.mae import MAEDecoder
 from workloads.models.vit import ViTEncoder, encoder_from_spec
 from workloads.patches import patchify
@@ -177,7 +183,7 @@ def salient_masking_per_image(
 # --------------------------------------------------------------------------------- model
 
 
-class SBAM(nn.Module):
+class SBAM(PretrainModel):
     """Salience-ordered mask (optionally AMR ratio) -> MAE encoder/decoder -> masked MSE."""
 
     def __init__(
@@ -250,7 +256,7 @@ class SBAM(nn.Module):
         return no_decay_names(encoder=self.encoder, decoder=self.decoder)
 
 
-def build(model: Mapping[str, Any], knobs: SBAMKnobs) -> nn.Module:
+def build(model: Mapping[str, Any], knobs: SBAMKnobs) -> SBAM:
     encoder = encoder_from_spec(model)
     # MAE's decoder (same weights and names) that also decodes per-image AMR's padded latents.
     decoder = PaddedMAEDecoder(
@@ -279,5 +285,6 @@ METHOD = register_method(
         summary="Salience-based masking (top ceil(L·γ) by S + noise); AMR ratio when delta_r > 0",
         knobs=SBAMKnobs,
         build=build,
+        model=SBAM,
     )
 )
