@@ -132,6 +132,8 @@ def measure_method(
     images = torch.randn(batch, 3, size, size, device=device)
     hook = getattr(model, "after_optimizer_step", None)
     total = warmup + steps
+    # timm's Attention takes the F.scaled_dot_product_attention path when `fused_attn` is set.
+    timm_attention = [m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")]
 
     def step(index: int) -> None:
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -162,6 +164,7 @@ def measure_method(
         "images_per_s": batch * steps / elapsed,
         "warmup_s": warmup_s,
         "compiled_graphs": graphs,
+        "sdpa_attention": all(timm_attention) if timm_attention else None,
         "peak_memory_gib": peak_memory / 2**30 if peak_memory is not None else None,
     }
 

@@ -89,6 +89,7 @@ def test_tiny_cpu_run_gives_sane_figures_for_every_method(tmp_path):
     for row in rows.values():
         assert "error" not in row, row
         assert row["images_per_s"] > 0
+        assert row["sdpa_attention"] is True  # every timm attention block uses SDPA
         assert 0 < row["mfu"] < 1
         assert row["tflop_per_s"] == pytest.approx(row["mfu"] * 1.0)
     assert rows["mae"]["step_vs_mae"] == 1.0
