@@ -124,10 +124,12 @@ def _local_utils_class() -> type:
             datasets: dict[str, Any],
             store: CheckpointStore,
             report_to_tune: bool,
+            defer_to_reporter: bool = True,
         ) -> None:
             super().__init__(experiment_name=experiment_name, dataset_shards=datasets)
             self._store = store
             self._report_to_tune = report_to_tune
+            self._defer = defer_to_reporter
             self._last_checkpoint = store.latest()
             self._last_metrics = {}
             self._pending: dict[str, Any] | None = None
@@ -139,7 +141,7 @@ def _local_utils_class() -> type:
             checkpoint_dir_name: str | None = None,
             **_: Any,
         ) -> None:
-            self.send_to_tune()  # one left pending when the loop had no reporter
+            self.send_to_tune()  # one still pending (the loop did not log its checkpoint)
             if checkpoint is not None:
                 dir_name = checkpoint_dir_name or f"checkpoint_{len(metrics)}"
                 self._last_checkpoint = self._store.persist(checkpoint, dir_name)
@@ -149,7 +151,7 @@ def _local_utils_class() -> type:
                 # (right after this call): Tune may stop the trial at this report (ASHA),
                 # and nothing of the epoch must be lost to that.
                 self._pending = dict(metrics)
-                if checkpoint is None:
+                if checkpoint is None or not self._defer:
                     self.send_to_tune()
 
         def send_to_tune(self) -> None:
@@ -244,11 +246,12 @@ def fit_in_process(
     datasets = {k: v() if callable(v) else v for k, v in trainer.datasets.items()}
     attempt = 0
     while True:
-        utils = utils_class(trainer.run_config.name, datasets, store, report_to_tune)
+        attempt_config = pickle.loads(config)
+        has_reporter = attempt_config.get("reporter") is not None
+        utils = utils_class(trainer.run_config.name, datasets, store, report_to_tune, has_reporter)
         set_train_fn_utils(utils)
         try:
-            attempt_config = pickle.loads(config)
-            if attempt_config.get("reporter") is not None:
+            if has_reporter:
                 attempt_config["reporter"] = TuneAfterCheckpointReporter(
                     attempt_config["reporter"], utils
                 )

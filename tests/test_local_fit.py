@@ -108,3 +108,61 @@ def test_an_interrupted_copy_is_not_a_checkpoint(tmp_path):
     (run_path / "checkpoint_epoch_0002" / "checkpoint.pt").write_text("2")
     latest = CheckpointStore(str(run_path), keep=None).latest()
     assert latest.path.endswith("checkpoint_epoch_0002")
+
+
+@pytest.mark.slow
+def test_tune_restarts_a_crashed_in_process_trial_from_its_last_checkpoint(tmp_path, ray_session):
+    from ray import tune
+
+    run_path = str(tmp_path / "ray" / "trial")
+    crashed, starts = str(tmp_path / "crashed"), str(tmp_path / "starts.txt")
+
+    # Defined here so that Ray pickles them by value: the trial process cannot import tests.
+    def loop(config: dict) -> None:
+        import ray.train
+
+        start = 0
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as folder:
+                with open(os.path.join(folder, "checkpoint.pt")) as f:
+                    start = int(f.read())
+        with open(starts, "a") as f:
+            f.write(f"{start}\n")
+        for epoch in range(start + 1, 4):
+            if epoch == 3 and not os.path.exists(crashed):
+                open(crashed, "w").close()
+                raise RuntimeError("the trial crashed in epoch 3")
+            with tempfile.TemporaryDirectory() as folder:
+                with open(os.path.join(folder, "checkpoint.pt"), "w") as f:
+                    f.write(str(epoch))
+                ray.train.report(
+                    {"epoch": epoch, "loss": 1.0 / epoch},
+                    checkpoint=ray.train.Checkpoint.from_directory(folder),
+                    checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}",
+                )
+
+    def trial(config: dict) -> None:
+        from orchestrator.local_fit import fit_in_process
+
+        trainer = SimpleNamespace(
+            train_loop_per_worker=loop,
+            train_loop_config={},
+            datasets={},
+            run_config=SimpleNamespace(name="trial"),
+        )
+        fit_in_process(trainer, run_path, keep=None, max_failures=0, cpus=1)
+
+    tuner = tune.Tuner(
+        tune.with_resources(trial, {"CPU": 0.5}),
+        run_config=tune.RunConfig(
+            name="crash",
+            storage_path=str(tmp_path / "tune"),
+            failure_config=tune.FailureConfig(max_failures=1),
+            verbose=0,
+        ),
+    )
+    (result,) = list(tuner.fit())
+    assert result.error is None
+    assert open(starts).read().split() == ["0", "2"]  # restarted after epoch 2's checkpoint
+    assert list(result.metrics_dataframe["epoch"]) == [1, 2, 3]  # each epoch reached Tune once
