@@ -22,6 +22,9 @@ from typing import Any
 MIMRAY_PREFIX = "[mimray]"
 LIBRARIES = ("ray", "mlflow", "alembic", "py.warnings", "urllib3", "botocore", "filelock")
 DRIVER_LOG = "mimray-driver.log"
+# Loggers that write while `ray.init` runs, when Ray may have just replaced its console
+# handler (not yet gated): they are kept off the console at the source.
+INIT_LOGGERS = ("ray._private.worker", "ray._private.authentication.authentication_token_setup")
 
 _held = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
 _active = False
@@ -52,6 +55,13 @@ def quiet_libraries() -> None:
     logging.captureWarnings(True)  # RayDeprecationWarning & co. become py.warnings records
     import ray  # noqa: F401 - Ray installs its console handler on import: gate it now
 
+    for name in INIT_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.propagate = False
+        logger.addHandler(_held)
+        errors = logging.StreamHandler(sys.stderr)
+        errors.setLevel(logging.ERROR)
+        logger.addHandler(errors)
     gate_library_handlers()
 
 
