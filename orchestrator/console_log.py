@@ -80,9 +80,7 @@ def gate_library_handlers() -> None:
                 handler.addFilter(_ErrorsOnly())
         top_level = name in LIBRARIES or not logger.propagate
         if top_level and _held not in logger.handlers:
-            logger.addHandler(_held)
-            if logger.level == logging.NOTSET or logger.level > logging.INFO:
-                logger.setLevel(logging.INFO)  # INFO lines still belong in the file
+            logger.addHandler(_held)  # at the level the library chose (MLflow quiets alembic)
     if not logging.getLogger("ray").isEnabledFor(logging.INFO):
         logging.getLogger("ray").setLevel(logging.INFO)
 
@@ -134,9 +132,11 @@ def _is_console(handler: logging.Handler) -> bool:
     if isinstance(handler, logging.FileHandler | logging.handlers.MemoryHandler):
         return False
     stream = getattr(handler, "stream", None)
-    # Ray's PlainRayHandler looks sys.stderr up when it writes.
-    return stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__) or (
-        type(handler).__name__ == "PlainRayHandler"
+    # Ray's PlainRayHandler and MLflow's stream look sys.stderr up when they write.
+    return (
+        stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
+        or type(handler).__name__ == "PlainRayHandler"
+        or type(stream).__name__ == "MlflowLoggingStream"
     )
 
 
