@@ -24,7 +24,7 @@ from recorded_sweep import load_trials
 from tracker_golden import TRIALS, record_and_snapshot
 
 from orchestrator.sweep import open_sweep_runs
-from orchestrator.tracking import KIND_TAG, RUN_KEY_TAG, SWEEP_TAG, Tracker
+from orchestrator.tracking import KIND_TAG, RUN_KEY_TAG, SWEEP_TAG, Tracker, resolve_tracking_uri
 
 GOLDEN = Path(__file__).parent / "data" / f"tracker_golden_{TRIALS}.json"
 REPO = Path(__file__).resolve().parent.parent
@@ -159,3 +159,44 @@ def test_lazy_commands_list_their_own_one_line_help():
             ), name
         assert name in listed
     assert "Ablation table of SWEEP" in listed
+
+
+def test_bulk_reads_over_a_real_mlflow_server_match_per_run_reads(workdir):
+    """Against `mlflow server` (what a team shares) the bulk reads use the server's endpoints
+    and give what one read per run gives."""
+    from conftest import serve_mlflow_ui
+
+    from orchestrator.lookup import (
+        _bulk_history,
+        checkpoint_models,
+        checkpoint_models_of,
+        metric_histories,
+    )
+
+    Tracker(resolve_tracking_uri(), "bulk")  # the store `mimray ui` serves
+    with serve_mlflow_ui() as url:
+        tracker = Tracker(url, "bulk")
+        ids = []
+        for index in range(3):
+            run_id = tracker.open_run(f"bulk-{index}", params={}, tags={}).run_id
+            for epoch in (1, 2, 3):
+                tracker.client.log_metric(run_id, "epoch/loss", 1 / (epoch + index), step=epoch)
+            if index:  # the first run has no checkpoint
+                reporter = tracker.reporter(run_id, system_metrics=False)
+                reporter.start()
+                for epoch in (1, 2):
+                    reporter.log_checkpoint(f"file:///c/{index}/{epoch}", epoch, epoch, {})
+                reporter.close()
+            ids.append(run_id)
+
+        assert _bulk_history(tracker.client, ids, "epoch/loss") is not None  # no fallback
+        histories = metric_histories(tracker.client, ids, "epoch/loss")
+        models = checkpoint_models_of(tracker.client, tracker.experiment_id, ids)
+        for run_id in ids:
+            one = tracker.client.get_metric_history(run_id, "epoch/loss")
+            assert sorted(histories[run_id]) == sorted((m.step, m.timestamp, m.value) for m in one)
+            run = tracker.client.get_run(run_id)
+            assert [m.model_id for m in models[run_id]] == [
+                m.model_id for m in checkpoint_models(tracker.client, run)
+            ]
+        assert [len(models[run_id]) for run_id in ids] == [0, 2, 2]
