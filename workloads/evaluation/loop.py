@@ -96,8 +96,11 @@ def eval_loop_per_worker(config: dict[str, Any]) -> None:
         return
 
     uri = config["checkpoint_uri"]
-    state = read_checkpoint_state(uri)["model"] if uri else None
-    encoder = load_encoder(config["model"], state, init_seed=spec["seed"])
+    checkpoint = read_checkpoint_state(uri) if uri else None
+    # The checkpoint names its method, whose contract says where its online encoder sits.
+    method = (checkpoint or {}).get("spec", {}).get("method", {}).get("name")
+    state = checkpoint["model"] if checkpoint else None
+    encoder = load_encoder(config["model"], state, init_seed=spec["seed"], method=method)
     num_classes = config["num_classes"]
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")

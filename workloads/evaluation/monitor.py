@@ -13,7 +13,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from workloads.evaluation.heads import encoder_prefix
 from workloads.evaluation.loop import gather_everywhere, labelled_batches
 from workloads.evaluation.protocols import extract_features, knn_metrics
 
@@ -21,8 +20,8 @@ TRAIN_SPLIT, VAL_SPLIT = "knn_train", "knn_val"
 
 
 def online_encoder(model: nn.Module) -> nn.Module:
-    """The method's online ViT encoder (e.g. `encoder`, or `mae.encoder` for MAE)."""
-    return model.get_submodule(encoder_prefix(model.state_dict()).rstrip("."))
+    """The method's online ViT encoder, as its contract (`PretrainModel.encoder`) names it."""
+    return model.encoder
 
 
 def knn_during_training(
