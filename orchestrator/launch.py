@@ -129,9 +129,10 @@ def run_tags(spec: RunSpec, run_path: str) -> dict[str, str]:
 
 
 def runs_in_process(spec: RunSpec) -> bool:
-    """One worker trains in the calling process (Ray Train's local mode, `local_fit.py`):
-    no worker group to start. Several workers keep Ray Train's TorchTrainer."""
-    return spec.scaling.num_workers == 1
+    """One CPU worker trains in the calling process (Ray Train's local mode, `local_fit.py`):
+    no worker group to start. Several workers keep Ray Train's TorchTrainer, and so does a GPU
+    worker: the CLI's own process holds no GPU from Ray, so it could not pick its device."""
+    return spec.scaling.num_workers == 1 and not spec.scaling.use_gpu
 
 
 def scaling_config(scaling: Any, extra_resources: Mapping[str, float] | None = None) -> Any:
