@@ -98,9 +98,7 @@ def _sweep_checkpoints(client: Any, parent: Any) -> list[Checkpoint]:
     by_run = checkpoint_models_of(
         client, parent.info.experiment_id, [run.info.run_id for run in trials]
     )
-    found = [
-        _checkpoint(run, models[-1]) for run in trials if (models := by_run[run.info.run_id])
-    ]
+    found = [_checkpoint(run, models[-1]) for run in trials if (models := by_run[run.info.run_id])]
     if not found:
         name = parent.data.tags.get(SWEEP_TAG)
         raise ConfigError(f"target {name}: no trial of this sweep has a checkpoint yet")
