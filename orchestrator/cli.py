@@ -343,7 +343,7 @@ LAZY_COMMANDS = {
         "Evaluate TARGET's checkpoints downstream: kNN, linear probe or fine-tune.",
     ),
     "lineage": (
-        "orchestrator.cli_eval:lineage",
+        "orchestrator.cli_lineage:lineage",
         "Show TARGET's lineage: sweep -> trial runs -> checkpoints -> evaluations.",
     ),
 }

@@ -11,6 +11,7 @@ from typing import Any
 
 from rich.tree import Tree
 
+from orchestrator.errors import ConfigError
 from orchestrator.lookup import (
     checkpoint_models,
     checkpoint_models_of,
@@ -24,7 +25,6 @@ from orchestrator.lookup import (
     sweep_eval_runs,
     sweep_trials,
 )
-from orchestrator.spec import ConfigError
 from orchestrator.tracking import (
     EVAL_PROTOCOL_TAG,
     KIND_TAG,

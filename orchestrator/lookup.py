@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator.spec import ConfigError
+from orchestrator.errors import ConfigError
 from orchestrator.tracking import (
     KIND_TAG,
     MODEL_TYPE,

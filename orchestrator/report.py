@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.errors import ConfigError
 from orchestrator.lookup import metric_histories, open_store, search_all, sweep_trials
-from orchestrator.spec import ConfigError
 from orchestrator.tracking import (
     CHECKPOINT_EPOCH_TAG,
     EVAL_PROTOCOL_TAG,

@@ -7,9 +7,7 @@ import re
 
 from pydantic import BaseModel, ConfigDict
 
-
-class ConfigError(ValueError):
-    """A spec the user must fix; the message is one line naming the key."""
+from orchestrator.errors import ConfigError  # noqa: F401 - defined there, re-exported here
 
 
 class Section(BaseModel):
