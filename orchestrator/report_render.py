@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 MISSING = "—"
+MAX_LEGEND_TRIALS = 24
 
 
 def format_cell(column: Column, cell: Cell | None) -> str:
@@ -319,7 +320,9 @@ def plot_loss_curves(report: Report, fig: Figure) -> bool:
     ax.set_ylabel("epoch/loss")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    if drew:
+    # A legend of hundreds of trials is unreadable, squeezes the axes to nothing and cost
+    # seconds to lay out (5 s of CPU at 1,000 trials): the table below the plots names them.
+    if drew and len(report.trials) <= MAX_LEGEND_TRIALS:
         ax.legend(fontsize="small", ncol=2)
     return drew
 
