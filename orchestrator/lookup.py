@@ -40,9 +40,8 @@ def is_result_metric(key: str) -> bool:
 
 
 def open_store(tracking_uri: str) -> Any:
-    """An MlflowClient on an existing store; ConfigError when an SQLite file is missing."""
-    from mlflow import MlflowClient
-
+    """An MlflowClient on an existing store; ConfigError when an SQLite file is missing
+    (said before MLflow is imported: a refusal answers at once)."""
     if tracking_uri.startswith("sqlite:///"):
         path = Path(tracking_uri.removeprefix("sqlite:///"))
         if not path.is_file():
@@ -50,6 +49,8 @@ def open_store(tracking_uri: str) -> Any:
                 f"no MLflow store at {tracking_uri}; run a pretrain here first, or point "
                 "MLFLOW_TRACKING_URI at the store that holds the runs"
             )
+    from mlflow import MlflowClient
+
     return MlflowClient(tracking_uri)
 
 
