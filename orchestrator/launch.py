@@ -148,6 +148,36 @@ def scaling_config(scaling: Any, extra_resources: Mapping[str, float] | None = N
     )
 
 
+def data_config(spec: RunSpec) -> Any:
+    """Ray Data's CPUs beside the Train workers: the cluster's CPUs minus what the workers
+    reserve, set from the cluster (not a hand-tuned fraction).
+
+    Ray 2.60 hands Ray Data whatever Train leaves, in whole CPUs per execution: with less than
+    one CPU left, decoding never starts and the run hangs (`backpressured:tasks(ResourceBudget)`).
+    That is refused here in one line. When the workers do not fit the cluster yet (an
+    autoscaling cluster adds nodes for them), nothing can be judged and Ray's default stands.
+    """
+    import ray
+    from ray.data import ExecutionOptions, ExecutionResources
+    from ray.train import DataConfig
+
+    total = ray.cluster_resources().get("CPU", 0.0)
+    reserved = spec.scaling.num_workers * spec.scaling.cpus_per_worker
+    free = total - reserved
+    if free < 0:
+        return DataConfig()
+    if free < 1:
+        raise ValueError(
+            f"scaling: {spec.scaling.num_workers} workers x cpus_per_worker "
+            f"{spec.scaling.cpus_per_worker:g} reserve {reserved:g} of the cluster's {total:g} "
+            f"CPUs, leaving {free:g} for Ray Data, which needs at least 1 to decode images; "
+            f"allowed: num_workers x cpus_per_worker <= {total - 1:g}"
+        )
+    return DataConfig(
+        execution_options={"train": ExecutionOptions(resource_limits=ExecutionResources(cpu=free))}
+    )
+
+
 def build_trainer(
     spec: RunSpec,
     name: str,
@@ -189,6 +219,8 @@ def build_trainer(
             callbacks=callbacks or None,
         ),
         datasets={"train": training_stream(spec), **monitor_datasets},
+        # In-process runs reserve nothing beside Ray Data; worker groups do.
+        dataset_config=None if runs_in_process(spec) else data_config(spec),
     )
 
 
