@@ -7,7 +7,8 @@ paired where every other knob of the sweep that both arms have is equal (so `lat
 compares gap 4 with gap 0 at each mask ratio). For every evaluation column at the final
 checkpoint, both arms' mean ± std over seeds are shown, and the verdict: `agrees` when the
 better arm's mean is higher, `disagrees` when not; `apart` when the intervals mean ± std do
-not overlap, `overlap` when they do (then the direction is within seed noise). A pair agrees
+not overlap, `overlap` when they do (then the direction is within seed noise), and no such
+judgement when an arm has a single seed. A pair agrees
 overall when every column agrees, disagrees when none does, and is `mixed` otherwise.
 """
 
@@ -68,15 +69,20 @@ class Comparison:
         return self.better.mean > self.worse.mean
 
     @property
-    def apart(self) -> bool:
-        """The intervals mean ± std (0 for one seed) do not overlap."""
-        spread = (self.better.std or 0.0) + (self.worse.std or 0.0)
-        return abs(self.better.mean - self.worse.mean) > spread
+    def apart(self) -> bool | None:
+        """The intervals mean ± std do not overlap; None when an arm has one seed (no spread
+        to judge the difference against)."""
+        if self.better.std is None or self.worse.std is None:
+            return None
+        return abs(self.better.mean - self.worse.mean) > self.better.std + self.worse.std
+
+    @property
+    def spread(self) -> str:
+        return {True: "apart", False: "overlap", None: "n=1, no spread"}[self.apart]
 
     @property
     def verdict(self) -> str:
-        direction = "agrees" if self.agrees else "disagrees"
-        return f"{direction} ({'apart' if self.apart else 'overlap'})"
+        return f"{'agrees' if self.agrees else 'disagrees'} ({self.spread})"
 
 
 @dataclass(frozen=True)
@@ -161,10 +167,9 @@ def baseline_lines(report: Report) -> list[str]:
     for row, comparison in found:
         difference = (comparison.better.mean - comparison.worse.mean) * 100.0
         verdict = "helps" if comparison.agrees else "does not help"
-        spread = "apart" if comparison.apart else "overlap"
         lines.append(
             f"| {row.label} | {comparison.column.key} | {_percent(comparison.better)} | "
-            f"{_percent(comparison.worse)} | {difference:+.1f} | {verdict} ({spread}) |"
+            f"{_percent(comparison.worse)} | {difference:+.1f} | {verdict} ({comparison.spread}) |"
         )
     lines.append("")
     return lines
@@ -225,7 +230,8 @@ def direction_lines(report: Report, pairs: list[PairResult]) -> list[str]:
     lines.append(
         "Verdict per metric: `agrees` when the paper's better arm has the higher mean top-1; "
         "`apart` when the intervals mean ± std do not overlap, `overlap` when the difference "
-        "is within seed noise. A pair agrees when every metric does."
+        "is within seed noise (`n=1, no spread`: one seed, no judgement of noise). "
+        "A pair agrees when every metric does."
     )
     lines.append("")
     return lines

@@ -180,8 +180,7 @@ def _baseline_html(report: Report) -> str:
         f"<td>{esc(format_cell(c.column, c.better))}</td>"
         f"<td>{esc(format_cell(c.column, c.worse))}</td>"
         f"<td>{(c.better.mean - c.worse.mean) * 100:+.1f}</td>"
-        f"<td class='knob'>{'helps' if c.agrees else 'does not help'} "
-        f"({'apart' if c.apart else 'overlap'})</td></tr>"
+        f"<td class='knob'>{'helps' if c.agrees else 'does not help'} ({c.spread})</td></tr>"
         for row, c in baseline_comparisons(report)
     )
     if not rows:

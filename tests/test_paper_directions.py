@@ -88,3 +88,13 @@ def test_each_row_is_compared_with_its_own_random_init():
     assert f"{emae} knn@e20 | 91.0 ± 1.0 | 90.5 ± 0.0 | +0.5 | helps (overlap) |" in lines
     # linear has no @e0 column: nothing to compare it with.
     assert not any(line.startswith(f"{mae} linear@e20") for line in lines)
+
+
+def test_one_seed_gets_a_direction_but_no_judgement_of_noise():
+    one_seed_mae = _row(MAE.knobs, {"knn@e20": (0.80,)})
+    one_seed_sbam = _row(SBAM.knobs, {"knn@e20": (0.85,)})
+    (pair,) = compare_pairs(_report([one_seed_mae, one_seed_sbam]))
+    (comparison,) = pair.comparisons
+    assert comparison.apart is None
+    assert comparison.verdict == "agrees (n=1, no spread)"
+    assert pair.verdict == "agrees"
