@@ -75,6 +75,7 @@ def ensure_ray(address: str | None = None, log_to_driver: bool = True) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=log_to_driver)
+        pin_data_coordinator_here()
     else:
         ray.init(
             include_dashboard=True,
@@ -86,6 +87,25 @@ def ensure_ray(address: str | None = None, log_to_driver: bool = True) -> None:
     log_path = console_log.attach_session_log(session_logs_dir())
     if log_path:
         print(f"[mimray] Ray, Tune, Ray Data and MLflow logs: {log_path}", flush=True)
+
+
+def pin_data_coordinator_here() -> None:
+    """Create Ray Data's autoscaling coordinator on this driver's node, before any trial runs.
+
+    It is a detached actor (it outlives every job) that Ray 2.60 creates on the node of the
+    first process to run a dataset. A one-worker trial trains, and so reads its data, inside
+    its Tune actor, often on a GPU node the autoscaler added: created there, the coordinator
+    keeps that node busy forever and the autoscaler never removes it (seen on the fake
+    multi-node cluster). Created here first, it lives on the driver's node (the head for
+    `mimray submit`). Private Ray API: a Ray without it has nothing to pin.
+    """
+    try:
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+            get_or_create_autoscaling_coordinator,
+        )
+    except ImportError:
+        return
+    get_or_create_autoscaling_coordinator()
 
 
 def session_logs_dir() -> str | None:
