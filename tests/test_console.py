@@ -70,5 +70,7 @@ def test_demo_console_is_mimrays_lines_with_in_epoch_progress(workdir, ray_sessi
     # What left the console is in the log file it names.
     (log_line,) = [line for line in lines if "logs: " in line and line.startswith("[mimray]")]
     log = Path(log_line.split("logs: ", 1)[1])
-    assert log.is_file() and "mlflow" in log.read_text()
+    # Ray's own connect lines, which would otherwise be on the console (MLflow adds its
+    # lines only when it has something to say at INFO, e.g. a new store's migrations).
+    assert log.is_file() and "Connected to Ray cluster" in log.read_text()
     assert len(lines) < 40, output  # was 73 lines of which 22 mimray's
