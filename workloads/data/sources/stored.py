@@ -157,7 +157,7 @@ class StoredSource(DataSource):
         from workloads.data.parquet import normalise_parquet_batch, read_columns
 
         filesystem, layout = resolve_layout(source, columns=columns)
-        info = describe_stored(source, columns=columns)
+        info = _describe_layout(source, filesystem, layout)  # one listing, not two
         num_rows = min(info.num_rows, num_images) if num_images else info.num_rows
         if layout.kind == "image-files":
             files = layout.files[:num_rows]
@@ -203,12 +203,16 @@ def describe_stored(
 ) -> DatasetInfo:
     """Row count, class names and digest at `uri`: from the manifest when there is one, else
     from Parquet footers (plus the label column when no class names are stored) or a listing."""
+    return _describe_layout(uri, *resolve_layout(uri, _settings_for(uri, settings), columns))
+
+
+def _describe_layout(
+    uri: str, filesystem: pyarrow.fs.FileSystem, layout: StoredLayout
+) -> DatasetInfo:
     import pyarrow.parquet as pq
 
     from workloads.data.parquet import class_names_from_labels
 
-    settings = _settings_for(uri, settings)
-    filesystem, layout = resolve_layout(uri, settings, columns)
     if layout.manifest is not None:
         manifest = layout.manifest
         return DatasetInfo(
