@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -37,6 +38,16 @@ except SystemExit as done:
     print("ray started:", ray.is_initialized())
     sys.exit(done.code)
 """
+
+
+@pytest.fixture
+def cluster_temp_dir():
+    """A temp folder for a test's own Ray cluster. Short: Ray's socket paths live under it and
+    must stay within 107 bytes."""
+    path = Path(f"/tmp/mrc-{os.getpid()}-{time.monotonic_ns() % 10**6}")
+    path.mkdir()
+    yield path
+    subprocess.run(["rm", "-rf", str(path)], check=False)
 
 
 @pytest.fixture(scope="session")

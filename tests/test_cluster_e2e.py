@@ -9,16 +9,15 @@
 
 from __future__ import annotations
 
+import functools
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import TINY_MODEL
-from local_ray_cluster import LocalRayCluster
+from local_ray_cluster import LocalRayCluster, run_mimray
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -45,26 +44,7 @@ def tiny_sweep(
     return yaml.safe_dump(spec, sort_keys=False)
 
 
-def mimray(
-    args: list[str], cwd: Path, env: dict[str, str], timeout: float = 540
-) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-@pytest.fixture
-def cluster_temp_dir():
-    # Short: Ray's socket paths live under it and must stay within 107 bytes.
-    path = Path(f"/tmp/mre-{os.getpid()}-{time.monotonic_ns() % 10**6}")
-    path.mkdir()
-    yield path
-    subprocess.run(["rm", "-rf", str(path)], check=False)
+mimray = functools.partial(run_mimray, timeout=540)
 
 
 def _client_env(cluster: LocalRayCluster, tracking_uri: str) -> dict[str, str]:

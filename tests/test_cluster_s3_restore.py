@@ -6,17 +6,15 @@ head's disk or a node goes away (slow: a real local Ray cluster, a real S3 API).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 from conftest import TINY_MODEL
-from local_ray_cluster import LocalRayCluster
+from local_ray_cluster import LocalRayCluster, run_mimray
 
 pytestmark = pytest.mark.slow
 TRIALS = 3
@@ -43,24 +41,7 @@ def sweep_spec(storage: str) -> str:
     )
 
 
-def mimray(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 600):
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-@pytest.fixture
-def cluster_temp_dir():
-    # Short: Ray's socket paths live under it and must stay within 107 bytes.
-    path = Path(f"/tmp/mrs-{os.getpid()}-{time.monotonic_ns() % 10**6}")
-    path.mkdir()
-    yield path
-    subprocess.run(["rm", "-rf", str(path)], check=False)
+mimray = functools.partial(run_mimray, timeout=600)
 
 
 def wait_for_log(address: list[str], job: str, needle: str, cwd, env, timeout_s: float) -> str:
