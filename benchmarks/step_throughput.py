@@ -19,7 +19,7 @@ from reference_mae import ReferenceMAE
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.spec import load_spec
+from orchestrator.config import load_spec
 from workloads.methods import method_names
 from workloads.pretrain import build_model
 

@@ -56,7 +56,7 @@ def sweep_yaml(name: str, trials: int, epochs: int, images: int, seed0: int) -> 
 def time_sweep(path: str, name: str) -> list[tuple[str, float, float]]:
     """(trial, wall, epochs' time) of each trial of the sweep at `path`."""
     import orchestrator.sweep as sweep_module
-    from orchestrator.spec import load_sweep
+    from orchestrator.config import load_sweep
     from orchestrator.tracking import Tracker, resolve_tracking_uri
 
     started: dict[str, float] = {}
@@ -103,7 +103,7 @@ def time_bare_fit(name: str, epochs: int, images: int, seed: int) -> tuple[str, 
         resolve_storage_path,
         scaling_config,
     )
-    from orchestrator.spec import validate_spec
+    from orchestrator.config import validate_spec
 
     spec = validate_spec(
         {

@@ -81,7 +81,7 @@ def main() -> None:
         import boto3
 
         from orchestrator.launch import run_pretrain
-        from orchestrator.spec import load_spec
+        from orchestrator.config import load_spec
 
         if args.tuned:
             tune_ray_data()

@@ -158,9 +158,9 @@ def storage_paths(command: Any, args: list[str]) -> list[str | None]:
     COMMAND is the click command ARGS[0] names; its own parser reads the config and `--set`s,
     so the check sees what the job will run.
     """
-    from orchestrator.spec.base import ConfigError
-    from orchestrator.spec.loading import load_spec, load_sweep, read_spec_source
-    from orchestrator.spec.sweep import is_sweep
+    from orchestrator.config.base import ConfigError
+    from orchestrator.config.loading import load_spec, load_sweep, read_spec_source
+    from orchestrator.config.sweep import is_sweep
 
     if args[0] not in CHECKPOINTING_COMMANDS:
         return []

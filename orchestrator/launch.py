@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import __version__, console_log
-from orchestrator.eval_data import describe_eval_data, labelled_dataset
+from orchestrator.evaluation.data import describe_eval_data, labelled_dataset
 from orchestrator.local_fit import fit_in_process
-from orchestrator.spec import RunSpec, check_name
+from orchestrator.config import RunSpec, check_name
 from orchestrator.tracking import (
     FINGERPRINT_TAG,
     RunHandle,
@@ -467,6 +467,6 @@ def run_pretrain(
 
 def evaluate_after(run: PreparedRun, epochs_done: int, address: str | None = None) -> None:
     """Run the spec's chained `eval:` list on the run's checkpoints (done ones are reused)."""
-    from orchestrator.evaluate import run_chained_evaluations  # it imports this module
+    from orchestrator.evaluation.runs import run_chained_evaluations  # it imports this module
 
     run_chained_evaluations(run.run_id, run.spec.eval, epochs_done, run.tracking_uri, address)

@@ -28,7 +28,7 @@ from orchestrator.launch import (
     prepare_run,
     runs_in_process,
 )
-from orchestrator.spec import RunSpec, SweepSpec, Trial
+from orchestrator.config import RunSpec, SweepSpec, Trial
 from orchestrator.sweep_space import param_space, searcher
 from orchestrator.tracking import (
     KIND_TAG,

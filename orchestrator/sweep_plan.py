@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from orchestrator.spec import SweepSpec, Trial
+from orchestrator.config import SweepSpec, Trial
 from orchestrator.tracking import measured_epoch_seconds, resolve_tracking_uri
 
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.spec import SweepSpec, Trial
-from orchestrator.spec.search_space import Distribution
+from orchestrator.config import SweepSpec, Trial
+from orchestrator.config.search_space import Distribution
 
 TRIAL_KEY = "trial"
 

@@ -31,7 +31,7 @@ TINY_MODEL = [
 # Ray would hide a command that started one.
 PROBE = """
 import sys, ray
-from orchestrator.cli import main
+from orchestrator.cli.main import main
 try:
     main(sys.argv[1:])
 except SystemExit as done:

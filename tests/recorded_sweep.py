@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.spec import load_sweep
+from orchestrator.config import load_sweep
 from orchestrator.sweep import open_sweep_runs
 from orchestrator.tracking import (
     CHECKPOINT_EPOCH_TAG,

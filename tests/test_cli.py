@@ -8,7 +8,7 @@ import urllib.request
 from click.testing import CliRunner
 from conftest import serve_mlflow_ui
 
-from orchestrator.cli import main
+from orchestrator.cli.main import main
 from orchestrator.tracking import Tracker, resolve_tracking_uri
 
 

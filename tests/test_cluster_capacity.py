@@ -24,7 +24,7 @@ from ray.autoscaler._private.resource_demand_scheduler import (
 )
 
 from orchestrator.capacity_scorer import SCORER_ENV, SCORER_PATH
-from orchestrator.spec.run import ScalingSpec
+from orchestrator.config.run import ScalingSpec
 
 CLUSTER = Path(__file__).resolve().parent.parent / "cluster"
 CONFIGS = ["aws.yaml", "gcp.yaml"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from orchestrator.cli import main
+from orchestrator.cli.main import main
 from orchestrator.tracking import KIND_TAG, Tracker, resolve_tracking_uri
 
 
@@ -67,8 +67,8 @@ def test_eval_run_is_not_a_target(store):
 
 
 def test_chained_evals_take_the_final_checkpoint_and_every_nth():
-    from orchestrator.evaluate import Checkpoint, chained_evaluations
-    from orchestrator.spec import load_eval_spec
+    from orchestrator.evaluation.runs import Checkpoint, chained_evaluations
+    from orchestrator.config import load_eval_spec
 
     checkpoints = [
         Checkpoint("run", "tiny", "0", f"m-{epoch}", epoch, f"/ray/tiny/{epoch}", None)

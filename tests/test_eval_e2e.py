@@ -10,9 +10,9 @@ from browser import dump_dom
 from click.testing import CliRunner
 from conftest import TINY_MODEL, serve_mlflow_ui
 
-from orchestrator.cli import main
+from orchestrator.cli.main import main
 from orchestrator.launch import run_pretrain
-from orchestrator.spec import load_spec
+from orchestrator.config import load_spec
 from orchestrator.tracking import Tracker, resolve_tracking_uri
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from orchestrator.spec import ConfigError, load_spec
+from orchestrator.config import ConfigError, load_spec
 from workloads.methods import get_method, method_names
 from workloads.pretrain import unwrap
 

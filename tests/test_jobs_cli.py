@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from conftest import free_port
 
 from orchestrator import jobs
-from orchestrator.cli import main
+from orchestrator.cli.main import main
 
 
 @pytest.mark.parametrize(

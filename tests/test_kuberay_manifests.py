@@ -229,7 +229,7 @@ def test_rayjob_keeps_checkpoints_in_object_storage_and_survives_losses():
 def test_rayjob_entrypoint_is_a_valid_sweep(workdir):
     from click.testing import CliRunner
 
-    from orchestrator.cli import main
+    from orchestrator.cli.main import main
 
     entrypoint = load("rayjob.yaml")["spec"]["entrypoint"].split()
     assert entrypoint[:4] == ["python", "-m", "orchestrator", "sweep"]

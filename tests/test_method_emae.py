@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import TINY_MODEL
 
-from orchestrator.spec import ConfigError, load_spec
+from orchestrator.config import ConfigError, load_spec
 from workloads.methods.emae import (
     EMAE,
     masked_predictions,

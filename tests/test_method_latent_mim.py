@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from orchestrator.spec import ConfigError, load_spec
+from orchestrator.config import ConfigError, load_spec
 from workloads.ema import ema_update, frozen_copy
 from workloads.evaluation.heads import encoder_prefix, load_encoder
 from workloads.masking import gather_tokens, random_masking

@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import TINY_MODEL  # noqa: E402
 
-from orchestrator.spec import load_spec  # noqa: E402
+from orchestrator.config import load_spec  # noqa: E402
 from workloads.pretrain import build_model  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "data" / "method_losses_golden.json"

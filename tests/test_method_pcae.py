@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from orchestrator.spec import ConfigError, load_spec
+from orchestrator.config import ConfigError, load_spec
 from workloads.masking import random_masking
 from workloads.methods import get_method
 from workloads.methods.pcae import (

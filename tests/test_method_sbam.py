@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from orchestrator.spec import ConfigError, load_spec
+from orchestrator.config import ConfigError, load_spec
 from workloads.masking import gather_tokens
 from workloads.methods._ragged_masks import encode_padded, ragged_masked_mse
 from workloads.methods.sbam import (

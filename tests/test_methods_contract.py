@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import TINY_MODEL
 
-from orchestrator.spec import load_spec
+from orchestrator.config import load_spec
 from workloads.ema import EMATeacher
 from workloads.evaluation.heads import encoder_prefix, load_encoder
 from workloads.methods import MethodOutput, get_method, method_names

@@ -23,7 +23,7 @@ from conftest import TINY_MODEL
 from test_dashboards import DASHBOARDS, queried_metrics
 
 from orchestrator.launch import run_pretrain
-from orchestrator.spec import Trial, load_spec
+from orchestrator.config import Trial, load_spec
 from orchestrator.sweep import SweepProgress
 from orchestrator.tracking import RUN_KEY_TAG, Tracker, resolve_tracking_uri
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from orchestrator.cli import main
-from orchestrator.spec import ConfigError, load_spec, load_sweep
+from orchestrator.cli.main import main
+from orchestrator.config import ConfigError, load_spec, load_sweep
 
 
 def test_worker_resources_default_empty_and_keep_old_fingerprints():

@@ -8,7 +8,7 @@ import pytest
 from conftest import TINY_MODEL
 
 from orchestrator.launch import run_pretrain
-from orchestrator.spec import load_spec
+from orchestrator.config import load_spec
 from orchestrator.tracking import CHECKPOINT_URI_TAG, Tracker, resolve_tracking_uri
 from workloads.data import describe_source
 

@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import PROBE
 
-from orchestrator.cli import main
-from orchestrator.spec import (
+from orchestrator.cli.main import main
+from orchestrator.config import (
     ConfigError,
     apply_overrides,
     load_spec,
@@ -65,7 +65,7 @@ def test_cli_rejects_bad_input_before_ray_starts(workdir):
 
 def test_missing_config_file_exits_2_from_the_console_script(workdir):
     proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "pretrain", "no-such-file.yaml"],
+        [sys.executable, "-m", "orchestrator", "pretrain", "no-such-file.yaml"],
         capture_output=True,
         text=True,
         timeout=120,

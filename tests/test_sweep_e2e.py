@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import PROBE
 
-from orchestrator.cli import main
-from orchestrator.spec import preset_names, read_spec_source
+from orchestrator.cli.main import main
+from orchestrator.config import preset_names, read_spec_source
 from orchestrator.tracking import Tracker, resolve_tracking_uri
 
 SWEEP = """
@@ -91,7 +91,7 @@ def test_killed_sweep_restores_without_retraining_or_duplicating(sweep_file, wor
     # The drivers join the session's Ray, as `mimray sweep` joins a cluster via RAY_ADDRESS:
     # a second local Ray on the same machine would confuse Ray's own address lookups.
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
-    command = [sys.executable, "-m", "orchestrator.cli", "sweep", sweep_file]
+    command = [sys.executable, "-m", "orchestrator", "sweep", sweep_file]
     started = time.monotonic()
     log = (workdir / "killed-driver.log").open("w")
     driver = subprocess.Popen(
@@ -180,7 +180,7 @@ sweep:
 
 @pytest.mark.slow
 def test_asha_stops_a_one_worker_trial_and_tune_sees_the_knobs(workdir, ray_session):
-    from orchestrator.spec import load_sweep
+    from orchestrator.config import load_sweep
     from orchestrator.sweep import run_sweep
 
     sweep, trials = load_sweep(_sweep_yaml(workdir, ASHA))
@@ -221,7 +221,7 @@ sweep:
 @pytest.mark.slow
 def test_random_search_runs_the_drawn_points_and_restores(workdir, ray_session):
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
-    command = [sys.executable, "-m", "orchestrator.cli", "sweep", _sweep_yaml(workdir, RANDOM)]
+    command = [sys.executable, "-m", "orchestrator", "sweep", _sweep_yaml(workdir, RANDOM)]
     first = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     again = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)

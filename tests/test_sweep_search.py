@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from orchestrator.spec import ConfigError, load_sweep
+from orchestrator.config import ConfigError, load_sweep
 from orchestrator.sweep_space import param_space, trial_configs
 
 RANDOM = """

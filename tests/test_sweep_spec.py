@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.spec import ConfigError, load_spec, load_sweep, preset_names
+from orchestrator.config import ConfigError, load_spec, load_sweep, preset_names
 
 SWEEP = """
 name: ksweep

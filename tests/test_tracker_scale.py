@@ -128,7 +128,7 @@ def test_restore_after_killed_setup_duplicates_nothing(tmp_path):
 def test_help_imports_no_heavy_module():
     probe = (
         "import sys\n"
-        "from orchestrator.cli import main\n"
+        "from orchestrator.cli.main import main\n"
         "try:\n"
         "    main(['--help'])\n"
         "except SystemExit:\n"
@@ -147,7 +147,7 @@ def test_lazy_commands_list_their_own_one_line_help():
     must be what each command says of itself once imported."""
     import click
 
-    from orchestrator.cli import LAZY_COMMANDS, main
+    from orchestrator.cli.main import LAZY_COMMANDS, main
 
     listed = CliRunner().invoke(main, ["--help"]).output
     for name, (_, short_help) in LAZY_COMMANDS.items():

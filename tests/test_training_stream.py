@@ -18,9 +18,9 @@ from click.testing import CliRunner
 from conftest import TINY_MODEL
 from PIL import Image
 
-from orchestrator.cli import main
+from orchestrator.cli.main import main
 from orchestrator.launch import training_stream
-from orchestrator.spec import load_spec
+from orchestrator.config import load_spec
 from workloads.data import Augmentation, build_dataset
 from workloads.data.decode import augment_pixels
 from workloads.data.manifest import read_manifest

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from orchestrator.cli import main
-from orchestrator.spec import ConfigError, check_name
+from orchestrator.cli.main import main
+from orchestrator.config import ConfigError, check_name
 
 SWEEP = """
 name: {name}

@@ -16,8 +16,8 @@ from typing import Any
 
 from click.testing import CliRunner
 
-from orchestrator.cli import main
-from orchestrator.evaluate import resolve_checkpoints
+from orchestrator.cli.main import main
+from orchestrator.evaluation.runs import resolve_checkpoints
 from orchestrator.report import build_report
 from orchestrator.report_render import render_markdown, table_cells
 from orchestrator.tracking import Tracker

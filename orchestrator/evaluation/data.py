@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.spec import ConfigError, EvalSpec
+from orchestrator.config import ConfigError, EvalSpec
 from workloads.data import (
     FIND_COLUMNS,
     Columns,

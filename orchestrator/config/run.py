@@ -14,8 +14,8 @@ from pydantic import (
     model_validator,
 )
 
-from orchestrator.spec.base import Section, check_storage_path
-from orchestrator.spec.evaluation import EvalSpec
+from orchestrator.config.base import Section, check_storage_path
+from orchestrator.config.evaluation import EvalSpec
 from workloads.data import Augmentation, Columns, validate_source
 from workloads.methods import MethodKnobs, get_method, method_names
 

@@ -9,7 +9,7 @@ import json
 
 import click
 
-from orchestrator.cli_common import console, fail, tracking_option
+from orchestrator.cli.common import console, fail, tracking_option
 from orchestrator.errors import ConfigError
 from orchestrator.tracking import resolve_tracking_uri
 

@@ -6,9 +6,9 @@ is one line naming the dotted key and what is allowed, so the CLI can print it a
 A sweep spec is a base run spec plus the grid of points to vary.
 """
 
-from orchestrator.spec.base import ConfigError, check_name
-from orchestrator.spec.evaluation import PROTOCOLS, EvalSpec
-from orchestrator.spec.loading import (
+from orchestrator.config.base import ConfigError, check_name
+from orchestrator.config.evaluation import PROTOCOLS, EvalSpec
+from orchestrator.config.loading import (
     apply_overrides,
     load_eval_spec,
     load_spec,
@@ -17,8 +17,8 @@ from orchestrator.spec.loading import (
     read_spec_source,
     validate_spec,
 )
-from orchestrator.spec.run import RunSpec, flatten
-from orchestrator.spec.sweep import SweepSpec, Trial
+from orchestrator.config.run import RunSpec, flatten
+from orchestrator.config.sweep import SweepSpec, Trial
 
 __all__ = [
     "ConfigError",

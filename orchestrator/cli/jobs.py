@@ -10,7 +10,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from orchestrator.cli_common import RUNTIME_ERROR, console, fail
+from orchestrator.cli.common import RUNTIME_ERROR, console, fail
 
 address_option = click.option(
     "--address",

@@ -14,7 +14,7 @@ import click
 from rich.table import Table
 
 from orchestrator import __version__
-from orchestrator.cli_common import LazyGroup, console, fail, root_cause, set_option
+from orchestrator.cli.common import LazyGroup, console, fail, root_cause, set_option
 
 # The spec (and through it torch), Ray and MLflow are imported inside the commands that need
 # them: `mimray --help` does not pay seconds of imports before it prints a line.
@@ -58,7 +58,7 @@ def _pretrain(
     address: str | None,
     point: int | None = None,
 ) -> None:
-    from orchestrator.spec import ConfigError, check_name, load_spec
+    from orchestrator.config import ConfigError, check_name, load_spec
 
     try:
         if name is not None:
@@ -115,7 +115,7 @@ def sweep(
     config: str, overrides: tuple[str, ...], dry_run: bool, name: str | None, address: str | None
 ) -> None:
     """Run the ablation grid of CONFIG (a sweep YAML or preset) on Ray Tune."""
-    from orchestrator.spec import ConfigError, load_sweep
+    from orchestrator.config import ConfigError, load_sweep
 
     try:
         # The sweep name is part of every trial's name, so it is set before expansion.
@@ -311,7 +311,7 @@ def methods() -> None:
 @main.command()
 def presets() -> None:
     """List the built-in spec presets (usable wherever a CONFIG path is)."""
-    from orchestrator.spec import ConfigError, load_sweep, preset_names, read_spec_source
+    from orchestrator.config import ConfigError, load_sweep, preset_names, read_spec_source
 
     table = Table("preset", "kind", "runs", "description")
     for name in preset_names():
@@ -330,20 +330,20 @@ def presets() -> None:
 # Registered by name and one-line help; their modules are imported when they run.
 LAZY_COMMANDS = {
     "submit": (
-        "orchestrator.cli_jobs:submit",
+        "orchestrator.cli.jobs:submit",
         "Run a mimray COMMAND on a Ray cluster as a job: mimray submit -- sweep emae-k",
     ),
-    "jobs": ("orchestrator.cli_jobs:jobs", "Jobs on a Ray cluster: list, status, logs, stop."),
+    "jobs": ("orchestrator.cli.jobs:jobs", "Jobs on a Ray cluster: list, status, logs, stop."),
     "report": (
-        "orchestrator.cli_report:report",
+        "orchestrator.cli.report:report",
         "Ablation table of SWEEP: mean ± std over seeds of final loss and every evaluation.",
     ),
     "eval": (
-        "orchestrator.cli_eval:evaluate",
+        "orchestrator.cli.evaluate:evaluate",
         "Evaluate TARGET's checkpoints downstream: kNN, linear probe or fine-tune.",
     ),
     "lineage": (
-        "orchestrator.cli_lineage:lineage",
+        "orchestrator.cli.lineage:lineage",
         "Show TARGET's lineage: sweep -> trial runs -> checkpoints -> evaluations.",
     ),
 }

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from orchestrator.spec.base import Section
+from orchestrator.config.base import Section
 
 PROTOCOLS: tuple[str, ...] = ("knn", "linear", "finetune")
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from orchestrator.cli_common import console, fail, root_cause, set_option, tracking_option
-from orchestrator.spec import PROTOCOLS, ConfigError, load_eval_spec
+from orchestrator.cli.common import console, fail, root_cause, set_option, tracking_option
+from orchestrator.config import PROTOCOLS, ConfigError, load_eval_spec
 from orchestrator.tracking import resolve_tracking_uri
 
 
@@ -40,13 +40,13 @@ def evaluate(
     uri = resolve_tracking_uri(tracking_uri)
     try:
         specs = [load_eval_spec(protocol, overrides) for protocol in protocols]
-        from orchestrator.evaluate import resolve_checkpoints  # heavy imports after validation
+        from orchestrator.evaluation.runs import resolve_checkpoints  # heavy imports after validation
 
         checkpoints = resolve_checkpoints(uri, target)
     except ConfigError as err:
         fail(str(err))
     from orchestrator.console_log import quiet_libraries
-    from orchestrator.evaluate import evaluate_checkpoint, print_result
+    from orchestrator.evaluation.runs import evaluate_checkpoint, print_result
 
     quiet_libraries()  # mimray's lines and errors on the console; the rest to a log file
     table = Table("run", "epoch", "protocol", "top-1", "MLflow eval run", title="evaluations")

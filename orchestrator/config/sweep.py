@@ -12,7 +12,7 @@ sweep:
 ```
 
 Instead of points and grid, `search: random` draws `num_samples` points from per-knob
-distributions (`orchestrator.spec.search_space`).
+distributions (`orchestrator.config.search_space`).
 
 Every trial is validated as a run spec before anything starts; an error names the key and
 the grid point it came from.
@@ -35,9 +35,9 @@ from pydantic import (
     model_validator,
 )
 
-from orchestrator.spec.base import NAME_RULE, ConfigError, name_problem
-from orchestrator.spec.run import RunSpec, check_custom_resources
-from orchestrator.spec.search_space import Distribution, draw_samples, parse_distribution
+from orchestrator.config.base import NAME_RULE, ConfigError, name_problem
+from orchestrator.config.run import RunSpec, check_custom_resources
+from orchestrator.config.search_space import Distribution, draw_samples, parse_distribution
 
 
 class EarlyStop(BaseModel):

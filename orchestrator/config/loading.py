@@ -11,10 +11,10 @@ from typing import Any, get_args
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from orchestrator.spec.base import ConfigError
-from orchestrator.spec.evaluation import PROTOCOLS, EvalSpec
-from orchestrator.spec.run import RunSpec
-from orchestrator.spec.sweep import (
+from orchestrator.config.base import ConfigError
+from orchestrator.config.evaluation import PROTOCOLS, EvalSpec
+from orchestrator.config.run import RunSpec
+from orchestrator.config.sweep import (
     SweepSpec,
     Trial,
     check_early_stop,

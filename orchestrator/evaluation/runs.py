@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.eval_data import EvalData, describe_eval_data, labelled_dataset
+from orchestrator.evaluation.data import EvalData, describe_eval_data, labelled_dataset
 from orchestrator.launch import ensure_ray, git_commit, scaling_config
 from orchestrator.lookup import (
     checkpoint_models,
@@ -25,7 +25,7 @@ from orchestrator.lookup import (
     open_store,
     sweep_trials,
 )
-from orchestrator.spec import ConfigError, EvalSpec, flatten
+from orchestrator.config import ConfigError, EvalSpec, flatten
 from orchestrator.tracking import (
     CHECKPOINT_EPOCH_TAG,
     CHECKPOINT_URI_TAG,
@@ -305,8 +305,8 @@ def run_chained_evaluations(
 
 
 def _record_baseline(client: Any, tracking_uri: str, run: Any, last: Checkpoint) -> None:
-    """The run's untrained encoder as its epoch-0 checkpoint (see `orchestrator.baseline`)."""
-    from orchestrator.baseline import ensure_baseline_model  # torch: only when asked for
+    """The run's untrained encoder as its epoch-0 checkpoint (see `orchestrator.evaluation.baseline`)."""
+    from orchestrator.evaluation.baseline import ensure_baseline_model  # torch: only when asked for
 
     tracker = Tracker.for_experiment_id(tracking_uri, run.info.experiment_id)
     spec = read_checkpoint_spec(last.uri)

@@ -1,7 +1,7 @@
 """`mimray report SWEEP`: the sweep's ablation table from MLflow, as Markdown, HTML and text.
 
-Registered on the `mimray` group at the end of `orchestrator/cli.py`; it imports from there
-only inside the command, since cli.py imports this module.
+Registered (lazily, by name) on the `mimray` group at the end of `orchestrator/cli/main.py`;
+it imports only from `orchestrator/cli/common.py`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from orchestrator.cli_common import tracking_option
+from orchestrator.cli.common import tracking_option
 
 
 @click.command()
@@ -27,7 +27,7 @@ def report(sweep: str, out: Path | None, experiment: str | None, tracking_uri: s
 
     Writes report.md and report.html (plots inline) and attaches both to the sweep's parent
     run in MLflow under report/."""
-    from orchestrator.cli_common import console, fail
+    from orchestrator.cli.common import console, fail
     from orchestrator.paper_directions import compare_pairs
     from orchestrator.report import ReportError, attach_report, build_report
     from orchestrator.report_render import report_paths, rich_table, write_report

@@ -1,7 +1,7 @@
 """What every `mimray` command module shares: the console, one-line errors, `--set`.
 
-Kept apart from cli.py so command modules never import cli.py back: under
-`python -m orchestrator.cli` that would load the CLI a second time, half-initialised.
+Kept apart from main.py so command modules never import main.py back: under
+`python -m orchestrator.cli.main` that would load the CLI a second time, half-initialised.
 """
 
 from __future__ import annotations
