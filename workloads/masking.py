@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from workloads.patch_counts import num_kept
+
 
 @dataclass(frozen=True)
 class MaskIndices:
@@ -22,12 +24,6 @@ class MaskIndices:
     idx_keep: Tensor
     idx_mask: Tensor
     ids_restore: Tensor
-
-
-def num_kept(num_patches: int, mask_ratio: float) -> int:
-    """Number of visible patches, int(N * (1 - r)) as in MAE, never fewer than one."""
-    # The epsilon stops float error from dropping a patch, e.g. 10 * (1 - 0.9) = 0.99999...
-    return max(1, int(num_patches * (1.0 - mask_ratio) + 1e-6))
 
 
 def random_masking(

@@ -296,11 +296,11 @@ def ui(port: int, host: str) -> None:
 @main.command()
 def methods() -> None:
     """List the registered pretraining methods and their knobs with defaults."""
-    from workloads.methods import get_method, method_names
+    from workloads.methods import method_card, method_names  # the cards: no torch
 
     table = Table("method", "knob", "default", "description")
     for name in method_names():
-        method = get_method(name)
+        method = method_card(name)
         table.add_row(f"[bold]{name}[/bold]", "", "", method.summary)
         for knob, info in method.knobs.model_fields.items():
             if knob != "name":

@@ -23,7 +23,7 @@ from orchestrator.config.sweep import (
     parse_sweep,
     set_dotted,
 )
-from workloads.methods import get_method
+from workloads.methods import method_card
 
 
 def preset_names() -> list[str]:
@@ -169,7 +169,7 @@ def _allowed_keys(section: list[str], raw: Mapping[str, Any], root: type[BaseMod
                 if isinstance(raw.get("method"), Mapping)
                 else "mae"
             )
-            model = get_method(name).knobs
+            model = method_card(name).knobs
             continue
         annotation = model.model_fields[part].annotation
         # list[EvalSpec] names its item type as the annotation's argument

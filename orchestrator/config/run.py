@@ -17,7 +17,7 @@ from pydantic import (
 from orchestrator.config.base import Section, check_storage_path
 from orchestrator.config.evaluation import EvalSpec
 from workloads.data import Augmentation, Columns, validate_source
-from workloads.methods import MethodKnobs, get_method, method_names
+from workloads.methods import MethodKnobs, method_card, method_names  # cards only: no torch
 
 
 class ModelSpec(Section):
@@ -178,7 +178,7 @@ def _validate_method(raw: Any) -> MethodKnobs:
         raise ValueError("expected a mapping with a `name` key")
     name = raw.get("name", "mae")
     try:
-        method = get_method(name)
+        method = method_card(name)
     except KeyError:
         allowed = ", ".join(method_names())
         raise ValueError(f"name: unknown method {name!r}; allowed: {allowed}") from None
@@ -212,7 +212,7 @@ class RunSpec(Section):
 
     @model_validator(mode="after")
     def _method_fits_model(self) -> RunSpec:
-        check = get_method(self.method.name).check
+        check = method_card(self.method.name).check
         if check is not None:
             try:
                 check(self.model.model_dump(), self.method)

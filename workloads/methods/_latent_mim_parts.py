@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from workloads.masking import gather_tokens
 from workloads.models.decoder import SinCosDecoder
 from workloads.models.vit import init_linear_and_norm
+from workloads.patch_counts import gap_grid_side
 from workloads.patches import patchify
 
 # ----------------------------------------------------------------------- gap-grid patchify
@@ -57,11 +58,6 @@ def crop_cells(cells: Tensor, patch_size: int, gap: int, offsets: Tensor) -> Ten
     index = flat.reshape(batch, 1, -1).expand(-1, channels, -1)
     crops = cells.flatten(2).gather(2, index).view(batch, channels, grid, grid, p, p)
     return crops.permute(0, 1, 2, 4, 3, 5).reshape(batch, channels, grid * p, grid * p)
-
-
-def gap_grid_side(grid_size: int, patch_size: int, gap: int) -> int:
-    """Side of the image a gap grid is cut from at native resolution: g·(p+gap)."""
-    return grid_size * (patch_size + gap)
 
 
 def needs_resampling(imgs: Tensor, grid_size: int, patch_size: int, gap: int) -> bool:

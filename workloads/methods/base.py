@@ -1,9 +1,10 @@
 """What a pretraining method is to mimray: its knobs, how to build its model, and the
 contract that model keeps.
 
-A method is a plug-in. Its module declares a `MethodKnobs` subclass (the knobs a sweep can
-vary, with defaults and bounds) and a builder that turns the model section of a run spec plus
-those knobs into a `PretrainModel`. The pretrain loop, the optimizer and evaluation only ever
+A method is a plug-in: a torch-free `<method>_knobs.py` declares its card (a `MethodKnobs`
+subclass with the knobs a sweep can vary, defaults and bounds, and its checks; see `knobs.py`),
+and `<method>.py` a builder that turns the model section of a run spec plus those knobs into a
+`PretrainModel`. The pretrain loop, the optimizer and evaluation only ever
 use that contract, so a new method never touches the loop, evaluation or the orchestrator.
 """
 
@@ -14,18 +15,15 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from workloads.methods.knobs import (  # noqa: F401 - re-exported: the knobs' torch-free home
+    MethodCard,
+    MethodKnobs,
+    SpecCheck,
+    TrainImageSize,
+)
 from workloads.models.vit import ViTEncoder
-
-
-class MethodKnobs(BaseModel):
-    """Base of every method's knobs; `name` selects the method in the registry."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str
 
 
 @dataclass
@@ -65,12 +63,6 @@ class PretrainModel(nn.Module):
 
 
 ModelBuilder = Callable[[Mapping[str, Any], MethodKnobs], PretrainModel]
-# Cross-checks between knobs and the model section (e.g. K must divide the patch count).
-# Raise ValueError("key: what is wrong; what is allowed") to reject a combination.
-SpecCheck = Callable[[Mapping[str, Any], MethodKnobs], None]
-# Side of the training images the method wants from the data stream, when it is not
-# model.img_size (Latent MIM's gap grid is cut from g·(p+gap) images at native resolution).
-TrainImageSize = Callable[[Mapping[str, Any], MethodKnobs], int]
 
 
 def no_decay_names(**parts: nn.Module) -> set[str]:
@@ -80,11 +72,29 @@ def no_decay_names(**parts: nn.Module) -> set[str]:
 
 @dataclass(frozen=True)
 class Method:
-    name: str
-    summary: str
-    knobs: type[MethodKnobs]
+    """A method's card (knobs, checks, summary: its `<method>_knobs.py`) and its model."""
+
+    card: MethodCard
     build: ModelBuilder
     # The class `build` returns: evaluation reads its `encoder_key` without building a model.
     model: type[PretrainModel] = PretrainModel
-    check: SpecCheck | None = None
-    train_img_size: TrainImageSize | None = None
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @property
+    def summary(self) -> str:
+        return self.card.summary
+
+    @property
+    def knobs(self) -> type[MethodKnobs]:
+        return self.card.knobs
+
+    @property
+    def check(self) -> SpecCheck | None:
+        return self.card.check
+
+    @property
+    def train_img_size(self) -> TrainImageSize | None:
+        return self.card.train_img_size

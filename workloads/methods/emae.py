@@ -40,7 +40,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from pydantic import Field
 from torch import Tensor
 
 from workloads.losses import masked_mse, normalize_patches
@@ -48,26 +47,14 @@ from workloads.masking import MaskIndices
 from workloads.methods import register_method
 from workloads.methods.base import (
     Method,
-    MethodKnobs,
     MethodOutput,
     PretrainModel,
     no_decay_names,
 )
+from workloads.methods.emae_knobs import CARD, EMAEKnobs, check  # noqa: F401 - re-exported
 from workloads.models.mae import MAEDecoder, mae_from_spec
 from workloads.models.vit import ViTEncoder
 from workloads.patches import patchify
-
-
-class EMAEKnobs(MethodKnobs):
-    name: str = "emae"
-    k: int = Field(
-        4, ge=2, description="parallel parts K; mask ratio 1 - 1/K; must divide the patches"
-    )
-    consistency_weight: float = Field(
-        1.0, ge=0.0, description="weight of the self-consistency loss; 0 disables it"
-    )
-    norm_pix_loss: bool = Field(True, description="per-patch normalised pixel targets")
-
 
 # ------------------------------------------------------------------------------- masking
 
@@ -245,32 +232,9 @@ class EMAE(PretrainModel):
 # ------------------------------------------------------------------------------- plug-in
 
 
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(2, n + 1) if n % d == 0]
-
-
-def check(model: Mapping[str, Any], knobs: EMAEKnobs) -> None:
-    num_patches = (model["img_size"] // model["patch_size"]) ** 2
-    if num_patches % knobs.k:
-        allowed = ", ".join(str(d) for d in _divisors(num_patches))
-        raise ValueError(
-            f"k: K={knobs.k} does not divide the {num_patches} patches; "
-            f"allowed: a divisor of {num_patches} ({allowed})"
-        )
-
-
 def build(model: Mapping[str, Any], knobs: EMAEKnobs) -> EMAE:
     mae = mae_from_spec(model, mask_ratio=1.0 - 1.0 / knobs.k, norm_pix_loss=knobs.norm_pix_loss)
     return EMAE(mae.encoder, mae.decoder, knobs.k, knobs.consistency_weight, knobs.norm_pix_loss)
 
 
-METHOD = register_method(
-    Method(
-        name="emae",
-        summary="EMAE: K parallel disjoint masks in one batch, whole + self-consistency loss",
-        knobs=EMAEKnobs,
-        build=build,
-        model=EMAE,
-        check=check,
-    )
-)
+METHOD = register_method(Method(CARD, build=build, model=EMAE))

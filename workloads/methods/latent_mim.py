@@ -54,19 +54,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field
 from torch import Tensor, nn
 
 from workloads.ema import EMATeacher
-from workloads.masking import MaskIndices, gather_tokens, num_kept, random_masking
+from workloads.masking import MaskIndices, gather_tokens, random_masking
 from workloads.methods import register_method
 from workloads.methods._latent_mim_parts import (
     CrossAttentionDecoder,
     gap_grid_crops,
-    gap_grid_side,
     mean_pairwise_cosine,
     needs_resampling,
     patch_disc_loss,
@@ -74,29 +72,20 @@ from workloads.methods._latent_mim_parts import (
 )
 from workloads.methods.base import (
     Method,
-    MethodKnobs,
     MethodOutput,
     PretrainModel,
     no_decay_names,
+)
+from workloads.methods.latent_mim_knobs import (  # noqa: F401 - re-exported
+    CARD,
+    LatentMIMKnobs,
+    check,
+    train_img_size,
 )
 from workloads.models.vit import ViTEncoder, encoder_from_spec
 
 # Similarity target of the regulariser, from the start to the end of training.
 SIM_TARGET_START, SIM_TARGET_END = 0.75, 0.25
-
-
-class LatentMIMKnobs(MethodKnobs):
-    name: str = "latent_mim"
-    mask_ratio: float = Field(0.75, gt=0.0, lt=1.0, description="share of patches masked")
-    gap: int = Field(0, ge=0, description="pixels between patch cells; 0 = plain patchify")
-    tau: float = Field(0.2, gt=0.0, description="PatchDisc temperature τ")
-    sim_coeff: float = Field(0.1, ge=0.0, description="similarity regulariser weight; 0 = off")
-    momentum_base: float = Field(
-        0.99, ge=0.0, le=1.0, description="EMA momentum at the start (cosine to 1)"
-    )
-    projector: Literal["none", "mlp"] = Field(
-        "mlp", description="3-layer MLP head on online and target encoder outputs (authors')"
-    )
 
 
 def sim_target(progress: float) -> float:
@@ -222,31 +211,4 @@ def build(model: Mapping[str, Any], knobs: LatentMIMKnobs) -> LatentMIM:
     )
 
 
-def train_img_size(model: Mapping[str, Any], knobs: LatentMIMKnobs) -> int:
-    """g·(p+gap): the gap grid's cells cut at native resolution (model.img_size at gap 0)."""
-    grid = model["img_size"] // model["patch_size"]
-    return gap_grid_side(grid, model["patch_size"], knobs.gap)
-
-
-def check(model: Mapping[str, Any], knobs: LatentMIMKnobs) -> None:
-    num_patches = (model["img_size"] // model["patch_size"]) ** 2
-    num_masked = num_patches - num_kept(num_patches, knobs.mask_ratio)
-    # PatchDisc contrasts an image's masked patches with each other: it needs two of them.
-    if num_masked < 2:
-        raise ValueError(
-            f"mask_ratio: {knobs.mask_ratio:g} masks {num_masked} of {num_patches} patches; "
-            "allowed: a ratio that masks at least 2 patches"
-        )
-
-
-METHOD = register_method(
-    Method(
-        name="latent_mim",
-        summary="Latent MIM: EMA latent targets of masked patches, PatchDisc, gap grid",
-        knobs=LatentMIMKnobs,
-        build=build,
-        model=LatentMIM,
-        check=check,
-        train_img_size=train_img_size,
-    )
-)
+METHOD = register_method(Method(CARD, build=build, model=LatentMIM))

@@ -6,18 +6,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from pydantic import Field
 
 from workloads.methods import register_method
-from workloads.methods.base import Method, MethodKnobs, MethodOutput, PretrainModel
+from workloads.methods.base import Method, MethodOutput, PretrainModel
+from workloads.methods.mae_knobs import CARD, MAEKnobs
 from workloads.models.mae import MaskedAutoencoder, mae_from_spec
 from workloads.models.vit import ViTEncoder
-
-
-class MAEKnobs(MethodKnobs):
-    name: str = "mae"
-    mask_ratio: float = Field(0.75, gt=0.0, lt=1.0, description="share of patches masked")
-    norm_pix_loss: bool = Field(True, description="per-patch normalised pixel targets")
 
 
 class MAEMethod(PretrainModel):
@@ -48,12 +42,4 @@ def build(model: Mapping[str, Any], knobs: MAEKnobs) -> MAEMethod:
     )
 
 
-METHOD = register_method(
-    Method(
-        name="mae",
-        summary="Masked autoencoder: random masking at ratio r, MSE on masked patches",
-        knobs=MAEKnobs,
-        build=build,
-        model=MAEMethod,
-    )
-)
+METHOD = register_method(Method(CARD, build=build, model=MAEMethod))

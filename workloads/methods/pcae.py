@@ -29,7 +29,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
 from torch import Tensor
 
 from workloads.ema import EMATeacher
@@ -37,38 +36,13 @@ from workloads.masking import gather_tokens, random_masking
 from workloads.methods import register_method
 from workloads.methods.base import (
     Method,
-    MethodKnobs,
     MethodOutput,
     PretrainModel,
     no_decay_names,
 )
+from workloads.methods.pcae_knobs import CARD, PCAEKnobs, check  # noqa: F401 - re-exported
 from workloads.models.mae import MAEDecoder
 from workloads.models.vit import ViTEncoder, encoder_from_spec
-
-
-class PCAEKnobs(MethodKnobs):
-    name: str = "pcae"
-    mask_ratio: float = Field(0.75, gt=0.0, lt=1.0, description="share of patches masked")
-    keep_ratio: float = Field(
-        0.5, gt=0.0, le=1.0, description="share of teacher tokens kept at each drop stage"
-    )
-    drop_after: list[int] = Field(
-        default_factory=lambda: [0],
-        description="teacher block indices after which redundant tokens are dropped",
-    )
-    momentum: float = Field(
-        0.996, ge=0.0, le=1.0, description="base EMA momentum of the teacher (cosine to 1)"
-    )
-
-    @field_validator("drop_after")
-    @classmethod
-    def _distinct_block_indices(cls, drop_after: list[int]) -> list[int]:
-        if any(index < 0 for index in drop_after) or len(set(drop_after)) != len(drop_after):
-            raise ValueError(
-                "block indices must be distinct and >= 0; "
-                "allowed: a list of distinct teacher block indices below model.depth"
-            )
-        return drop_after
 
 
 def kept_count(num_tokens: int, keep_ratio: float) -> int:
@@ -207,22 +181,4 @@ def build(model: Mapping[str, Any], knobs: PCAEKnobs) -> PCAE:
     )
 
 
-def check(model: Mapping[str, Any], knobs: PCAEKnobs) -> None:
-    too_deep = [index for index in knobs.drop_after if index >= model["depth"]]
-    if too_deep:
-        raise ValueError(
-            f"drop_after: block indices {too_deep} are not below model.depth {model['depth']}; "
-            f"allowed: indices in [0, {model['depth'] - 1}]"
-        )
-
-
-METHOD = register_method(
-    Method(
-        name="pcae",
-        summary="EMA teacher on masked patches drops redundant tokens; 1-cos on the kept ones",
-        knobs=PCAEKnobs,
-        build=build,
-        model=PCAE,
-        check=check,
-    )
-)
+METHOD = register_method(Method(CARD, build=build, model=PCAE))

@@ -39,10 +39,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field, model_validator
 from torch import Tensor
 
 from workloads.losses import masked_mse
@@ -57,44 +56,14 @@ from workloads.methods._ragged_masks import (
 )
 from workloads.methods.base import (
     Method,
-    MethodKnobs,
     MethodOutput,
     PretrainModel,
     no_decay_names,
 )
+from workloads.methods.sbam_knobs import CARD, AMRScope, SBAMKnobs
 from workloads.models.mae import MAEDecoder
 from workloads.models.vit import ViTEncoder, encoder_from_spec
 from workloads.patches import patchify
-
-AMRScope = Literal["batch", "image"]
-
-
-class SBAMKnobs(MethodKnobs):
-    name: str = "sbam"
-    gamma: float = Field(0.75, gt=0.0, lt=1.0, description="masking ratio γ (r of AMR)")
-    delta_r: float = Field(0.0, ge=0.0, description="AMR ratio swing Δr; 0 = plain SBAM")
-    delta: float = Field(0.5, ge=0.0, le=1.0, description="AMR salience threshold δ")
-    amr_scope: AMRScope = Field(
-        "batch",
-        description="AMR ratio: one per batch (authors' code) or one per image (paper's R_i)",
-    )
-    noise: float = Field(
-        0.5, ge=0.0, description="upper bound of the U[0, noise) added to S; 0 = deterministic"
-    )
-    norm_pix_loss: bool = Field(True, description="per-patch normalised pixel targets")
-
-    @model_validator(mode="after")
-    def _ratio_range_inside_unit_interval(self) -> SBAMKnobs:
-        # AMR's ratio sweeps [γ − Δr, γ + Δr]; it must stay a valid masking ratio.
-        low, high = self.gamma - self.delta_r, self.gamma + self.delta_r
-        if self.delta_r > 0 and not (0.0 < low and high < 1.0):
-            limit = min(self.gamma, 1.0 - self.gamma)
-            raise ValueError(
-                f"delta_r: gamma ± delta_r = {self.gamma:g} ± {self.delta_r:g} leaves (0, 1); "
-                f"allowed: 0 <= delta_r < min(gamma, 1 - gamma) = {limit:g}"
-            )
-        return self
-
 
 # ------------------------------------------------------------------------------- masking
 
@@ -279,12 +248,4 @@ def build(model: Mapping[str, Any], knobs: SBAMKnobs) -> SBAM:
     )
 
 
-METHOD = register_method(
-    Method(
-        name="sbam",
-        summary="Salience-based masking (top ceil(L·γ) by S + noise); AMR ratio when delta_r > 0",
-        knobs=SBAMKnobs,
-        build=build,
-        model=SBAM,
-    )
-)
+METHOD = register_method(Method(CARD, build=build, model=SBAM))
