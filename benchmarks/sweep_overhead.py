@@ -97,13 +97,10 @@ def time_bare_fit(name: str, epochs: int, images: int, seed: int) -> tuple[str, 
     from ray.train import RunConfig
     from ray.train.torch import TorchTrainer
 
-    from orchestrator.launch import (
-        build_trainer,
-        check_trainable,
-        resolve_storage_path,
-        scaling_config,
-    )
     from orchestrator.config import validate_spec
+    from orchestrator.ray_setup import scaling_config
+    from orchestrator.run_prep import check_trainable, resolve_storage_path
+    from orchestrator.trainer import build_trainer
 
     spec = validate_spec(
         {
@@ -140,7 +137,7 @@ def main() -> None:
     args = parser.parse_args()
 
     os.chdir(tempfile.mkdtemp(prefix="mimray-overhead-"))
-    from orchestrator.launch import ensure_ray
+    from orchestrator.ray_setup import ensure_ray
 
     ensure_ray(log_to_driver=False)
     rows: list[tuple[str, str, float, float]] = []

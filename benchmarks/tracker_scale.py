@@ -148,7 +148,7 @@ def measure(store: str, trials: int, root: Path) -> dict[str, tuple[float, float
         )
         figures["lineage"] = timed_cli(["lineage", SWEEP, *common], folder)
         figures["lineage --json"] = timed_cli(["lineage", SWEEP, *common, "--json"], folder)
-        from orchestrator.evaluation.runs import resolve_checkpoints
+        from orchestrator.evaluation.checkpoints import resolve_checkpoints
 
         wall, cpu, found = in_process(lambda: resolve_checkpoints(uri, SWEEP))
         figures["eval targets (in-process)"] = (wall, cpu)

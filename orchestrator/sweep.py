@@ -19,16 +19,10 @@ from ray.tune import Callback, PlacementGroupFactory
 from rich.table import Table
 
 from orchestrator import console_log
-from orchestrator.launch import (
-    PreparedRun,
-    check_trainable,
-    ensure_ray,
-    evaluate_after,
-    execute_run,
-    prepare_run,
-    runs_in_process,
-)
 from orchestrator.config import RunSpec, SweepSpec, Trial
+from orchestrator.launch import evaluate_after, execute_run
+from orchestrator.ray_setup import ensure_ray
+from orchestrator.run_prep import PreparedRun, TrainableData, check_trainables, prepare_run
 from orchestrator.sweep_space import param_space, searcher
 from orchestrator.tracking import (
     KIND_TAG,
@@ -37,6 +31,7 @@ from orchestrator.tracking import (
     Tracker,
     resolve_tracking_uri,
 )
+from orchestrator.trainer import runs_in_process
 from workloads.metrics import SweepMetrics
 
 # A trial's own driver only waits on its Train workers. A whole CPU per trial deadlocks small
@@ -72,11 +67,18 @@ def run_trial(config: dict[str, Any], runs: list[PreparedRun]) -> None:
 
 
 def open_sweep_runs(
-    sweep: SweepSpec, trials: list[Trial], tracker: Tracker, name: str
+    sweep: SweepSpec,
+    trials: list[Trial],
+    tracker: Tracker,
+    name: str,
+    checked: list[TrainableData] | None = None,
 ) -> tuple[str, list[PreparedRun]]:
     """The sweep's parent run and one child run per trial (found again on a re-run).
 
-    The sweep's existing runs are found in one search, not one per trial (`prefetch_runs`)."""
+    The sweep's existing runs are found in one search, not one per trial (`prefetch_runs`).
+    `checked` is each trial's `check_trainable` result when the caller already has it."""
+    if checked is None:
+        checked = check_trainables(trial.spec for trial in trials)
     tracker.prefetch_runs(SWEEP_TAG, name)
     parent = tracker.open_run(
         key=f"sweep:{name}",
@@ -96,6 +98,7 @@ def open_sweep_runs(
             trial.spec,
             trial.name,
             tracker,
+            check,
             extra_tags={
                 SWEEP_TAG: name,
                 TRIAL_INDEX_TAG: str(trial.index),
@@ -103,7 +106,7 @@ def open_sweep_runs(
             },
             parent_run_id=parent.run_id,
         )
-        for trial in trials
+        for trial, check in zip(trials, checked, strict=True)
     ]
     tracker.end_prefetch()
     return parent.run_id, runs
@@ -122,10 +125,9 @@ def run_sweep(
     started = time.perf_counter()
     name = name or sweep.name
     base = trials[0].spec
-    for source in {t.spec.data.source for t in trials}:  # unreadable data fails before MLflow
-        check_trainable(next(t.spec for t in trials if t.spec.data.source == source))
+    checked = check_trainables(t.spec for t in trials)  # unreadable data fails before MLflow
     tracker = Tracker(resolve_tracking_uri(base.tracking.uri), base.tracking.experiment)
-    parent_run_id, runs = open_sweep_runs(sweep, trials, tracker, name)
+    parent_run_id, runs = open_sweep_runs(sweep, trials, tracker, name, checked)
     storage_path = runs[0].storage_path
     experiment_path = f"{storage_path}/{name}"
 

@@ -19,7 +19,7 @@ def trial_resources(trial: Trial) -> str:
 
 
 def trial_process(trial: Trial) -> str:
-    # Mirrors launch.runs_in_process without importing launch (and Ray) for a dry run.
+    # Mirrors trainer.runs_in_process without importing trainer (torch, Ray) for a dry run.
     if trial.spec.scaling.num_workers == 1 and not trial.spec.scaling.use_gpu:
         return "trained in the trial's own process (no worker group to start)"
     return "Train workers + a 0.01 CPU trial driver"

@@ -67,8 +67,9 @@ def test_eval_run_is_not_a_target(store):
 
 
 def test_chained_evals_take_the_final_checkpoint_and_every_nth():
-    from orchestrator.evaluation.runs import Checkpoint, chained_evaluations
     from orchestrator.config import load_eval_spec
+    from orchestrator.evaluation.chained import chained_evaluations
+    from orchestrator.evaluation.checkpoints import Checkpoint
 
     checkpoints = [
         Checkpoint("run", "tiny", "0", f"m-{epoch}", epoch, f"/ray/tiny/{epoch}", None)

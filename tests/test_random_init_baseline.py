@@ -9,15 +9,16 @@ from __future__ import annotations
 import pytest
 import torch
 
+from orchestrator.config import EvalSpec, RunSpec
 from orchestrator.evaluation.baseline import (
     BASELINE_FOLDER,
     ensure_baseline_model,
     initial_model,
     write_baseline_checkpoint,
 )
-from orchestrator.evaluation.runs import Checkpoint, chained_evaluations, run_checkpoints
+from orchestrator.evaluation.chained import chained_evaluations
+from orchestrator.evaluation.checkpoints import Checkpoint, run_checkpoints
 from orchestrator.lookup import open_store
-from orchestrator.config import EvalSpec, RunSpec
 from orchestrator.tracking import Tracker
 from workloads.evaluation.heads import load_encoder
 from workloads.evaluation.loop import read_checkpoint_spec, read_checkpoint_state

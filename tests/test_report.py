@@ -15,9 +15,9 @@ from browser import dump_dom, screenshot
 from click.testing import CliRunner
 
 from orchestrator.cli.main import main
+from orchestrator.config import load_sweep
 from orchestrator.report import build_report
 from orchestrator.report_render import render_markdown
-from orchestrator.config import load_sweep
 from orchestrator.sweep import open_sweep_runs
 from orchestrator.tracking import (
     CHECKPOINT_EPOCH_TAG,
@@ -233,9 +233,9 @@ def test_html_page_renders_in_headless_chromium(store, tmp_path):
 
 
 def test_eval_targets_and_lineage_of_a_sweep(store):
-    from orchestrator.evaluation.runs import resolve_checkpoints
-    from orchestrator.lineage import lineage
     from orchestrator.config import ConfigError
+    from orchestrator.evaluation.checkpoints import resolve_checkpoints
+    from orchestrator.lineage import lineage
 
     trials = store["kgrid"]["trials"]
     checkpoints = resolve_checkpoints(store["uri"], "kgrid")  # each trial's last checkpoint

@@ -1,7 +1,7 @@
 """What reaches a Train worker: rows in a new random order every epoch, classes mixed in every
 batch, and MAE's RandomResizedCrop + flip for every source. Real Ray Data, real moto S3.
 
-The stream is the one the trainer gets (`orchestrator.launch.training_stream`), iterated the
+The stream is the one the trainer gets (`orchestrator.trainer.training_stream`), iterated the
 way the worker loop iterates it (`iter_torch_batches` with `batch_shuffle_options`), one
 worker, batches of 32. Images are solid class colours, so a batch's classes can be read from
 the pixels the worker receives, whatever the crop.
@@ -19,8 +19,8 @@ from conftest import TINY_MODEL
 from PIL import Image
 
 from orchestrator.cli.main import main
-from orchestrator.launch import training_stream
 from orchestrator.config import load_spec
+from orchestrator.trainer import training_stream
 from workloads.data import Augmentation, build_dataset
 from workloads.data.decode import augment_pixels
 from workloads.data.manifest import read_manifest

@@ -17,7 +17,7 @@ from typing import Any
 from click.testing import CliRunner
 
 from orchestrator.cli.main import main
-from orchestrator.evaluation.runs import resolve_checkpoints
+from orchestrator.evaluation.checkpoints import resolve_checkpoints
 from orchestrator.report import build_report
 from orchestrator.report_render import render_markdown, table_cells
 from orchestrator.tracking import Tracker

@@ -40,13 +40,14 @@ def evaluate(
     uri = resolve_tracking_uri(tracking_uri)
     try:
         specs = [load_eval_spec(protocol, overrides) for protocol in protocols]
-        from orchestrator.evaluation.runs import resolve_checkpoints  # heavy imports after validation
+        # Deferred for start-up speed: MLflow is imported only once the specs are valid.
+        from orchestrator.evaluation.checkpoints import resolve_checkpoints
 
         checkpoints = resolve_checkpoints(uri, target)
     except ConfigError as err:
         fail(str(err))
     from orchestrator.console_log import quiet_libraries
-    from orchestrator.evaluation.runs import evaluate_checkpoint, print_result
+    from orchestrator.evaluation.runs import evaluate_checkpoint, print_result  # torch, Ray: now
 
     quiet_libraries()  # mimray's lines and errors on the console; the rest to a log file
     table = Table("run", "epoch", "protocol", "top-1", "MLflow eval run", title="evaluations")

@@ -1,10 +1,10 @@
-"""Evaluating pretrain checkpoints downstream, each evaluation its own MLflow run with lineage.
+"""Evaluating one pretrain checkpoint downstream: its own MLflow run with lineage.
 
-A target (a pretrain run, a checkpoint LoggedModel or a sweep) resolves to checkpoints; each
-checkpoint x protocol x settings is one eval run, keyed by the model id and the settings'
+Each checkpoint x protocol x settings is one eval run, keyed by the model id and the settings'
 fingerprint, so evaluating it again finds the same run instead of adding one. The eval run is
 nested under the pretrain run, names it, the model and the epoch in tags, declares the model
-and the labelled data as inputs, and logs its top-1 on the model too.
+and the labelled data as inputs, and logs its top-1 on the model too. Which checkpoints a
+target names is `checkpoints.py`; the `eval:` list of a pretrain spec is `chained.py`.
 """
 
 from __future__ import annotations
@@ -12,20 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.evaluation.data import EvalData, describe_eval_data, labelled_dataset
-from orchestrator.launch import ensure_ray, git_commit, scaling_config
-from orchestrator.lookup import (
-    checkpoint_models,
-    checkpoint_models_of,
-    find_named_run,
-    find_sweep,
-    get_checkpoint_model,
-    get_run,
-    is_result_metric,
-    open_store,
-    sweep_trials,
-)
 from orchestrator.config import ConfigError, EvalSpec, flatten
+from orchestrator.evaluation.checkpoints import Checkpoint
+from orchestrator.evaluation.data import EvalData, describe_eval_data, labelled_dataset
+from orchestrator.lookup import is_result_metric
+from orchestrator.provenance import commit_tags
+from orchestrator.ray_setup import ensure_ray, scaling_config
 from orchestrator.tracking import (
     CHECKPOINT_EPOCH_TAG,
     CHECKPOINT_URI_TAG,
@@ -41,94 +33,12 @@ from workloads.evaluation.loop import eval_loop_per_worker, read_checkpoint_spec
 
 
 @dataclass(frozen=True)
-class Checkpoint:
-    """One pretrain checkpoint as MLflow records it."""
-
-    run_id: str
-    run_name: str
-    experiment_id: str
-    model_id: str
-    epoch: int
-    uri: str
-    sweep: str | None
-
-
-@dataclass(frozen=True)
 class EvalResult:
     checkpoint: Checkpoint
     protocol: str
     run_id: str
     metrics: dict[str, float]
     reused: bool
-
-
-def resolve_checkpoints(tracking_uri: str, target: str) -> list[Checkpoint]:
-    """The checkpoints TARGET names: a LoggedModel id -> that checkpoint; a pretrain run id ->
-    its last checkpoint; a sweep name (or its parent run id) -> each trial's last one."""
-    client = open_store(tracking_uri)
-    model = get_checkpoint_model(client, target)
-    if model is not None:
-        return [_checkpoint(client.get_run(model.source_run_id), model)]
-    run = get_run(client, target)
-    if run is not None:
-        kind = run.data.tags.get(KIND_TAG)
-        if kind == "eval":
-            raise ConfigError(
-                f"target {target}: is an evaluation run; pass the pretrain run it evaluated "
-                f"({run.data.tags.get(PRETRAIN_RUN_TAG)}) or a checkpoint model id"
-            )
-        if kind == "sweep":
-            return _sweep_checkpoints(client, run)
-        return [_last_checkpoint(client, run)]
-    parent = find_sweep(client, target)
-    if parent is not None:
-        return _sweep_checkpoints(client, parent)
-    named = find_named_run(client, target)
-    if named is not None:
-        return [_last_checkpoint(client, named)]
-    raise ConfigError(
-        f"target {target!r}: not a run id, a checkpoint model id (m-...), a run name or a "
-        f"sweep name in {tracking_uri}"
-    )
-
-
-def _sweep_checkpoints(client: Any, parent: Any) -> list[Checkpoint]:
-    """Each trial's last checkpoint: the trials in one search, their checkpoints in bulk."""
-    trials = sweep_trials(client, parent)
-    by_run = checkpoint_models_of(
-        client, parent.info.experiment_id, [run.info.run_id for run in trials]
-    )
-    found = [_checkpoint(run, models[-1]) for run in trials if (models := by_run[run.info.run_id])]
-    if not found:
-        name = parent.data.tags.get(SWEEP_TAG)
-        raise ConfigError(f"target {name}: no trial of this sweep has a checkpoint yet")
-    return found
-
-
-def _last_checkpoint(client: Any, run: Any) -> Checkpoint:
-    models = checkpoint_models(client, run)
-    if not models:
-        raise ConfigError(
-            f"target {run.info.run_id} ({run.info.run_name}): the run has no checkpoint; "
-            "allowed: a run that finished at least one checkpointed epoch"
-        )
-    return _checkpoint(run, models[-1])
-
-
-def run_checkpoints(client: Any, run: Any) -> list[Checkpoint]:
-    return [_checkpoint(run, model) for model in checkpoint_models(client, run)]
-
-
-def _checkpoint(run: Any, model: Any) -> Checkpoint:
-    return Checkpoint(
-        run_id=run.info.run_id,
-        run_name=run.info.run_name,
-        experiment_id=run.info.experiment_id,
-        model_id=model.model_id,
-        epoch=int(model.params["epoch"]),
-        uri=model.params["checkpoint_uri"],
-        sweep=run.data.tags.get(SWEEP_TAG),
-    )
 
 
 def evaluate_checkpoint(
@@ -210,10 +120,7 @@ def _lineage_tags(
     }
     if checkpoint.sweep:
         tags[SWEEP_TAG] = checkpoint.sweep
-    commit = git_commit()
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
-    return tags
+    return {**tags, **commit_tags()}
 
 
 def _build_trainer(
@@ -259,58 +166,6 @@ def _build_trainer(
         ),
         datasets=datasets,
     )
-
-
-def chained_evaluations(
-    spec_evals: list[EvalSpec], checkpoints: list[Checkpoint], final_epoch: int
-) -> list[tuple[Checkpoint, EvalSpec]]:
-    """(checkpoint, eval) pairs a run's `eval:` list asks for: the final checkpoint, every
-    N epochs where `every` is set, and the untrained encoder (epoch 0) where `baseline` is."""
-    pairs = []
-    for spec in spec_evals:
-        for checkpoint in checkpoints:
-            if checkpoint.epoch == 0:
-                due = spec.baseline
-            else:
-                due = checkpoint.epoch == final_epoch or (
-                    spec.every is not None and checkpoint.epoch % spec.every == 0
-                )
-            if due:
-                pairs.append((checkpoint, spec))
-    return pairs
-
-
-def run_chained_evaluations(
-    run_id: str,
-    spec_evals: list[EvalSpec],
-    final_epoch: int,
-    tracking_uri: str,
-    address: str | None = None,
-) -> list[EvalResult]:
-    """Evaluate a finished pretrain run as its spec's `eval:` list says."""
-    if not spec_evals:
-        return []
-    client = open_store(tracking_uri)
-    run = client.get_run(run_id)
-    checkpoints = run_checkpoints(client, run)
-    if checkpoints and any(spec.baseline for spec in spec_evals):
-        _record_baseline(client, tracking_uri, run, checkpoints[-1])
-        checkpoints = run_checkpoints(client, run)
-    results = []
-    for checkpoint, spec in chained_evaluations(spec_evals, checkpoints, final_epoch):
-        result = evaluate_checkpoint(checkpoint, spec, tracking_uri, address)
-        print_result(result)
-        results.append(result)
-    return results
-
-
-def _record_baseline(client: Any, tracking_uri: str, run: Any, last: Checkpoint) -> None:
-    """The run's untrained encoder as its epoch-0 checkpoint (see `orchestrator.evaluation.baseline`)."""
-    from orchestrator.evaluation.baseline import ensure_baseline_model  # torch: only when asked for
-
-    tracker = Tracker.for_experiment_id(tracking_uri, run.info.experiment_id)
-    spec = read_checkpoint_spec(last.uri)
-    ensure_baseline_model(client, tracker, run, spec, run_path=last.uri.rsplit("/", 1)[0])
 
 
 def print_result(result: EvalResult) -> None:

@@ -1,0 +1,113 @@
+"""Connecting to Ray and sizing what a run asks of it: shared by pretrain runs and evaluations.
+
+`ensure_ray` joins a cluster (`--address`/RAY_ADDRESS) or starts local Ray; `scaling_config`
+and `data_config` turn a spec's scaling section into Ray Train's worker and Ray Data budgets.
+Ray is imported inside each function, so that importing this module stays cheap for commands
+that never start Ray (start-up speed, not an import circle).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from orchestrator import console_log
+
+
+def ensure_ray(address: str | None = None, log_to_driver: bool = True) -> None:
+    """Connect to `address`/RAY_ADDRESS when given, else start local Ray on this machine.
+
+    `log_to_driver=False` keeps workers' output in Ray's session logs instead of the console.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=log_to_driver)
+        pin_data_coordinator_here()
+    else:
+        ray.init(
+            include_dashboard=True,
+            # Under the CLI's console policy Ray's driver logs are already routed to a file.
+            configure_logging=not console_log.is_active(),
+            logging_level="WARNING",
+            log_to_driver=log_to_driver,
+        )
+    log_path = console_log.attach_session_log(session_logs_dir())
+    if log_path:
+        print(f"[mimray] Ray, Tune, Ray Data and MLflow logs: {log_path}", flush=True)
+
+
+def pin_data_coordinator_here() -> None:
+    """Create Ray Data's autoscaling coordinator on this driver's node, before any trial runs.
+
+    It is a detached actor (it outlives every job) that Ray 2.60 creates on the node of the
+    first process to run a dataset. A one-worker trial trains, and so reads its data, inside
+    its Tune actor, often on a GPU node the autoscaler added: created there, the coordinator
+    keeps that node busy forever and the autoscaler never removes it (seen on the fake
+    multi-node cluster). Created here first, it lives on the driver's node (the head for
+    `mimray submit`). Private Ray API: a Ray without it has nothing to pin.
+    """
+    try:
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+            get_or_create_autoscaling_coordinator,
+        )
+    except ImportError:
+        return
+    get_or_create_autoscaling_coordinator()
+
+
+def session_logs_dir() -> str | None:
+    """This driver's Ray session log folder, or None (a client connection has none here)."""
+    try:
+        from ray._private.worker import _global_node
+
+        return _global_node.get_logs_dir_path()
+    except Exception:  # noqa: BLE001 - no local node behind this connection
+        return None
+
+
+def scaling_config(scaling: Any, extra_resources: Mapping[str, float] | None = None) -> Any:
+    """Ray Train's ScalingConfig from a spec's scaling section (num_workers, use_gpu,
+    cpus_per_worker, gpus_per_worker), plus custom resources per worker."""
+    from ray.train import ScalingConfig
+
+    resources = {**(extra_resources or {}), "CPU": scaling.cpus_per_worker}
+    if scaling.use_gpu:
+        resources["GPU"] = scaling.gpus_per_worker
+    return ScalingConfig(
+        num_workers=scaling.num_workers, use_gpu=scaling.use_gpu, resources_per_worker=resources
+    )
+
+
+def data_config(scaling: Any) -> Any:
+    """Ray Data's CPUs beside the Train workers: the cluster's CPUs minus what the workers
+    reserve, set from the cluster (not a hand-tuned fraction).
+
+    Ray 2.60 hands Ray Data whatever Train leaves, in whole CPUs per execution: with less than
+    one CPU left, decoding never starts and the run hangs (`backpressured:tasks(ResourceBudget)`).
+    That is refused here in one line. When the workers do not fit the cluster yet (an
+    autoscaling cluster adds nodes for them), nothing can be judged and Ray's default stands.
+    """
+    import ray
+    from ray.data import ExecutionOptions, ExecutionResources
+    from ray.train import DataConfig
+
+    total = ray.cluster_resources().get("CPU", 0.0)
+    reserved = scaling.num_workers * scaling.cpus_per_worker
+    free = total - reserved
+    if free < 0:
+        return DataConfig()
+    if free < 1:
+        raise ValueError(
+            f"scaling: {scaling.num_workers} workers x cpus_per_worker "
+            f"{scaling.cpus_per_worker:g} reserve {reserved:g} of the cluster's {total:g} "
+            f"CPUs, leaving {free:g} for Ray Data, which needs at least 1 to decode images; "
+            f"allowed: num_workers x cpus_per_worker <= {total - 1:g}"
+        )
+    return DataConfig(
+        execution_options={"train": ExecutionOptions(resource_limits=ExecutionResources(cpu=free))}
+    )

@@ -1,0 +1,154 @@
+"""Preparing a pretrain run before Ray starts: its name, storage, data check and MLflow record.
+
+The run name is deterministic (the `--name`, or one derived from the spec's fingerprint), and
+Ray Train resumes a `RunConfig(name, storage_path)` it has seen before; the MLflow run is
+found again by the same name. So re-running a name continues the run: same checkpoints, same
+MLflow run, never a duplicate.
+
+The data check reaches object storage (an S3 listing), so it runs once per run: the caller
+checks before the store is touched and hands the result to `prepare_run`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from orchestrator.config import RunSpec
+from orchestrator.evaluation.data import describe_eval_data
+from orchestrator.provenance import run_tags
+from orchestrator.tracking import RunHandle, Tracker, default_root
+from workloads.data import DatasetInfo, describe_source
+from workloads.pretrain import Schedule, make_schedule
+
+
+class TrainableData(NamedTuple):
+    """What `check_trainable` found: the training split and the step schedule it allows."""
+
+    info: DatasetInfo
+    schedule: Schedule
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    """A run whose MLflow record exists: everything needed to fit it, in plain picklable data."""
+
+    name: str
+    spec: RunSpec
+    schedule: Schedule
+    num_rows: int
+    storage_path: str
+    tracking_uri: str
+    run_id: str
+    resumed: bool
+    previous_status: str | None = None
+
+    @property
+    def run_path(self) -> str:
+        return f"{self.storage_path}/{self.name}"
+
+
+def default_run_name(spec: RunSpec) -> str:
+    # The source's last segment may hold spaces or a query: keep only name-safe characters.
+    source = re.sub(r"[^A-Za-z0-9._-]", "", spec.data.source.rstrip("/").split("/")[-1])
+    return f"{spec.method.name}-{source.lstrip('.')[:40] or 'data'}-{spec.fingerprint()[:8]}"
+
+
+def resolve_storage_path(spec: RunSpec) -> str:
+    """Ray storage for checkpoints: the spec's path (local or s3://) or ./mimray-runs/ray."""
+    path = spec.storage.path
+    if path is None:
+        return str(default_root() / "ray")
+    if "://" in path:
+        return path.rstrip("/")
+    return str(Path(path).resolve())
+
+
+def check_trainable(spec: RunSpec) -> TrainableData:
+    """The training data and step schedule, or a ValueError: reaches object storage, so a
+    missing bucket, bad credentials or a batch larger than the data fail here, in seconds,
+    before anything is recorded."""
+    info = describe_training_data(spec)
+    return TrainableData(info, make_schedule(spec.train.model_dump(), info.num_rows))
+
+
+def check_trainables(specs: Iterable[RunSpec]) -> list[TrainableData]:
+    """`check_trainable` for each spec of a sweep, describing each distinct data set once: a
+    grid over method knobs reads one listing, not one per trial."""
+    described: dict[str, DatasetInfo] = {}
+    checked = []
+    for spec in specs:
+        key = _data_identity(spec)
+        if key not in described:
+            described[key] = describe_training_data(spec)
+        info = described[key]
+        checked.append(TrainableData(info, make_schedule(spec.train.model_dump(), info.num_rows)))
+    return checked
+
+
+def describe_training_data(spec: RunSpec) -> DatasetInfo:
+    """The training split, after checking that chained evaluations' labelled data is readable."""
+    info = describe_source(
+        spec.data.source,
+        split="train",
+        num_images=spec.data.num_images,
+        seed=spec.data.seed,
+        columns=spec.data.columns(),
+    )
+    for evaluation in spec.eval:  # labelled data of chained evaluations must be readable too
+        describe_eval_data(evaluation, spec.model_dump(mode="json"))
+    return info
+
+
+def _data_identity(spec: RunSpec) -> str:
+    """Everything `describe_training_data` reads from a spec: equal keys, equal answers."""
+    dumped = spec.model_dump(mode="json")
+    return json.dumps([dumped["data"], dumped["eval"], dumped["model"]], sort_keys=True)
+
+
+def prepare_run(
+    spec: RunSpec,
+    name: str,
+    tracker: Tracker,
+    checked: TrainableData,
+    extra_tags: dict[str, str] | None = None,
+    parent_run_id: str | None = None,
+) -> PreparedRun:
+    """Find or create the run's MLflow record for data `check_trainable` already checked (no
+    Ray, no second listing)."""
+    storage_path = resolve_storage_path(spec)
+    handle: RunHandle = tracker.open_run(
+        key=name,
+        params=spec.flat_params(),
+        tags={**run_tags(spec, f"{storage_path}/{name}"), **(extra_tags or {})},
+        run_name=name,
+        parent_run_id=parent_run_id,
+    )
+    tracker.log_dataset(
+        handle.run_id,
+        name=f"{spec.data.source.rstrip('/').rsplit('/', 1)[-1]}-train",
+        uri=spec.data.source,
+        digest=checked.info.digest,
+        num_rows=checked.info.num_rows,
+        context="training",
+    )
+    if handle.resumed and handle.previous_fingerprint not in (None, spec.fingerprint()):
+        print(
+            f"[mimray] note: run {name!r} was started with a different config "
+            f"(fingerprint {handle.previous_fingerprint}); continuing it with this one"
+        )
+    return PreparedRun(
+        name=name,
+        spec=spec,
+        schedule=checked.schedule,
+        num_rows=checked.info.num_rows,
+        storage_path=storage_path,
+        tracking_uri=tracker.tracking_uri,
+        run_id=handle.run_id,
+        resumed=handle.resumed,
+        previous_status=handle.previous_status,
+    )

@@ -1,0 +1,115 @@
+"""The Ray Train V2 trainer of one pretrain run: its workers, data streams and run config.
+
+A sweep trial builds the same trainer as `mimray pretrain`. One CPU worker trains in the
+calling process (Ray Train's local mode, `local_fit.py`); more workers, or a GPU, get a worker
+group.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator.config import RunSpec
+from orchestrator.evaluation.data import describe_eval_data, labelled_dataset
+from orchestrator.ray_setup import data_config, scaling_config
+from workloads.data import build_dataset
+from workloads.data.stream import order_seed, pretraining_view
+from workloads.methods import train_img_size
+from workloads.pretrain import Schedule, train_loop_per_worker
+from workloads.progress import progress_every_s
+
+
+def runs_in_process(spec: RunSpec) -> bool:
+    """One CPU worker trains in the calling process (Ray Train's local mode, `local_fit.py`):
+    no worker group to start. Several workers keep Ray Train's TorchTrainer, and so does a GPU
+    worker: the CLI's own process holds no GPU from Ray, so it could not pick its device."""
+    return spec.scaling.num_workers == 1 and not spec.scaling.use_gpu
+
+
+def build_trainer(
+    spec: RunSpec,
+    name: str,
+    storage_path: str,
+    schedule: Schedule,
+    reporter: Any,
+    callbacks: list[Any] | None = None,
+) -> Any:
+    """The Ray Train V2 trainer for one pretrain run (a sweep trial builds the same)."""
+    from ray.data import DataContext
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    # The epoch lines from rank 0 are the progress output; Ray Data's per-operator bars
+    # and Ray Train's per-report INFO lines would bury them.
+    DataContext.get_current().enable_progress_bars = False
+
+    monitor, monitor_datasets = knn_monitor(spec)
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "knn_monitor": monitor,
+            "spec": spec.model_dump(mode="json"),
+            "schedule": schedule,
+            "reporter": reporter,
+            "run_path": f"{storage_path}/{name}",
+            # Read here: the workers of a running cluster do not see this process' environment.
+            "progress_every_s": progress_every_s(),
+        },
+        scaling_config=ScalingConfig(num_workers=0)  # Ray Train's local mode: in-process
+        if runs_in_process(spec)
+        else scaling_config(spec.scaling, spec.scaling.worker_resources),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=spec.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=spec.train.keep_checkpoints),
+            logging_config=LoggingConfig(log_level="WARNING"),
+            callbacks=callbacks or None,
+        ),
+        datasets={"train": training_stream(spec), **monitor_datasets},
+        # In-process runs reserve nothing beside Ray Data; worker groups do.
+        dataset_config=None if runs_in_process(spec) else data_config(spec.scaling),
+    )
+
+
+def knn_monitor(spec: RunSpec) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """Loop settings and labelled datasets for kNN during training: the first chained kNN
+    evaluation with `every: N` is also computed in the loop every N epochs and reported with
+    the epoch's metrics, so sweep schedulers (ASHA on `knn/top1`) see it."""
+    evaluation = spec.knn_monitor()
+    if evaluation is None:
+        return None, {}
+    data = describe_eval_data(evaluation, spec.model_dump(mode="json"))
+    settings = {
+        "every": evaluation.every,
+        "k": evaluation.knn.k,
+        "temperature": evaluation.knn.temperature,
+        "batch_size": evaluation.knn.batch_size,
+        "pool": evaluation.pool,
+        "num_classes": data.train.num_classes,
+    }
+    datasets = {
+        "knn_train": labelled_dataset(
+            data.train, data.img_size, evaluation.data.seed, data.columns
+        ),
+        "knn_val": labelled_dataset(data.val, data.img_size, evaluation.data.seed, data.columns),
+    }
+    return settings, datasets
+
+
+def training_stream(spec: RunSpec) -> Any:
+    """The pretraining data as the workers consume it: MAE's crop and flip while decoding,
+    file/block order reshuffled every epoch (plus the workers' shuffle buffer, see
+    `workloads/data/stream.py`), and only the image and its decodable flag."""
+    dataset = build_dataset(
+        spec.data.source,
+        # Latent MIM's gap grid crops its cells from a larger image, at native resolution.
+        img_size=train_img_size(spec.model_dump(mode="json")),
+        split="train",
+        num_images=spec.data.num_images,
+        seed=spec.data.seed,
+        augmentation=spec.data.augmentation(),
+        order_seed=order_seed(spec.data.shuffle, spec.train.seed),
+        columns=spec.data.columns(),
+    )
+    return pretraining_view(dataset, spec.data.shuffle, spec.train.seed)
