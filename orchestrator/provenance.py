@@ -6,6 +6,7 @@ produced a number.
 
 from __future__ import annotations
 
+import functools
 import subprocess
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from orchestrator.tracking import FINGERPRINT_TAG
 GIT_COMMIT_TAG = "mlflow.source.git.commit"  # MLflow's own tag: its UI shows it
 
 
+@functools.lru_cache(maxsize=1)  # a sweep set-up tags 1,000 runs: one `git` call, not 1,000
 def git_commit() -> str | None:
     """The commit of the mimray source in use, when it is a git checkout."""
     source = Path(__file__).resolve().parent.parent
