@@ -6,10 +6,10 @@ import json
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from orchestrator.config.base import ConfigError
 from orchestrator.config.evaluation import PROTOCOLS, EvalSpec
@@ -23,7 +23,7 @@ from orchestrator.config.sweep import (
     parse_sweep,
     set_dotted,
 )
-from workloads.methods import method_card
+from orchestrator.config.validation_message import describe_validation_error
 
 
 def preset_names() -> list[str]:
@@ -134,50 +134,7 @@ def validate_spec(raw: Mapping[str, Any]) -> RunSpec:
     try:
         return RunSpec.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(describe_validation_error(err, raw)) from None
-
-
-def describe_validation_error(
-    err: ValidationError, raw: Mapping[str, Any], root: type[BaseModel] = RunSpec
-) -> str:
-    """First error as one line: `dotted.key: what is wrong; allowed: ...`."""
-    first = err.errors()[0]
-    loc = [str(part) for part in first["loc"]]
-    message = first["msg"].removeprefix("Value error, ")
-    kind = first["type"]
-    # A validator that names a sub-key ("patch_size: ...") extends the location.
-    head, sep, rest = message.partition(": ")
-    if sep and " " not in head:
-        loc, message = [*loc, head], rest
-    key = ".".join(loc) or "config"
-    if kind == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1], raw, root)
-        return f"{key}: unknown key; allowed: {', '.join(allowed)}"
-    if "input" in first and kind != "missing" and not isinstance(first["input"], dict):
-        return f"{key}: {message} (got {first['input']!r})"
-    return f"{key}: {message}"
-
-
-def _allowed_keys(section: list[str], raw: Mapping[str, Any], root: type[BaseModel]) -> list[str]:
-    model: type[BaseModel] = root
-    for part in section:
-        if part.isdigit():  # an item of a list section, e.g. eval.0
-            continue
-        if part == "method":
-            name = (
-                raw.get("method", {}).get("name", "mae")
-                if isinstance(raw.get("method"), Mapping)
-                else "mae"
-            )
-            model = method_card(name).knobs
-            continue
-        annotation = model.model_fields[part].annotation
-        # list[EvalSpec] names its item type as the annotation's argument
-        for candidate in (annotation, *get_args(annotation)):
-            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-                model = candidate
-                break
-    return list(model.model_fields)
+        raise ConfigError(describe_validation_error(err, raw, RunSpec)) from None
 
 
 def load_eval_spec(protocol: str, overrides: Iterable[str] = ()) -> EvalSpec:

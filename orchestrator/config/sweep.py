@@ -38,6 +38,7 @@ from pydantic import (
 from orchestrator.config.base import NAME_RULE, ConfigError, name_problem
 from orchestrator.config.run import RunSpec, check_custom_resources
 from orchestrator.config.search_space import Distribution, draw_samples, parse_distribution
+from orchestrator.config.validation_message import describe_validation_error
 
 
 class EarlyStop(BaseModel):
@@ -154,13 +155,7 @@ def parse_sweep(raw: Mapping[str, Any], default_name: str) -> SweepSpec:
     try:
         return SweepSpec.model_validate({"name": default_name, **raw})
     except ValidationError as err:
-        first = err.errors()[0]
-        loc = [str(part) for part in first["loc"]]
-        message = first["msg"].removeprefix("Value error, ")
-        head, sep, rest = message.partition(": ")
-        if sep and " " not in head:  # a validator named the sub-key: `on_demand: ...`
-            loc, message = [*loc, head], rest
-        raise ConfigError(f"{'.'.join(loc) or 'sweep'}: {message}") from None
+        raise ConfigError(describe_validation_error(err, raw, SweepSpec)) from None
 
 
 def point_values(sweep: SweepSection) -> list[dict[str, Any]]:
