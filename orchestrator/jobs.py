@@ -158,6 +158,7 @@ def storage_paths(command: Any, args: list[str]) -> list[str | None]:
     COMMAND is the click command ARGS[0] names; its own parser reads the config and `--set`s,
     so the check sees what the job will run.
     """
+    # Deferred for start-up speed: `mimray jobs list/logs/...` never parse a spec.
     from orchestrator.config.base import ConfigError
     from orchestrator.config.loading import load_spec, load_sweep, read_spec_source
     from orchestrator.config.sweep import is_sweep
