@@ -182,6 +182,9 @@ class TuneAfterCheckpointReporter:
     def log_metrics(self, metrics: Any, step: int) -> None:
         self.inner.log_metrics(metrics, step)
 
+    def log_event(self, metrics: Any, step: int) -> None:
+        self.inner.log_event(metrics, step)
+
     def log_checkpoint(self, uri: str, epoch: int, step: int, metrics: Any) -> str | None:
         model_id = self.inner.log_checkpoint(uri, epoch, step, metrics)
         self.utils.send_to_tune()

@@ -32,7 +32,7 @@ from orchestrator.tracking import (
     resolve_tracking_uri,
 )
 from orchestrator.trainer import runs_in_process
-from workloads.metrics import SweepMetrics
+from workloads.live_metrics import SweepMetrics
 
 # A trial's own driver only waits on its Train workers. A whole CPU per trial deadlocks small
 # machines, and Tune refuses zero, so it reserves a sliver.

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from workloads.metrics import (
+from workloads.live_metrics import (
     EXPORTED_GPU_METRICS,
     EXPORTED_SWEEP_METRICS,
     EXPORTED_TRAINING_METRICS,

@@ -15,8 +15,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from orchestrator.config import ConfigError, load_spec
+from workloads.distributed import unwrap
 from workloads.methods import get_method, method_names
-from workloads.pretrain import unwrap
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))

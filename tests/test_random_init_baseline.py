@@ -20,8 +20,8 @@ from orchestrator.evaluation.chained import chained_evaluations
 from orchestrator.evaluation.checkpoints import Checkpoint, run_checkpoints
 from orchestrator.lookup import open_store
 from orchestrator.tracking import Tracker
+from workloads.checkpoint import read_checkpoint_spec, read_checkpoint_state
 from workloads.evaluation.heads import load_encoder
-from workloads.evaluation.loop import read_checkpoint_spec, read_checkpoint_state
 
 TINY = {
     "method": {"name": "mae"},

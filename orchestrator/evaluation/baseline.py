@@ -23,8 +23,9 @@ from torch import nn
 
 from orchestrator.lookup import checkpoint_models
 from orchestrator.tracking import Tracker
+from workloads.checkpoint import CHECKPOINT_FILE, SPEC_FILE
 from workloads.data.object_store import filesystem_for
-from workloads.pretrain import CHECKPOINT_FILE, SPEC_FILE, build_model
+from workloads.pretrain import build_model
 
 BASELINE_EPOCH = 0
 BASELINE_FOLDER = "random_init/checkpoint_epoch_0000"

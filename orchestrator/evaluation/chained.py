@@ -11,7 +11,7 @@ from orchestrator.evaluation.checkpoints import Checkpoint, run_checkpoints
 from orchestrator.evaluation.runs import EvalResult, evaluate_checkpoint, print_result
 from orchestrator.lookup import open_store
 from orchestrator.tracking import Tracker
-from workloads.evaluation.loop import read_checkpoint_spec
+from workloads.checkpoint import read_checkpoint_spec
 
 
 def chained_evaluations(

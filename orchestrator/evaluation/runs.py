@@ -28,8 +28,9 @@ from orchestrator.tracking import (
     SWEEP_TAG,
     Tracker,
 )
+from workloads.checkpoint import read_checkpoint_spec
 from workloads.data.decode import random_hflip
-from workloads.evaluation.loop import eval_loop_per_worker, read_checkpoint_spec
+from workloads.evaluation.loop import eval_loop_per_worker
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ the driver (Ray Train V2 keeps only results that come with a checkpoint).
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tempfile
@@ -20,6 +19,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from workloads.checkpoint import read_checkpoint_state
+from workloads.console import say
+from workloads.distributed import global_sum
 from workloads.evaluation.heads import load_encoder
 from workloads.evaluation.protocols import (
     extract_features,
@@ -27,33 +29,9 @@ from workloads.evaluation.protocols import (
     knn_metrics,
     linear_probe,
 )
-from workloads.pretrain import CHECKPOINT_FILE, SPEC_FILE, global_sum, say
-from workloads.reporting import NullReporter, Reporter
+from workloads.run_reporter import NullReporter, Reporter
 
 RESULT_FILE = "result.json"
-
-
-def read_checkpoint_state(uri: str) -> dict[str, Any]:
-    """The state a pretrain checkpoint saved (model, spec, epoch, ...), from local or s3://."""
-    from workloads.data.object_store import filesystem_for
-
-    filesystem, path = filesystem_for(uri)
-    with filesystem.open_input_file(f"{path.rstrip('/')}/{CHECKPOINT_FILE}") as stream:
-        payload = stream.read()
-    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
-
-
-def read_checkpoint_spec(uri: str) -> dict[str, Any]:
-    """The run spec (as a dict) a pretrain checkpoint was trained with; FileNotFoundError
-    when the checkpoint is gone (e.g. pruned by `train.keep_checkpoints`)."""
-    from workloads.data.object_store import filesystem_for
-
-    filesystem, path = filesystem_for(uri)
-    try:
-        with filesystem.open_input_file(f"{path.rstrip('/')}/{SPEC_FILE}") as stream:
-            return json.loads(stream.read())
-    except FileNotFoundError:  # checkpoints written before spec.json existed
-        return read_checkpoint_state(uri)["spec"]
 
 
 def labelled_batches(shard: Any, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:

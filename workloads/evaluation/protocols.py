@@ -22,9 +22,9 @@ from workloads.evaluation.heads import (
     pool_tokens,
 )
 from workloads.evaluation.knn import knn_top1
+from workloads.model_input import to_model_input
 from workloads.models.vit import ViTEncoder
 from workloads.optim import lr_at, scaled_lr, set_lr
-from workloads.pretrain import to_model_input
 
 # (uint8 images (B, H, W, C), int64 labels (B,)) batches of one pass over a split.
 Batches = Iterable[tuple[Tensor, Tensor]]

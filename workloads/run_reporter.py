@@ -1,8 +1,9 @@
-"""How the worker loop reports: a small interface the orchestrator implements.
+"""How a worker loop records its run: a small interface the orchestrator implements.
 
-The loop in `workloads/` must stay free of MLflow and of `orchestrator/`, yet rank 0 writes
-to MLflow directly. So the loop talks to a `Reporter`; the orchestrator passes an
-MLflow-backed one in the train-loop config, and tests pass a `RecordingReporter`.
+The loops in `workloads/` must stay free of MLflow and of `orchestrator/`, yet rank 0 writes
+to MLflow directly. So a loop talks to a `Reporter`; the orchestrator passes an MLflow-backed
+one in the train-loop config, and tests pass a `RecordingReporter`. (Not to be confused with
+the ablation report of `orchestrator/report.py`, which reads what reporters wrote.)
 """
 
 from __future__ import annotations
@@ -17,6 +18,12 @@ class Reporter(Protocol):
     def start(self) -> None: ...
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
+
+    def log_event(self, metrics: Mapping[str, float], step: int) -> None:
+        """Points of something that happened once in this attempt (a resume): written at
+        once and kept whatever the attempt does next, even at a step the run already holds
+        (where `log_metrics` of a resumed run skips what an earlier attempt wrote)."""
+        ...
 
     def log_checkpoint(
         self, uri: str, epoch: int, step: int, metrics: Mapping[str, float]
@@ -34,6 +41,9 @@ class NullReporter:
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         pass
 
+    def log_event(self, metrics: Mapping[str, float], step: int) -> None:
+        pass
+
     def log_checkpoint(
         self, uri: str, epoch: int, step: int, metrics: Mapping[str, float]
     ) -> str | None:
@@ -48,6 +58,7 @@ class RecordingReporter:
     """Keeps everything in memory; for running the loop in tests without a tracking server."""
 
     metrics: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    events: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     checkpoints: list[dict] = field(default_factory=list)
     started: bool = False
     closed: bool = False
@@ -57,6 +68,9 @@ class RecordingReporter:
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         self.metrics.append((step, dict(metrics)))
+
+    def log_event(self, metrics: Mapping[str, float], step: int) -> None:
+        self.events.append((step, dict(metrics)))
 
     def log_checkpoint(
         self, uri: str, epoch: int, step: int, metrics: Mapping[str, float]

@@ -1,0 +1,110 @@
+"""The worker's own record of a resume, without Ray Train: a checkpoint written as the loop
+writes it, loaded as the loop loads it, and what the loop then says and logs.
+
+A resumed run must be told apart from one that trained again from scratch: the loop prints
+`resuming at epoch N (step S) from <checkpoint>` and rank 0 logs `resume/from_epoch` = N at
+step S, a point per resume even where the MLflow reporter skips steps the run already holds.
+(The end-to-end resume through Ray Train is tests/test_resume_e2e.py.)
+"""
+
+from __future__ import annotations
+
+import pyarrow.fs
+import pytest
+import torch
+from conftest import TINY_MODEL
+from ray.train import Checkpoint
+
+from orchestrator.config import load_spec
+from orchestrator.tracking import Tracker
+from workloads.checkpoint import (
+    RESUME_METRIC,
+    checkpoint_dir_name,
+    checkpoint_uri,
+    read_checkpoint_spec,
+    record_resume,
+    resume_point,
+    write_checkpoint,
+)
+from workloads.optim import build_optimizer
+from workloads.pretrain import build_model
+from workloads.run_reporter import RecordingReporter
+
+
+def trained_state(seed: int):
+    """A tiny MAE, its optimizer after one step (so it holds moments) and a GradScaler."""
+    spec = load_spec(None, [*TINY_MODEL, "method.name=mae"]).model_dump(mode="json")
+    torch.manual_seed(seed)
+    model = build_model(spec)
+    optimizer = build_optimizer(model, lr=1e-3)
+    model(torch.randn(2, 3, 32, 32)).loss.backward()
+    optimizer.step()
+    return spec, model, optimizer, torch.amp.GradScaler("cpu", enabled=False)
+
+
+@pytest.fixture
+def saved(tmp_path):
+    """A checkpoint after 1 epoch of 4 steps, in the folder name the loop gives it."""
+    spec, model, optimizer, scaler = trained_state(seed=0)
+    folder = tmp_path / checkpoint_dir_name(1)
+    folder.mkdir()
+    write_checkpoint(str(folder), model, optimizer, scaler, epoch=1, step=4, spec=spec)
+    return folder, spec, model, optimizer
+
+
+def test_resume_restores_the_saved_state_and_says_where_it_continues(saved, capsys):
+    folder, spec, model, optimizer = saved
+    point = resume_point(Checkpoint.from_directory(str(folder)))
+    assert (point.epoch, point.step, point.location) == (1, 4, str(folder))
+    assert folder.name == "checkpoint_epoch_0001"
+    assert read_checkpoint_spec(str(folder)) == spec
+
+    _, fresh, fresh_optimizer, scaler = trained_state(seed=1)
+    before = next(iter(fresh.state_dict().values())).clone()
+    point.restore_weights(fresh, scaler)
+    point.restore_optimizer(fresh_optimizer)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[key], value)
+    assert not torch.equal(before, next(iter(fresh.state_dict().values())))
+    assert fresh_optimizer.state_dict()["state"].keys() == optimizer.state_dict()["state"].keys()
+
+    reporter = RecordingReporter()
+    record_resume(point, reporter, rank=0)
+    assert capsys.readouterr().out == f"[mimray] resuming at epoch 1 (step 4) from {folder}\n"
+    assert reporter.events == [(4, {RESUME_METRIC: 1.0})]
+    assert reporter.metrics == []  # not a training metric: nothing the reporter could skip
+
+
+def test_only_rank_zero_records_the_resume(saved, capsys):
+    point = resume_point(Checkpoint.from_directory(str(saved[0])))
+    reporter = RecordingReporter()
+    record_resume(point, reporter, rank=1)
+    assert capsys.readouterr().out == ""
+    assert reporter.events == []
+
+
+def test_a_fresh_run_has_nothing_to_resume():
+    assert resume_point(None) is None
+
+
+def test_a_checkpoint_in_object_storage_is_named_by_its_s3_uri():
+    checkpoint = Checkpoint(
+        "bucket/runs/mae/checkpoint_epoch_0002",
+        filesystem=pyarrow.fs.S3FileSystem(region="us-east-1", anonymous=True),
+    )
+    assert checkpoint_uri(checkpoint) == "s3://bucket/runs/mae/checkpoint_epoch_0002"
+
+
+def test_mlflow_reporter_keeps_a_point_per_resume_even_at_a_step_the_run_holds(tmp_path):
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "resume")
+    run_id = tracker.open_run("resumed", params={}, tags={}).run_id
+    for _ in range(2):
+        # Two attempts resume from the same epoch-1 checkpoint (step 4): the first dies
+        # before its next checkpoint, so its training metrics are dropped, not its resume.
+        reporter = tracker.reporter(run_id, system_metrics=False, commit_on_checkpoint=True)
+        reporter.start()
+        reporter.log_event({RESUME_METRIC: 1.0}, 4)
+        reporter.log_metrics({"train/loss": 0.5}, 5)
+        reporter.close()
+    assert tracker.metric_history(run_id, RESUME_METRIC) == [(4, 1.0), (4, 1.0)]
+    assert tracker.metric_history(run_id, "train/loss") == []
