@@ -11,13 +11,17 @@ SQLite and becomes one HTTP round trip per trial against a shared `mlflow server
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import ConfigError
-from orchestrator.tracking import (
+from orchestrator.tracking.checkpoints import (  # noqa: F401 - part of the readers' interface
+    RUN_ID_PATTERN,
+    checkpoint_models_of,
+    chunks,
+)
+from orchestrator.tracking.names import (
     KIND_TAG,
     MODEL_TYPE,
     PRETRAIN_RUN_TAG,
@@ -26,10 +30,7 @@ from orchestrator.tracking import (
     TRIAL_INDEX_TAG,
 )
 
-RUN_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
-# MLflow's bulk metric-history endpoint takes at most 100 runs and returns at most 25,000
-# points; `IN (...)` filters are kept to the same 100 ids.
-IDS_PER_QUERY = 100
+# MLflow's bulk metric-history endpoint returns at most 25,000 points (and takes 100 runs).
 HISTORY_POINTS_CAP = 25_000
 
 
@@ -99,12 +100,7 @@ def get_checkpoint_model(client: Any, model_id: str) -> Any | None:
 
 def checkpoint_models(client: Any, run: Any) -> list[Any]:
     """The run's checkpoints (LoggedModels), oldest epoch first."""
-    models = client.search_logged_models(
-        experiment_ids=[run.info.experiment_id],
-        filter_string=f"source_run_id = '{run.info.run_id}'",
-    )
-    mine = [m for m in models if m.model_type == MODEL_TYPE]
-    return sorted(mine, key=lambda m: int(m.params.get("epoch", 0)))
+    return checkpoint_models_of(client, run.info.experiment_id, [run.info.run_id])[run.info.run_id]
 
 
 def find_named_run(client: Any, name: str) -> Any | None:
@@ -157,32 +153,6 @@ def sweep_eval_runs(client: Any, parent: Any) -> dict[str, list[Any]]:
     return by_trial
 
 
-def checkpoint_models_of(
-    client: Any, experiment_id: str, run_ids: Sequence[str]
-) -> dict[str, list[Any]]:
-    """Run id -> its checkpoints (as `checkpoint_models`), one search per 100 runs."""
-    by_run: dict[str, list[Any]] = {run_id: [] for run_id in run_ids}
-    for chunk in _chunks(list(run_ids)):
-        quoted = ", ".join(f"'{run_id}'" for run_id in chunk if RUN_ID_PATTERN.fullmatch(run_id))
-        token = None
-        while quoted:
-            page = client.search_logged_models(
-                experiment_ids=[experiment_id],
-                filter_string=f"source_run_id IN ({quoted})",
-                max_results=1000,
-                page_token=token,
-            )
-            for model in page:
-                if model.model_type == MODEL_TYPE and model.source_run_id in by_run:
-                    by_run[model.source_run_id].append(model)
-            token = page.token
-            if not token:
-                break
-    for models in by_run.values():
-        models.sort(key=lambda m: int(m.params.get("epoch", 0)))
-    return by_run
-
-
 def metric_histories(
     client: Any, run_ids: Sequence[str], key: str
 ) -> dict[str, list[tuple[int, int, float]]]:
@@ -190,7 +160,7 @@ def metric_histories(
     runs (MLflow's bulk history API: the store's own for SQL stores, the server's endpoint
     otherwise); one read per run only where a bulk read is refused or hits its cap."""
     histories: dict[str, list[tuple[int, int, float]]] = {run_id: [] for run_id in run_ids}
-    for chunk in _chunks(list(run_ids)):
+    for chunk in chunks(list(run_ids)):
         points = _bulk_history(client, chunk, key)
         if points is None:
             points = [
@@ -234,8 +204,3 @@ def _bulk_history(
     except Exception:  # noqa: BLE001 - an older server or another store: read run by run
         return None
     return None if len(points) >= HISTORY_POINTS_CAP else points
-
-
-def _chunks(items: list[str]) -> Iterator[list[str]]:
-    for start in range(0, len(items), IDS_PER_QUERY):
-        yield items[start : start + IDS_PER_QUERY]

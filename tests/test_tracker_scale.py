@@ -75,29 +75,45 @@ sys.path.insert(0, {tests!r})
 from recorded_sweep import load_trials
 from pathlib import Path
 from orchestrator.sweep import open_sweep_runs
-from orchestrator.tracking import Tracker
+from orchestrator.tracking import Tracker, pending_runs, tracker as tracker_module
 
 tracker = Tracker({uri!r}, "restore")
 spec, trials = load_trials(Path({folder!r}), "killed", "restore", 20)
-created = 0
-create_run = tracker.client.create_run
+calls = 0
 
-def create_then_die(*args, **kwargs):
-    global created
-    created += 1
-    run = create_run(*args, **kwargs)
-    if created == 9:  # the parent and 8 trials made; dies before the 8th trial's params
-        os.kill(os.getpid(), signal.SIGKILL)
-    return run
+def then_die(write):
+    def wrapped(*args, **kwargs):
+        global calls
+        calls += 1
+        if calls == {die_at}:  # SIGKILL in the middle of a write
+            os.kill(os.getpid(), signal.SIGKILL)
+        return write(*args, **kwargs)
+    return wrapped
 
-tracker.client.create_run = create_then_die
+if {batched!r}:
+    # The parent alone (its artifacts need it), then chunks of 4 trials per transaction: the
+    # kill comes while the third chunk's rows are being added, before its commit.
+    pending_runs.RUNS_PER_TRANSACTION = 4
+    pending_runs._rows = then_die(pending_runs._rows)
+else:
+    # One run per create_run call (a server store): dies after the parent and 7 trials were
+    # created, as the 8th is created, before its params are logged.
+    tracker_module.sql_store = lambda client: None
+    tracker.client.create_run = then_die(tracker.client.create_run)
 open_sweep_runs(spec, trials, tracker, "killed")
 """
 
 
-def test_restore_after_killed_setup_duplicates_nothing(tmp_path):
+@pytest.mark.parametrize(
+    ("batched", "die_at", "made"),
+    [(True, 4, 9), (False, 9, 8)],
+    ids=["sql-transactions", "one-call-per-run"],
+)
+def test_restore_after_killed_setup_duplicates_nothing(tmp_path, batched, die_at, made):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    script = KILLED_SETUP.format(tests=str(REPO / "tests"), uri=uri, folder=str(tmp_path))
+    script = KILLED_SETUP.format(
+        tests=str(REPO / "tests"), uri=uri, folder=str(tmp_path), batched=batched, die_at=die_at
+    )
     killed = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=tmp_path)
     assert killed.returncode == -9
 
@@ -106,7 +122,7 @@ def test_restore_after_killed_setup_duplicates_nothing(tmp_path):
         run.data.tags[RUN_KEY_TAG]: run.info.run_id
         for run in tracker.client.search_runs([tracker.experiment_id], max_results=1000)
     }
-    assert len(before) == 9  # the parent and 8 trials were made before the kill
+    assert len(before) == made  # what was written before the kill, whole or not
 
     spec, trials = load_trials(tmp_path, "killed", "restore", 20)
     parent_id, runs = open_sweep_runs(spec, trials, tracker, "killed")
@@ -119,11 +135,13 @@ def test_restore_after_killed_setup_duplicates_nothing(tmp_path):
     assert [r.run_id for r in again] == [r.run_id for r in runs] and again_parent == parent_id
     kept = {"sweep:killed": parent_id, **{r.name: r.run_id for r in runs}}
     assert all(kept[key] == run_id for key, run_id in before.items())  # reused, not remade
-    for run in every:  # every trial carries its full record: tags and params
+    for run in every:  # every trial carries its full record: tags, params, its data once
         if run.data.tags.get(KIND_TAG) == "trial":
             assert run.data.tags[SWEEP_TAG] == "killed"
             assert run.data.tags["mlflow.parentRunId"] == parent_id
             assert run.data.params["train.blr"] and run.data.params["method.k"]
+            inputs = [(i.dataset.name, i.tags[0].value) for i in run.inputs.dataset_inputs]
+            assert inputs == [("shapes-train", "training")], inputs
 
 
 def test_lazy_commands_list_their_own_one_line_help():

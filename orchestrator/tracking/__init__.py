@@ -1,0 +1,56 @@
+"""Everything a run records in MLflow, and the only package (with `lookup.py`, the reads that
+span runs, sweeps and checkpoints) that imports MLflow.
+
+- `names.py`: the tags by which runs, sweeps, evaluations and checkpoints are found.
+- `store.py`: where the store is (`./mimray-runs/` or MLFLOW_TRACKING_URI) and how SQLite commits.
+- `tracker.py`: the driver's writes; each run found or created by a deterministic key.
+- `pending_runs.py`: a sweep set-up's new runs written a few hundred per transaction.
+- `reporter.py`: what rank 0 writes while a run trains (`MlflowReporter`).
+
+Nothing here imports MLflow at import time: the CLI names a store before it pays for MLflow.
+"""
+
+from orchestrator.tracking.names import (
+    CHECKPOINT_EPOCH_TAG,
+    CHECKPOINT_URI_TAG,
+    EVAL_PROTOCOL_TAG,
+    EXPERIMENT_KIND_TAG,
+    FINGERPRINT_TAG,
+    KIND_TAG,
+    MODEL_ID_TAG,
+    MODEL_TYPE,
+    PRETRAIN_RUN_TAG,
+    RUN_KEY_TAG,
+    SWEEP_TAG,
+    TRIAL_INDEX_TAG,
+)
+from orchestrator.tracking.reporter import MlflowReporter
+from orchestrator.tracking.store import (
+    default_root,
+    measured_epoch_seconds,
+    resolve_tracking_uri,
+    use_wal,
+)
+from orchestrator.tracking.tracker import RunHandle, Tracker
+
+__all__ = [
+    "CHECKPOINT_EPOCH_TAG",
+    "CHECKPOINT_URI_TAG",
+    "EVAL_PROTOCOL_TAG",
+    "EXPERIMENT_KIND_TAG",
+    "FINGERPRINT_TAG",
+    "KIND_TAG",
+    "MODEL_ID_TAG",
+    "MODEL_TYPE",
+    "PRETRAIN_RUN_TAG",
+    "RUN_KEY_TAG",
+    "SWEEP_TAG",
+    "TRIAL_INDEX_TAG",
+    "MlflowReporter",
+    "RunHandle",
+    "Tracker",
+    "default_root",
+    "measured_epoch_seconds",
+    "resolve_tracking_uri",
+    "use_wal",
+]

@@ -1,0 +1,45 @@
+"""The checkpoints (LoggedModels) of runs, one search per 100 runs: what `Tracker` and the
+readers in `lookup.py` both use, so a checkpoint is found one way."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from orchestrator.tracking.names import MODEL_TYPE
+
+RUN_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
+# MLflow's bulk reads take at most 100 runs; `IN (...)` filters are kept to the same 100 ids.
+IDS_PER_QUERY = 100
+
+
+def checkpoint_models_of(
+    client: Any, experiment_id: str, run_ids: Sequence[str]
+) -> dict[str, list[Any]]:
+    """Run id -> its mimray checkpoints, oldest epoch first, one search per 100 runs."""
+    by_run: dict[str, list[Any]] = {run_id: [] for run_id in run_ids}
+    for chunk in chunks(list(run_ids)):
+        quoted = ", ".join(f"'{run_id}'" for run_id in chunk if RUN_ID_PATTERN.fullmatch(run_id))
+        token = None
+        while quoted:
+            page = client.search_logged_models(
+                experiment_ids=[experiment_id],
+                filter_string=f"source_run_id IN ({quoted})",
+                max_results=1000,
+                page_token=token,
+            )
+            for model in page:
+                if model.model_type == MODEL_TYPE and model.source_run_id in by_run:
+                    by_run[model.source_run_id].append(model)
+            token = page.token
+            if not token:
+                break
+    for models in by_run.values():
+        models.sort(key=lambda m: int(m.params.get("epoch", 0)))
+    return by_run
+
+
+def chunks(items: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(items), IDS_PER_QUERY):
+        yield items[start : start + IDS_PER_QUERY]

@@ -1,0 +1,142 @@
+"""A sweep set-up's new runs, written a few hundred per transaction on an SQL store.
+
+MLflow's API writes a new run in three calls (the run with its tags, its params, its dataset
+input), each its own session and transaction with its own reads of the experiment and run:
+~25 ms of CPU per trial here, 25 s for 1,000 trials before Tune starts. `write_runs` writes
+them with MLflow's own SQLAlchemy models, the rows `SqlAlchemyStore.create_run`, `log_batch`
+and `log_inputs` write, in one transaction per chunk: a set-up killed half-way leaves whole
+runs (tags, params, inputs) or none, so a restore finds every run by its key or makes it.
+A server store has no bulk endpoint: runs go through the API there (`Tracker.open_run`).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+RUNS_PER_TRANSACTION = 250
+
+
+@dataclass
+class PendingRun:
+    """A run `Tracker.open_run` promised (its id is final) and `write_runs` will write."""
+
+    run_id: str
+    name: str
+    tags: dict[str, str]
+    params: dict[str, str]
+    start_time: int
+    datasets: list[Any] = field(default_factory=list)  # mlflow.entities.DatasetInput
+
+    @classmethod
+    def new(cls, name: str, tags: dict[str, str], params: dict[str, str]) -> PendingRun:
+        # The id MLflow's create_run would draw (uuid4, hex).
+        return cls(uuid.uuid4().hex, name, tags, params, int(time.time() * 1000))
+
+
+def sql_store(client: Any) -> Any | None:
+    """The client's SQLAlchemy store, or None (a server: REST)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    store = client._tracking_client.store  # bulk writes are not on MlflowClient
+    return store if isinstance(store, SqlAlchemyStore) else None
+
+
+def write_runs(client: Any, experiment_id: str, runs: list[PendingRun]) -> None:
+    """Write `runs` (new, in `experiment_id`) as MLflow's own calls would, in few transactions."""
+    store = sql_store(client)
+    experiment = store.get_experiment(experiment_id)
+    for start in range(0, len(runs), RUNS_PER_TRANSACTION):
+        with store.ManagedSessionMaker(read_only=False) as session:
+            session.add_all(_rows(session, experiment, runs[start : start + RUNS_PER_TRANSACTION]))
+
+
+def _rows(session: Any, experiment: Any, runs: list[PendingRun]) -> list[Any]:
+    from mlflow.entities import LifecycleStage, RunStatus, SourceType
+    from mlflow.store.tracking.dbmodels.models import (
+        SqlInput,
+        SqlInputTag,
+        SqlParam,
+        SqlRun,
+        SqlTag,
+    )
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, MLFLOW_USER
+    from mlflow.utils.uri import append_to_uri_path
+
+    datasets = _dataset_ids(session, experiment.experiment_id, runs)
+    rows: list[Any] = [row for _, row in datasets.values() if row is not None]
+    for run in runs:
+        tags = {MLFLOW_RUN_NAME: run.name, **run.tags}
+        sql_run = SqlRun(
+            name=run.name,
+            artifact_uri=append_to_uri_path(experiment.artifact_location, run.run_id, "artifacts"),
+            run_uuid=run.run_id,
+            experiment_id=experiment.experiment_id,
+            source_type=SourceType.to_string(SourceType.UNKNOWN),
+            source_name="",
+            entry_point_name="",
+            user_id=tags.get(MLFLOW_USER, "unknown"),
+            status=RunStatus.to_string(RunStatus.RUNNING),
+            start_time=run.start_time,
+            end_time=None,
+            deleted_time=None,
+            source_version="",
+            lifecycle_stage=LifecycleStage.ACTIVE,
+        )
+        sql_run.tags = [SqlTag(key=k, value=v) for k, v in tags.items()]
+        sql_run.params = [SqlParam(key=k, value=v) for k, v in run.params.items()]
+        rows.append(sql_run)
+        for dataset_input in run.datasets:
+            input_id = uuid.uuid4().hex
+            dataset = dataset_input.dataset
+            rows.append(
+                SqlInput(
+                    input_uuid=input_id,
+                    source_type="DATASET",
+                    source_id=datasets[(dataset.name, dataset.digest)][0],
+                    destination_type="RUN",
+                    destination_id=run.run_id,
+                )
+            )
+            rows.extend(
+                SqlInputTag(input_uuid=input_id, name=tag.key, value=tag.value)
+                for tag in dataset_input.tags
+            )
+    return rows
+
+
+def _dataset_ids(
+    session: Any, experiment_id: str, runs: list[PendingRun]
+) -> dict[tuple[str, str], tuple[str, Any]]:
+    """(name, digest) -> (dataset id, a new SqlDataset row or None when the store has it)."""
+    from mlflow.store.tracking.dbmodels.models import SqlDataset
+
+    wanted = {(d.dataset.name, d.dataset.digest): d.dataset for run in runs for d in run.datasets}
+    found: dict[tuple[str, str], tuple[str, Any]] = {}
+    if wanted:
+        for row in (
+            session.query(SqlDataset)
+            .filter(SqlDataset.experiment_id == experiment_id)
+            .filter(SqlDataset.name.in_({name for name, _ in wanted}))
+            .filter(SqlDataset.digest.in_({digest for _, digest in wanted}))
+        ):
+            found[(row.name, row.digest)] = (row.dataset_uuid, None)
+    for key, dataset in wanted.items():
+        if key not in found:
+            dataset_id = uuid.uuid4().hex
+            found[key] = (
+                dataset_id,
+                SqlDataset(
+                    dataset_uuid=dataset_id,
+                    experiment_id=experiment_id,
+                    name=dataset.name,
+                    digest=dataset.digest,
+                    dataset_source_type=dataset.source_type,
+                    dataset_source=dataset.source,
+                    dataset_schema=dataset.schema,
+                    dataset_profile=dataset.profile,
+                ),
+            )
+    return found
