@@ -28,7 +28,7 @@ from workloads.data.manifest import MANIFEST_NAME, Manifest, ShardInfo
 from workloads.data.object_store import S3Settings, check_reachable, filesystem_for, is_s3_uri
 from workloads.data.parquet import CLASS_NAMES_METADATA_KEY, SHARD_SCHEMA
 from workloads.data.registry import source_for
-from workloads.data.sources.stored import validate_location
+from workloads.data.stored_layout import validate_location
 
 DEFAULT_SHARD_BYTES = 128 * 2**20
 IMAGE_FORMATS = ("png", "jpeg")

@@ -7,15 +7,16 @@ A location holds one of three layouts:
                  set as published (see `workloads/data/parquet.py` for the columns)
     image-files  image files under class sub-folders (`prefix/<class>/<file>`), object storage
 
-Images are decoded (and augmented, for training) inside Ray Data's `map_batches`, so decoding
-overlaps training. A location holds one split: evaluations name their val location.
+Which layout a location holds is found by `workloads/data/stored_layout.py` (a listing and
+metadata only); this module reads it. Images are decoded (and augmented, for training) inside
+Ray Data's `map_batches`, so decoding overlaps training. A location holds one split:
+evaluations name their val location.
 """
 
 from __future__ import annotations
 
 import os
 import posixpath
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -28,41 +29,26 @@ from workloads.data.base import (
     DataSource,
     PushRows,
     check_num_images,
-    digest,
     object_array,
     rows_per_batch,
 )
 from workloads.data.decode import decode_images
-from workloads.data.manifest import Manifest, read_manifest
-from workloads.data.object_store import (
-    DataSourceError,
-    S3Settings,
-    check_reachable,
-    filesystem_for,
-    is_s3_uri,
+from workloads.data.object_store import S3Settings
+from workloads.data.sources.folder import decode_class_files
+from workloads.data.stored_layout import (
+    describe_layout,
+    open_parquet,
+    resolve_layout,
+    settings_for,
+    validate_location,
 )
-from workloads.data.sources.folder import IMAGE_EXTENSIONS, decode_class_files
 
 if TYPE_CHECKING:
     import pyarrow
     import pyarrow.fs
     import ray.data
 
-SUPPORTED_SCHEMES = ("s3",)
 _BLOCK_BYTES = 16 * 2**20
-_SKIPPED_PREFIXES = (".", "_")  # hidden and bookkeeping files (e.g. _SUCCESS), as Ray skips
-
-
-@dataclass(frozen=True)
-class StoredLayout:
-    """What a location holds, found from a listing and the metadata only (no image decoded)."""
-
-    kind: str  # "shards", "parquet" or "image-files"
-    root: str  # scheme-less path inside the filesystem
-    files: list[str]
-    class_names: list[str] | None  # None: Parquet without names; derived from labels
-    manifest: Manifest | None = None
-    columns: Columns = Columns(image="image", label="label")
 
 
 class StoredSource(DataSource):
@@ -157,7 +143,7 @@ class StoredSource(DataSource):
         from workloads.data.parquet import normalise_parquet_batch, read_columns
 
         filesystem, layout = resolve_layout(source, columns=columns)
-        info = _describe_layout(source, filesystem, layout)  # one listing, not two
+        info = describe_layout(source, filesystem, layout)  # one listing, not two
         num_rows = min(info.num_rows, num_images) if num_images else info.num_rows
         if layout.kind == "image-files":
             files = layout.files[:num_rows]
@@ -187,123 +173,28 @@ class StoredSource(DataSource):
         return PushRows(num_rows, info.class_names, read_rows)
 
 
-def validate_location(
-    uri: str, *, what: str, allowed: str = "s3://bucket[/prefix] or a local path"
-) -> None:
-    """One line naming `uri` when its scheme is not supported or its bucket is missing."""
-    if "://" not in uri or uri.startswith("file://"):
-        return
-    scheme, _, rest = uri.partition("://")
-    if scheme not in SUPPORTED_SCHEMES or not rest.split("/", 1)[0]:
-        raise DataSourceError(f"{what} {uri!r}: unsupported location; allowed: {allowed}")
-
-
 def describe_stored(
     uri: str, settings: S3Settings | None = None, columns: Columns = FIND_COLUMNS
 ) -> DatasetInfo:
     """Row count, class names and digest at `uri`: from the manifest when there is one, else
     from Parquet footers (plus the label column when no class names are stored) or a listing."""
-    return _describe_layout(uri, *resolve_layout(uri, _settings_for(uri, settings), columns))
-
-
-def _describe_layout(
-    uri: str, filesystem: pyarrow.fs.FileSystem, layout: StoredLayout
-) -> DatasetInfo:
-    import pyarrow.parquet as pq
-
-    from workloads.data.parquet import class_names_from_labels
-
-    if layout.manifest is not None:
-        manifest = layout.manifest
-        return DatasetInfo(
-            uri,
-            manifest.num_rows,
-            list(manifest.class_names),
-            kind="shards",
-            digest=manifest.digest,
-        )
-    if layout.kind == "image-files":
-        return DatasetInfo(
-            uri,
-            len(layout.files),
-            list(layout.class_names or []),
-            kind=layout.kind,
-            digest=digest(uri, len(layout.files)),
-        )
-    num_rows = sum(_parquet_file(filesystem, path).metadata.num_rows for path in layout.files)
-    class_names = layout.class_names
-    if class_names is None:
-        labels = pq.read_table(layout.files, filesystem=filesystem, columns=[layout.columns.label])
-        class_names = class_names_from_labels(labels[layout.columns.label])
-    return DatasetInfo(uri, num_rows, class_names, kind=layout.kind, digest=digest(uri, num_rows))
+    return describe_layout(uri, *resolve_layout(uri, settings_for(uri, settings), columns))
 
 
 def sample_ids(uri: str, count: int = 5, settings: S3Settings | None = None) -> list[str]:
     """The ids of the first `count` rows at `uri`, read without decoding any image."""
     from workloads.data.parquet import normalise_parquet_batch, read_columns
 
-    settings = _settings_for(uri, settings)
+    settings = settings_for(uri, settings)
     filesystem, layout = resolve_layout(uri, settings)
     if layout.kind == "image-files":
         return [posixpath.relpath(path, layout.root) for path in layout.files[:count]]
-    parquet_file = _parquet_file(filesystem, layout.files[0])
-    columns = read_columns(parquet_file.schema_arrow, layout.columns)
-    for batch in parquet_file.iter_batches(batch_size=count, columns=columns):
+    first_file = open_parquet(filesystem, layout.files[0])
+    columns = read_columns(first_file.schema_arrow, layout.columns)
+    for batch in first_file.iter_batches(batch_size=count, columns=columns):
         name = posixpath.basename(layout.files[0])
         return normalise_parquet_batch(batch, name, layout.columns, first_row=0)[2][:count]
     return []
-
-
-def resolve_layout(
-    uri: str, settings: S3Settings | None = None, columns: Columns = FIND_COLUMNS
-) -> tuple[pyarrow.fs.FileSystem, StoredLayout]:
-    """The filesystem and layout of `uri`; raises DataSourceError naming the URI."""
-    import pyarrow.fs
-
-    validate_location(uri, what="data source")
-    settings = _settings_for(uri, settings)
-    check_reachable(uri, settings)
-    filesystem, root = filesystem_for(uri, settings)
-    manifest = None if _is_file(filesystem, root) else read_manifest(uri, settings)
-    if manifest is not None:
-        files = [posixpath.join(root, shard.path) for shard in manifest.shards]
-        if not files:
-            raise DataSourceError(f"data source {uri!r}: manifest lists no shards")
-        return filesystem, StoredLayout("shards", root, files, manifest.class_names, manifest)
-    try:
-        info = filesystem.get_file_info(root)
-        if info.type == pyarrow.fs.FileType.File:
-            if not root.endswith(".parquet"):
-                raise DataSourceError(f"data source {uri!r}: a single file must be .parquet")
-            return filesystem, _parquet_layout(
-                filesystem, uri, posixpath.dirname(root), [root], columns
-            )
-        listing = filesystem.get_file_info(pyarrow.fs.FileSelector(root, recursive=True))
-    except OSError as error:
-        raise DataSourceError(f"data source {uri!r}: cannot list it: {error}") from None
-    files = sorted(
-        entry.path
-        for entry in listing
-        if entry.type == pyarrow.fs.FileType.File
-        and not any(part.startswith(_SKIPPED_PREFIXES) for part in _relative_parts(entry, root))
-    )
-    parquet_files = [path for path in files if path.endswith(".parquet")]
-    if parquet_files:
-        return filesystem, _parquet_layout(filesystem, uri, root, parquet_files, columns)
-    image_files = [path for path in files if _is_image(path)]
-    if not image_files:
-        raise DataSourceError(
-            f"data source {uri!r}: no manifest.json, Parquet files or images "
-            f"({', '.join(IMAGE_EXTENSIONS)}) under it"
-        )
-    outside_class_folder = [path for path in image_files if posixpath.dirname(path) == root]
-    if outside_class_folder:
-        raise DataSourceError(
-            f"data source {uri!r}: images must sit in class sub-folders (<prefix>/<class>/<file>), "
-            f"found {posixpath.basename(outside_class_folder[0])!r} directly under it"
-        )
-    class_names = sorted({_class_of(path, root) for path in image_files})
-    return filesystem, StoredLayout("image-files", root, image_files, class_names)
 
 
 def _read_parquet_per_file(
@@ -351,42 +242,9 @@ def _decode_parquet_batch(
     return {"image": images, "label": labels, "id": object_array(ids), "ok": ok}
 
 
-def _parquet_layout(
-    filesystem: pyarrow.fs.FileSystem, uri: str, root: str, files: list[str], columns: Columns
-) -> StoredLayout:
-    from workloads.data.parquet import class_names_from_schema, resolve_columns
-
-    schema = _parquet_file(filesystem, files[0]).schema_arrow
-    resolved = resolve_columns(schema, uri, columns)  # fail now, not inside a Ray task
-    class_names = class_names_from_schema(schema, resolved.label)
-    return StoredLayout("parquet", root, files, class_names, columns=resolved)
-
-
-def _parquet_file(filesystem: pyarrow.fs.FileSystem, path: str):
-    import pyarrow.parquet as pq
-
-    return pq.ParquetFile(filesystem.open_input_file(path))
-
-
-def _is_file(filesystem: pyarrow.fs.FileSystem, path: str) -> bool:
-    import pyarrow.fs
-
-    try:
-        return filesystem.get_file_info(path).type == pyarrow.fs.FileType.File
-    except OSError:
-        return False
-
-
 def _read_file(filesystem: pyarrow.fs.FileSystem, path: str) -> bytes:
     with filesystem.open_input_stream(path) as stream:
         return stream.read()
-
-
-def _settings_for(uri: str, settings: S3Settings | None) -> S3Settings | None:
-    # Read the environment once, on the driver: Ray workers may not share its environment.
-    if settings is None and is_s3_uri(uri):
-        return S3Settings.from_env()
-    return settings
 
 
 def _listdir(path: str) -> list[str]:
@@ -394,18 +252,6 @@ def _listdir(path: str) -> list[str]:
         return os.listdir(path)
     except OSError:
         return []
-
-
-def _relative_parts(entry: pyarrow.fs.FileInfo, root: str) -> list[str]:
-    return posixpath.relpath(entry.path, root).split("/")
-
-
-def _class_of(path: str, root: str) -> str:
-    return posixpath.relpath(path, root).split("/", 1)[0]
-
-
-def _is_image(path: str) -> bool:
-    return posixpath.splitext(path)[1].lstrip(".").lower() in IMAGE_EXTENSIONS
 
 
 SOURCE = StoredSource()
