@@ -4,27 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
+from servers import mimray_ui, moto_server
+from tiny_model import TINY_MODEL
 
-# A ViT small enough that a Ray Train fit in a test is dominated by start-up, not compute.
-TINY_MODEL = [
-    "model.embed_dim=32",
-    "model.depth=2",
-    "model.num_heads=2",
-    "model.decoder_dim=32",
-    "model.decoder_depth=1",
-    "model.decoder_num_heads=2",
-]
+__all__ = ["TINY_MODEL", "serve_mlflow_ui"]
+
+# `mimray ui` on a port of its own choosing (see servers.py); the name older tests import.
+serve_mlflow_ui = mimray_ui
 
 
 # Runs the CLI in a fresh interpreter and says whether it started Ray: the test session's own
@@ -74,66 +67,12 @@ def workdir(tmp_path, monkeypatch):
 # A real S3 endpoint for tests: moto in server mode, spoken to over HTTP on 127.0.0.1.
 # ---------------------------------------------------------------------------------------------
 
-_MOTO_START_TIMEOUT_S = 30.0
-
-
-def free_port() -> int:
-    """A TCP port that nothing listens on right now (the OS picks it)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_until_answers(url: str, server: subprocess.Popen, name: str, timeout_s: float) -> None:
-    """Block until `url` gives any HTTP answer; fail early if `server` exits."""
-    deadline = time.monotonic() + timeout_s
-    while not _answers(url):
-        if server.poll() is not None:
-            raise RuntimeError(f"{name} exited with status {server.returncode}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{name} did not answer on {url} within {timeout_s:.0f} s")
-        time.sleep(0.2)
-
-
-@contextlib.contextmanager
-def serve_mlflow_ui(timeout_s: float = 90.0):
-    """`mimray ui` for the current folder's store on a free loopback port; yields its URL."""
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "ui", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its own process group: stopping it stops its workers too
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_answers(f"{url}/health", server, "mimray ui", timeout_s)
-        yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
-
 
 @pytest.fixture(scope="session")
 def s3_endpoint():
-    """Start `moto_server` on 127.0.0.1 on a free port; yield its URL; stop it after."""
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_until_answers(endpoint, server, "moto_server", _MOTO_START_TIMEOUT_S)
+    """`moto_server` on 127.0.0.1, on the port it bound itself; its URL; stopped after."""
+    with moto_server() as endpoint:
         yield endpoint
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 @pytest.fixture
@@ -161,16 +100,6 @@ def bucket(s3_client) -> str:
     name = f"mimray-test-{uuid.uuid4().hex[:12]}"
     s3_client.create_bucket(Bucket=name)
     return name
-
-
-def _answers(endpoint: str) -> bool:
-    try:
-        urllib.request.urlopen(endpoint, timeout=1).read()
-    except urllib.error.HTTPError:
-        return True  # any HTTP answer means the server is up
-    except OSError:
-        return False
-    return True
 
 
 @contextlib.contextmanager

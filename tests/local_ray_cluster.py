@@ -3,8 +3,9 @@
 Every `ray start` runs in a new session, and every process it leaves behind (GCS, raylet,
 dashboard, workers, job drivers, nodes that a fake autoscaler adds) stays in that process
 group, so stopping signals exactly those groups: other Ray instances on the machine (other
-tests, other people) are left alone. Ports are picked free, and a temp dir per cluster keeps
-sessions, sockets and the address file apart.
+tests, other people) are left alone. Ray picks its own ports (port 0) and the test reads the
+ones it got from `ray start`'s output, so no port is found free and then lost to another
+process; a temp dir per cluster keeps sessions, sockets and the address file apart.
 """
 
 from __future__ import annotations
@@ -12,26 +13,34 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
-from conftest import free_port
+from waiting import wait_until
 
 RAY = str(Path(sys.executable).parent / "ray")
+# What `ray start --head` prints about where it listens (ANSI colour codes removed first).
+_GCS_ADDRESS = re.compile(r"ray start --address='([^']+):(\d+)'")
+_DASHBOARD_URL = re.compile(r"RAY_API_SERVER_ADDRESS='http://([^']+)'")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class LocalRayCluster:
     """A head node (dashboard and Jobs API on 127.0.0.1) plus nodes added with `add_node`."""
 
-    def __init__(self, temp_dir: Path, token_auth: bool = True) -> None:
+    def __init__(self, temp_dir: Path, token_auth: bool = True, gcs_port: int = 0) -> None:
+        """`gcs_port` 0 lets Ray choose; give one only where it must be known before the
+        head starts (a fake autoscaler's config names it)."""
         self.temp_dir = temp_dir
-        self.gcs_port = free_port()
-        self.dashboard_port = free_port()
+        self.gcs_port = gcs_port
+        self.dashboard_address = ""  # host:port, from `ray start --head`'s output
         self.token = secrets.token_hex(16)
         self.groups: list[int] = []
         # Pinned either way: `ray start --head` turns token auth on by itself when a token file
@@ -52,13 +61,14 @@ class LocalRayCluster:
 
     @property
     def dashboard_url(self) -> str:
-        return f"http://127.0.0.1:{self.dashboard_port}"
+        return f"http://{self.dashboard_address}"
 
     node_ip = "127.0.0.1"
 
     def _ray_start(
         self, args: list[str], extra_env: dict[str, str] | None = None, temp_dir: Path | None = None
-    ) -> None:
+    ) -> str:
+        """Run `ray start ARGS`; its output."""
         temp_dir = temp_dir or self.temp_dir
         proc = subprocess.Popen(
             [RAY, "start", f"--temp-dir={temp_dir}", "--disable-usage-stats", *args],
@@ -72,6 +82,7 @@ class LocalRayCluster:
         output, _ = proc.communicate(timeout=180)
         if proc.returncode != 0:
             raise RuntimeError(f"ray start {' '.join(args)} failed:\n{output[-3000:]}")
+        return _ANSI.sub("", output)
 
     def start_head(
         self,
@@ -87,9 +98,11 @@ class LocalRayCluster:
             f"--node-ip-address={node_ip}",
             f"--port={self.gcs_port}",
             "--dashboard-host=127.0.0.1",  # never on a public interface
-            f"--dashboard-port={self.dashboard_port}",
-            f"--dashboard-agent-listen-port={free_port()}",
-            f"--ray-client-server-port={free_port()}",
+            "--dashboard-port=0",
+            "--dashboard-agent-listen-port=0",
+            # Ray insists on a number here (1024-65535); the tests never use Ray Client, so
+            # losing this port to another process would cost nothing.
+            f"--ray-client-server-port={port_for_a_config()}",
             f"--num-cpus={num_cpus}",
             f"--resources={json.dumps(resources or {})}",
             "--min-worker-port=0",
@@ -97,13 +110,18 @@ class LocalRayCluster:
             *(extra_args or []),
         ]
         try:
-            self._ray_start(args, extra_env)
+            output = self._ray_start(args, extra_env)
         except RuntimeError:
             # On a loaded machine `ray start` can give up waiting for its own raylet
             # ("Failed to get node info ... Deadline Exceeded"): clear the attempt, retry once.
             self.stop()
             self.groups.clear()
-            self._ray_start(args, extra_env)
+            output = self._ray_start(args, extra_env)
+        gcs, dashboard = _GCS_ADDRESS.search(output), _DASHBOARD_URL.search(output)
+        if not (gcs and dashboard):
+            raise RuntimeError(f"no GCS address or dashboard in `ray start`'s output:\n{output}")
+        self.gcs_port = int(gcs.group(2))
+        self.dashboard_address = dashboard.group(1)
         self.wait_for_dashboard()
 
     def add_node(self, num_cpus: float, resources: dict[str, float]) -> None:
@@ -115,7 +133,7 @@ class LocalRayCluster:
             [
                 f"--address={self.gcs_address}",
                 f"--node-ip-address={self.node_ip}",
-                f"--dashboard-agent-listen-port={free_port()}",
+                "--dashboard-agent-listen-port=0",
                 f"--num-cpus={num_cpus}",
                 f"--resources={json.dumps(resources)}",
                 "--min-worker-port=0",
@@ -125,19 +143,19 @@ class LocalRayCluster:
         )
 
     def wait_for_dashboard(self, timeout_s: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout_s
         request = urllib.request.Request(
             f"{self.dashboard_url}/api/version",
             headers={"Authorization": f"Bearer {self.token}"},
         )
-        while True:
+
+        def answers() -> bool:
             try:
                 urllib.request.urlopen(request, timeout=2).read()
-                return
             except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"no dashboard on {self.dashboard_url}") from None
-                time.sleep(0.5)
+                return False
+            return True
+
+        wait_until(answers, timeout_s, f"the dashboard on {self.dashboard_url}", interval=0.5)
 
     def state(self, kind: str, **filters: str) -> list[dict]:
         """Rows of the head's state API (`nodes`, `actors`, ...), over HTTP with the token: the
@@ -176,6 +194,16 @@ class LocalRayCluster:
         for group in self.groups:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(group, signal.SIGKILL)
+
+
+def port_for_a_config() -> int:
+    """A port that nothing listens on right now, for the places where a number must be given
+    before Ray starts: a fake autoscaler's `gcs_address`, Ray Client's port (no 0 allowed).
+    It is released before `ray start` binds it, so another process could take it in between:
+    everywhere else Ray picks its own ports."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _group_alive(group: int) -> bool:

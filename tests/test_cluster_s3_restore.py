@@ -13,21 +13,21 @@ import time
 
 import pytest
 import yaml
-from conftest import TINY_MODEL
 from local_ray_cluster import LocalRayCluster, run_mimray
+from tiny_model import tiny_model
+from waiting import wait_until
 
 pytestmark = pytest.mark.slow
 TRIALS = 3
 
 
 def sweep_spec(storage: str) -> str:
-    model = {key.removeprefix("model."): int(v) for key, v in (o.split("=") for o in TINY_MODEL)}
     return yaml.safe_dump(
         {
             "name": "survivor",
             "base": {
                 "method": {"name": "mae"},
-                "model": model,
+                "model": tiny_model(),
                 "data": {"source": "shapes", "num_images": 64},
                 # Long enough that the second trial is still running when the job is stopped.
                 "train": {"epochs": 8, "batch_size": 32},
@@ -45,13 +45,11 @@ mimray = functools.partial(run_mimray, timeout=600)
 
 
 def wait_for_log(address: list[str], job: str, needle: str, cwd, env, timeout_s: float) -> str:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def logs_with_needle() -> str | None:
         logs = mimray(["jobs", "logs", job, *address], cwd, env, timeout=60).stdout
-        if needle in logs:
-            return logs
-        time.sleep(1)
-    raise AssertionError(f"{needle!r} not in {job}'s logs after {timeout_s} s:\n{logs[-3000:]}")
+        return logs if needle in logs else None
+
+    return wait_until(logs_with_needle, timeout_s, f"{needle!r} in {job}'s logs", interval=1)
 
 
 def test_sweep_in_s3_restores_after_its_job_is_stopped(
@@ -77,10 +75,12 @@ def test_sweep_in_s3_restores_after_its_job_is_stopped(
         wait_for_log(address, "first", " 1 done", project, env, timeout_s=420)
         stopped = mimray(["jobs", "stop", "first", *address], project, env)
         assert stopped.returncode == 0, stopped.stderr
-        deadline = time.monotonic() + 60
-        while "STOPPED" not in mimray(["jobs", "status", "first", *address], project, env).stdout:
-            assert time.monotonic() < deadline, "the first job did not stop"
-            time.sleep(1)
+        wait_until(
+            lambda: "STOPPED" in mimray(["jobs", "status", "first", *address], project, env).stdout,
+            60,
+            "the first job to stop",
+            interval=1,
+        )
         stored = s3_client.list_objects_v2(Bucket=bucket, Prefix="runs/survivor/")
         assert stored.get("KeyCount", 0) > 0, "nothing of the sweep is in S3"
 

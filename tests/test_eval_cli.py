@@ -4,6 +4,7 @@ before any Ray work; on a real SQLite MLflow store."""
 from __future__ import annotations
 
 import pytest
+from cli_checks import assert_refused
 from click.testing import CliRunner
 
 from orchestrator.cli.main import main
@@ -11,11 +12,7 @@ from orchestrator.tracking import KIND_TAG, Tracker, resolve_tracking_uri
 
 
 def _error(args: list[str]) -> str:
-    result = CliRunner().invoke(main, args)
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("mimray: error: "), result.output
-    return lines[0]
+    return assert_refused(CliRunner().invoke(main, args), "")
 
 
 @pytest.fixture

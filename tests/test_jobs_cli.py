@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from cli_checks import assert_refused
 from click.testing import CliRunner
-from conftest import free_port
+from servers import refused_address
 
 from orchestrator import jobs
 from orchestrator.cli.main import main
@@ -22,10 +23,7 @@ from orchestrator.cli.main import main
     ],
 )
 def test_usage_errors_exit_2_in_one_line(args, expected, workdir):
-    result = CliRunner().invoke(main, args)
-    assert result.exit_code == 2, result.output
-    assert result.output.startswith(f"mimray: error: {expected}")
-    assert result.output.count("\n") == 1
+    assert_refused(CliRunner().invoke(main, args), expected, at_start=True)
 
 
 def test_missing_job_id_is_a_usage_error(workdir):
@@ -39,8 +37,8 @@ def test_missing_job_id_is_a_usage_error(workdir):
     [(["jobs", "list"], []), (["jobs", "stop", "j1"], []), (["submit"], ["--", "presets"])],
 )
 def test_unreachable_cluster_exits_1_in_one_line(command, rest, workdir):
-    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    result = CliRunner().invoke(main, [*command, "--address", url, *rest])
+    with refused_address() as url:
+        result = CliRunner().invoke(main, [*command, "--address", url, *rest])
     assert result.exit_code == 1, result.output
     assert result.output.startswith(f"mimray: error: cannot reach the Ray Jobs API at {url}")
     assert result.output.count("\n") == 1
@@ -107,11 +105,12 @@ def test_entrypoint_runs_the_shipped_cli_with_quoting():
 
 # --- checkpoints that survive: a remote run needs storage every node (and a rerun) can reach ---
 
-LOCAL_STORAGE = "mimray: error: storage.path: "
 
-
-def _unreachable() -> list[str]:
-    return ["--address", f"http://127.0.0.1:{free_port()}"]  # nothing listens there
+@pytest.fixture
+def unreachable() -> list[str]:
+    """--address of a Jobs API that refuses connections (held for the test, see servers.py)."""
+    with refused_address() as url:
+        yield ["--address", url]
 
 
 @pytest.mark.parametrize(
@@ -124,28 +123,27 @@ def _unreachable() -> list[str]:
         (["demo"], "./mimray-runs (the default)"),
     ],
 )
-def test_submit_refuses_node_local_storage_in_one_line(command, shown, workdir):
-    result = CliRunner().invoke(main, ["submit", *_unreachable(), "--", *command])
-    assert result.exit_code == 2, result.output
-    assert result.output.startswith(f"{LOCAL_STORAGE}{shown} is on the disk of each node")
-    assert "s3://BUCKET" in result.output and result.output.count("\n") == 1
+def test_submit_refuses_node_local_storage_in_one_line(command, shown, workdir, unreachable):
+    result = CliRunner().invoke(main, ["submit", *unreachable, "--", *command])
+    line = assert_refused(
+        result, f"storage.path: {shown} is on the disk of each node", at_start=True
+    )
+    assert "s3://BUCKET" in line
 
 
-def test_submit_reads_storage_from_the_spec_file(workdir):
+def test_submit_reads_storage_from_the_spec_file(workdir, unreachable):
     (workdir / "local.yaml").write_text("storage: {path: ./ckpt}\n")
     (workdir / "remote.yaml").write_text("storage: {path: s3://bucket/mimray}\n")
-    refused = CliRunner().invoke(main, ["submit", *_unreachable(), "--", "pretrain", "local.yaml"])
-    assert refused.exit_code == 2 and refused.output.startswith(f"{LOCAL_STORAGE}./ckpt ")
+    refused = CliRunner().invoke(main, ["submit", *unreachable, "--", "pretrain", "local.yaml"])
+    assert_refused(refused, "storage.path: ./ckpt ", at_start=True)
     # Object storage passes the check: the next failure is the (absent) cluster, exit 1.
-    accepted = CliRunner().invoke(
-        main, ["submit", *_unreachable(), "--", "pretrain", "remote.yaml"]
-    )
+    accepted = CliRunner().invoke(main, ["submit", *unreachable, "--", "pretrain", "remote.yaml"])
     assert accepted.exit_code == 1, accepted.output
     assert "cannot reach the Ray Jobs API" in accepted.output
     # --set wins over the file, as it will on the cluster.
     overridden = ["pretrain", "remote.yaml", "--set", "storage.path=/tmp/x"]
-    result = CliRunner().invoke(main, ["submit", *_unreachable(), "--", *overridden])
-    assert result.exit_code == 2 and result.output.startswith(f"{LOCAL_STORAGE}/tmp/x ")
+    result = CliRunner().invoke(main, ["submit", *unreachable, "--", *overridden])
+    assert_refused(result, "storage.path: /tmp/x ", at_start=True)
 
 
 @pytest.mark.parametrize(
@@ -156,18 +154,15 @@ def test_submit_reads_storage_from_the_spec_file(workdir):
         ["--", "presets"],  # writes no checkpoints
     ],
 )
-def test_object_or_declared_shared_storage_passes_the_check(args, workdir):
-    result = CliRunner().invoke(main, ["submit", *_unreachable(), *args])
+def test_object_or_declared_shared_storage_passes_the_check(args, workdir, unreachable):
+    result = CliRunner().invoke(main, ["submit", *unreachable, *args])
     assert result.exit_code == 1, result.output
     assert "cannot reach the Ray Jobs API" in result.output
 
 
-def test_a_broken_spec_is_refused_before_the_cluster_is_contacted(workdir):
-    args = ["submit", *_unreachable(), "--", "sweep", "emae-k", "--set", "train.epochs=zero"]
-    result = CliRunner().invoke(main, args)
-    assert result.exit_code == 2, result.output
-    assert result.output.startswith("mimray: error: train.epochs:")
-    assert result.output.count("\n") == 1
+def test_a_broken_spec_is_refused_before_the_cluster_is_contacted(workdir, unreachable):
+    args = ["submit", *unreachable, "--", "sweep", "emae-k", "--set", "train.epochs=zero"]
+    assert_refused(CliRunner().invoke(main, args), "train.epochs:", at_start=True)
 
 
 def test_storage_rule_on_its_own():

@@ -16,8 +16,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import free_port, moto_checks_credentials
+from conftest import moto_checks_credentials
 from PIL import Image
+from servers import refused_address
 
 from workloads.data import Augmentation, build_dataset
 from workloads.data.decode import decode_images, random_resized_crop_box
@@ -285,14 +286,15 @@ def test_missing_bucket_is_named_within_seconds(s3_env):
 
 
 def test_unreachable_endpoint_fails_within_seconds(s3_env, monkeypatch, tmp_path):
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
-    started = time.monotonic()
-    with pytest.raises(DataSourceError, match="cannot reach the S3 endpoint") as raised:
-        describe_remote("s3://some-bucket/data")
-    assert "s3://some-bucket/data" in str(raised.value)
-    with pytest.raises(DataSourceError, match="cannot reach"):
-        push_dataset("shapes", "s3://some-bucket/data", num_images=4)
-    assert time.monotonic() - started < 30
+    with refused_address() as nothing_answers:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", nothing_answers)
+        started = time.monotonic()
+        with pytest.raises(DataSourceError, match="cannot reach the S3 endpoint") as raised:
+            describe_remote("s3://some-bucket/data")
+        assert "s3://some-bucket/data" in str(raised.value)
+        with pytest.raises(DataSourceError, match="cannot reach"):
+            push_dataset("shapes", "s3://some-bucket/data", num_images=4)
+        assert time.monotonic() - started < 30
 
 
 def test_empty_prefix_is_reported(bucket):

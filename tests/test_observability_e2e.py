@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import TINY_MODEL
 from test_dashboards import DASHBOARDS, queried_metrics
+from waiting import wait_until
 
 from orchestrator.launch import run_pretrain
 from orchestrator.config import Trial, load_spec
@@ -115,16 +116,6 @@ def holds_file(pid: int, path: Path) -> bool:
     return False
 
 
-def wait_for(condition, timeout_s: float, what: str, poll_s: float = 0.1):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(poll_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-
-
 def registered_checkpoints(run_path: Path) -> list[str]:
     """Checkpoints Ray Train's controller has registered (what a restart restores from).
 
@@ -171,13 +162,14 @@ def test_metrics_exported_and_worker_loss_recovers_without_duplicate_epochs(ray_
         with ThreadPoolExecutor(1) as pool:
             fit = pool.submit(run_pretrain, spec, NAME)
             # Kill once Ray registered the epoch-1 checkpoint, so the restart restores it.
-            wait_for(
+            wait_until(
                 lambda: "checkpoint_epoch_0001" in registered_checkpoints(run_path) or fit.done(),
                 300,
                 "the epoch-1 checkpoint",
+                interval=0.1,  # the window before the run ends is short
             )
             assert not fit.done(), "the run finished before a worker could be killed"
-            workers = wait_for(lambda: train_worker_pids(ray_session), 30, "train workers")
+            workers = wait_until(lambda: train_worker_pids(ray_session), 30, "train workers")
             assert len(workers) == 2, workers
             # Rank 0 writes MLflow; kill the other one, so the survivor meets the lost peer
             # mid-epoch with a partial epoch's metrics in hand.
@@ -186,14 +178,14 @@ def test_metrics_exported_and_worker_loss_recovers_without_duplicate_epochs(ray_
             first_checkpoint = (run_path / "checkpoint_epoch_0001" / "checkpoint.pt").stat()
             os.kill(victim, signal.SIGKILL)
             killed = time.monotonic()
-            restarted = wait_for(
+            restarted = wait_until(
                 lambda: (train_worker_pids(ray_session) - workers) or fit.done(),
                 180,
                 "a restarted worker group",
             )
             assert restarted is not True, "the run ended without restarting its workers"
             group_restarted = time.monotonic()
-            wait_for(
+            wait_until(
                 lambda: max(committed_epochs(tracker), default=0) > epochs_at_kill or fit.done(),
                 180,
                 "the first epoch after the restart",

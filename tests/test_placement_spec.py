@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from cli_checks import assert_refused
 from click.testing import CliRunner
 
 from orchestrator.cli.main import main
@@ -53,9 +54,7 @@ def test_driver_resources_are_a_sweep_setting():
 )
 def test_bad_driver_resources_exit_2_naming_the_key(override, expected, workdir):
     result = CliRunner().invoke(main, ["sweep", "emae-k", "--set", override, "--dry-run"])
-    assert result.exit_code == 2
-    assert result.output.startswith(f"mimray: error: {expected}")
-    assert result.output.count("\n") == 1
+    assert_refused(result, expected, at_start=True)
 
 
 def test_dry_run_shows_the_custom_resources_per_worker(workdir):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_model import tiny_model
 
 from orchestrator.config import EvalSpec, RunSpec
 from orchestrator.evaluation.baseline import (
@@ -25,16 +26,7 @@ from workloads.evaluation.heads import load_encoder
 
 TINY = {
     "method": {"name": "mae"},
-    "model": {
-        "img_size": 16,
-        "patch_size": 4,
-        "embed_dim": 16,
-        "depth": 1,
-        "num_heads": 2,
-        "decoder_dim": 16,
-        "decoder_depth": 1,
-        "decoder_num_heads": 2,
-    },
+    "model": tiny_model(img_size=16),
     "data": {"source": "digits"},
 }
 

@@ -4,6 +4,7 @@ that are not UTF-8 YAML, storage locations mimray cannot use. One line, exit 2, 
 from __future__ import annotations
 
 import pytest
+from cli_checks import assert_refused
 from click.testing import CliRunner
 
 from orchestrator.cli.main import main
@@ -32,11 +33,7 @@ def test_unsafe_names_are_refused(name):
 def _refused(workdir, args: list[str], expected: str) -> None:
     """The command exits 2 with one line that says `expected`, and writes nothing anywhere."""
     before = {p for p in workdir.parent.rglob("*")}
-    result = CliRunner().invoke(main, args)
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1, result.output
-    assert lines[0].startswith("mimray: error: ") and expected in lines[0], lines[0]
+    assert_refused(CliRunner().invoke(main, args), expected)
     assert {p for p in workdir.parent.rglob("*")} == before  # no ./mimray-runs, no escape
 
 
