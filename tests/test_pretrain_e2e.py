@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY_MODEL
+from interruption import file_states
 
-from orchestrator.launch import run_pretrain
 from orchestrator.config import load_spec
+from orchestrator.launch import run_pretrain
 from orchestrator.tracking import CHECKPOINT_URI_TAG, Tracker, resolve_tracking_uri
 from workloads.data import describe_source
 
@@ -60,8 +61,12 @@ def test_pretrain_records_run_and_checkpoints_then_resumes_same_run(ray_session,
     assert first.checkpoint_uri == models[-1].tags[CHECKPOINT_URI_TAG]
 
     # Same name, one more epoch: continues from the epoch-2 checkpoint in the same MLflow run.
+    epoch_2 = file_states(Path(first.checkpoint_uri))
     second = run_pretrain(load_spec("demo", [*TINY, "train.epochs=3"]), name="tiny")
     assert (second.resumed, second.run_id, second.epochs_done) == (True, first.run_id, 3)
+    # The workers loaded the epoch-2 checkpoint (their resume record) and did not rewrite it.
+    assert tracker.metric_history(first.run_id, "resume/from_epoch") == [(8, 2.0)]
+    assert file_states(Path(first.checkpoint_uri)) == epoch_2
     assert len(tracker.client.search_runs([tracker.experiment_id])) == 1
     epochs = [step for step, _ in tracker.metric_history(first.run_id, "epoch/loss")]
     assert epochs == [1, 2, 3]  # epoch 3 only was trained: not restarted from 0
@@ -77,34 +82,3 @@ def test_pretrain_records_run_and_checkpoints_then_resumes_same_run(ray_session,
     # The data is declared once, however often the run is resumed.
     resumed_run = tracker.client.get_run(first.run_id)
     assert len(resumed_run.inputs.dataset_inputs) == 1
-
-
-def test_one_worker_run_trains_in_process_and_resumes_into_the_same_run(ray_session, workdir):
-    from ray.util.state import list_actors
-
-    def train_workers() -> int:
-        address = ray_session.get_runtime_context().gcs_address  # other Rays may be running
-        found = list_actors(address, filters=[("class_name", "=", "RayTrainWorker")], limit=1000)
-        return len(found)
-
-    workers_before = train_workers()
-    one = [*TINY, "scaling.num_workers=1", "data.num_images=128", "tracking.system_metrics=false"]
-    first = run_pretrain(load_spec("demo", [*one, "train.epochs=2"]), name="solo")
-    assert (first.resumed, first.epochs_done) == (False, 2)
-    assert train_workers() == workers_before  # trained in this process: no worker group
-
-    tracker = Tracker(resolve_tracking_uri(), "e2e")
-    models = tracker.checkpoint_models(first.run_id)
-    assert [m.params["epoch"] for m in models] == ["1", "2"]
-    for model in models:  # persisted to the run's storage, where Ray Train would put them
-        uri = model.tags[CHECKPOINT_URI_TAG]
-        assert uri.endswith(f"mimray-runs/ray/solo/checkpoint_epoch_000{model.params['epoch']}")
-        assert (Path(uri) / "checkpoint.pt").is_file(), uri
-
-    second = run_pretrain(load_spec("demo", [*one, "train.epochs=3"]), name="solo")
-    assert (second.resumed, second.run_id, second.epochs_done) == (True, first.run_id, 3)
-    assert [s for s, _ in tracker.metric_history(first.run_id, "epoch/loss")] == [1, 2, 3]
-    # 128 images / batch 64 = 2 steps per epoch: epoch 3 alone was trained on resume.
-    assert [s for s, _ in tracker.metric_history(first.run_id, "train/loss")] == list(range(1, 7))
-    assert [m.params["epoch"] for m in tracker.checkpoint_models(first.run_id)] == ["1", "2", "3"]
-    assert tracker.client.get_run(first.run_id).info.status == "FINISHED"

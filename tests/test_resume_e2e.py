@@ -20,7 +20,7 @@ import pytest
 from conftest import TINY_MODEL
 from interruption import actors, file_states, run_until_then_kill, steps_logged_since
 
-from orchestrator.tracking import Tracker, resolve_tracking_uri
+from orchestrator.tracking import CHECKPOINT_URI_TAG, Tracker, resolve_tracking_uri
 
 pytestmark = pytest.mark.slow
 
@@ -90,7 +90,13 @@ def test_killed_run_resumes_from_its_epoch_1_checkpoint_not_from_scratch(ray_ses
     losses = tracker.client.get_metric_history(run_id, "train/loss")
     assert sorted(m.step for m in losses) == list(range(1, EPOCHS * STEPS_PER_EPOCH + 1))
     assert [s for s, _ in tracker.metric_history(run_id, "epoch/loss")] == [1, 2, 3]
-    assert [m.params["epoch"] for m in tracker.checkpoint_models(run_id)] == ["1", "2", "3"]
+    models = tracker.checkpoint_models(run_id)
+    assert [m.params["epoch"] for m in models] == ["1", "2", "3"]
+    for model in models:  # persisted where Ray Train would put them, and recorded so
+        folder = run_path / f"checkpoint_epoch_000{model.params['epoch']}"
+        assert (
+            model.tags[CHECKPOINT_URI_TAG] == str(folder) and (folder / "checkpoint.pt").is_file()
+        )
     runs = tracker.client.search_runs([tracker.experiment_id])
     assert [r.info.run_id for r in runs] == [run_id]  # the same MLflow run, no duplicate
     assert runs[0].info.status == "FINISHED"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -11,6 +10,12 @@ import time
 import pytest
 from click.testing import CliRunner
 from conftest import PROBE
+from interruption import (
+    alive_actor_pids,
+    file_states,
+    run_until_then_kill,
+    steps_logged_since,
+)
 
 from orchestrator.cli.main import main
 from orchestrator.config import preset_names, read_spec_source
@@ -86,66 +91,101 @@ def _child_runs(tracker: Tracker) -> list:
     return [r for r in runs if r.data.tags.get("mimray.kind") == "trial"]
 
 
+KILLED = """
+name: cut
+base:
+  method: {name: emae}
+  model: {embed_dim: 32, depth: 2, num_heads: 2, decoder_dim: 32, decoder_depth: 1,
+          decoder_num_heads: 2}
+  data: {source: shapes, num_images: 128}
+  train: {epochs: 3, batch_size: 32, warmup_epochs: 0}
+  scaling: {num_workers: 1}
+  tracking: {experiment: sweeps, system_metrics: false}
+sweep:
+  grid:
+    method.k: [2, 4]
+"""
+KEPT, INTERRUPTED = "cut-k-2_seed-0", "cut-k-4_seed-0"
+STEPS_PER_EPOCH = 4  # 128 images / batch 32
+
+
 @pytest.mark.slow
-def test_killed_sweep_restores_without_retraining_or_duplicating(sweep_file, workdir, ray_session):
+def test_killed_sweep_keeps_its_finished_trial_and_resumes_the_other_from_epoch_1(
+    workdir, ray_session
+):
     # The drivers join the session's Ray, as `mimray sweep` joins a cluster via RAY_ADDRESS:
     # a second local Ray on the same machine would confuse Ray's own address lookups.
-    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
-    command = [sys.executable, "-m", "orchestrator", "sweep", sweep_file]
+    gcs = ray_session.get_runtime_context().gcs_address
+    env = {**os.environ, "RAY_ADDRESS": gcs}
+    command = [sys.executable, "-m", "orchestrator", "sweep", _sweep_yaml(workdir, KILLED)]
     started = time.monotonic()
-    log = (workdir / "killed-driver.log").open("w")
-    driver = subprocess.Popen(
-        command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
-    )
     tracker = None
-    try:
-        deadline = time.monotonic() + 420
-        while time.monotonic() < deadline:
-            # Open the store only once the driver has created it: two processes creating one
-            # SQLite database at once race in MLflow's schema migration.
-            if "[mimray] sweep 'ktiny'" in (workdir / "killed-driver.log").read_text():
-                tracker = tracker or Tracker(resolve_tracking_uri(), "sweeps")
-                done = [r for r in _child_runs(tracker) if r.info.status == "FINISHED"]
-                if done:
-                    break
-            if driver.poll() is not None:
-                output = (workdir / "killed-driver.log").read_text()[-3000:]
-                pytest.fail(f"the sweep ended before it could be killed:\n{output}")
-            time.sleep(1)
-        else:
-            pytest.fail("no trial finished within 420 s")
-        first_done = time.monotonic() - started
-        assert [r.info.run_name for r in done] == [TRIALS[0]]
-        os.kill(driver.pid, signal.SIGKILL)  # the driver dies; Ray's processes follow it
-        driver.wait(timeout=30)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
 
-    restart = time.monotonic()
-    rerun = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
-    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
-    assert "restoring sweep" in rerun.stdout
-    print(
-        f"first trial done after {first_done:.0f} s; restored run took "
-        f"{time.monotonic() - restart:.0f} s"
+    def second_trial_checkpointed_epoch_1(output: str) -> bool:
+        nonlocal tracker
+        # Opened once the driver created the store: two processes creating one SQLite
+        # database at once race in MLflow's schema migration.
+        if "[mimray] sweep 'cut'" not in output:
+            return False
+        tracker = tracker or Tracker(resolve_tracking_uri(), "sweeps")
+        runs = {r.info.run_name: r for r in _child_runs(tracker)}
+        return (
+            runs[KEPT].info.status == "FINISHED"
+            and len(tracker.checkpoint_models(runs[INTERRUPTED].info.run_id)) == 1
+        )
+
+    # The trial trains inside its Tune actor, which outlives the killed driver until Ray
+    # notices: both are killed at once, before the trial can checkpoint epoch 2.
+    run_until_then_kill(
+        command,
+        env,
+        workdir / "killed-driver.log",
+        second_trial_checkpointed_epoch_1,
+        420,
+        "the second trial's epoch-1 checkpoint",
+        trainer_pids=lambda: alive_actor_pids(gcs, "ImplicitFunc"),
     )
+    interrupted_path = workdir / "mimray-runs" / "ray" / INTERRUPTED
+    checkpoints = sorted(p.name for p in interrupted_path.glob("checkpoint_epoch_*"))
+    assert checkpoints == ["checkpoint_epoch_0001"], f"killed too late: {checkpoints}"
+    kept_files = file_states(workdir / "mimray-runs" / "ray" / KEPT)
+    epoch_1 = file_states(interrupted_path / "checkpoint_epoch_0001")
+    killed_after = time.monotonic() - started
+    restart_ms = int(time.time() * 1000)
+
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert "restoring sweep" in rerun.stdout and "1 of 2 trials finished" in rerun.stdout
+    print(f"killed after {killed_after:.0f} s; restored in {time.monotonic() - started:.0f} s")
 
     runs = tracker.client.search_runs([tracker.experiment_id])
     parents = [r for r in runs if r.data.tags.get("mimray.kind") == "sweep"]
-    children = _child_runs(tracker)
+    children = {r.info.run_name: r for r in _child_runs(tracker)}
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert sorted(r.info.run_name for r in children) == TRIALS  # exactly 4, no duplicates
-    for run in children:
+    assert sorted(children) == [KEPT, INTERRUPTED]  # no duplicates
+    for run in children.values():
         assert run.info.status == "FINISHED"
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert run.data.params["method.k"] == run.info.run_name.split("-k-")[1][0]
-        assert run.data.tags["mimray.sweep"] == "ktiny"
-        # One epoch of 64 images in batches of 32: one epoch metric, two step metrics.
-        # The trial finished before the kill was not trained a second time.
-        assert len(tracker.metric_history(run.info.run_id, "epoch/loss")) == 1
-        assert len(tracker.metric_history(run.info.run_id, "train/loss")) == 2
-    for row in TRIALS:
+        assert [s for s, _ in tracker.metric_history(run.info.run_id, "epoch/loss")] == [1, 2, 3]
+        steps = [s for s, _ in tracker.metric_history(run.info.run_id, "train/loss")]
+        assert steps == list(range(1, 3 * STEPS_PER_EPOCH + 1))
+
+    # The finished trial was kept: nothing of it trained or was written again.
+    kept = children[KEPT].info.run_id
+    assert file_states(workdir / "mimray-runs" / "ray" / KEPT) == kept_files
+    assert steps_logged_since(tracker.client, kept, "train/loss", restart_ms) == []
+    assert tracker.metric_history(kept, "resume/from_epoch") == []
+    # The interrupted trial resumed from its epoch-1 checkpoint: the worker says so, the
+    # checkpoint was read and not rewritten, and only epochs 2 and 3 trained after the restart.
+    resumed = children[INTERRUPTED].info.run_id
+    assert tracker.metric_history(resumed, "resume/from_epoch") == [(STEPS_PER_EPOCH, 1.0)]
+    assert file_states(interrupted_path / "checkpoint_epoch_0001") == epoch_1
+    assert steps_logged_since(tracker.client, resumed, "train/loss", restart_ms) == list(
+        range(STEPS_PER_EPOCH + 1, 3 * STEPS_PER_EPOCH + 1)
+    )
+    assert [m.params["epoch"] for m in tracker.checkpoint_models(resumed)] == ["1", "2", "3"]
+    for row in (KEPT, INTERRUPTED):
         assert row in rerun.stdout  # the summary table names every trial
 
 
@@ -167,37 +207,46 @@ name: asha
 base:
   model: {embed_dim: 32, depth: 2, num_heads: 2, decoder_dim: 32, decoder_depth: 1,
           decoder_num_heads: 2}
-  data: {source: shapes, num_images: 256}
+  data: {source: shapes, num_images: 128}
   train: {epochs: 3, batch_size: 32, warmup_epochs: 0}
   scaling: {num_workers: 1}
   tracking: {experiment: asha, system_metrics: false}
 sweep:
   grid:
-    train.blr: [1.0e-2, 1.0e-9]    # the second barely moves: behind the first at epoch 1
+    # The second diverges: its loss jumps from ~1.8 to ~1e5 in a few steps and stays finite
+    # (blr 1e3 reaches NaN, which fails the trial instead of leaving it to ASHA).
+    train.blr: [1.5e-4, 30.0]
   early_stop: {metric: loss, mode: min, grace_period: 1}
 """
 
 
 @pytest.mark.slow
-def test_asha_stops_a_one_worker_trial_and_tune_sees_the_knobs(workdir, ray_session):
+def test_asha_stops_the_diverging_trial_at_its_grace_period(workdir, ray_session):
     from orchestrator.config import load_sweep
     from orchestrator.sweep import run_sweep
 
     sweep, trials = load_sweep(_sweep_yaml(workdir, ASHA))
+    good, bad = (t.name for t in trials)
     result = run_sweep(sweep, trials)
     assert [(o.status, o.epochs) for o in result.outcomes] == [("FINISHED", 3), ("FINISHED", 1)]
 
+    # Tune's own record: the diverging trial got one iteration (the grace period) of three.
+    frame = _tune_columns(workdir, "asha").set_index("config/trial")
+    assert list(frame["config/train.blr"]) == [1.5e-4, 30.0]
+    assert list(frame["config/train.seed"]) == [0, 0]
+    assert list(frame["training_iteration"]) == [3, 1]
+    assert list(frame["epoch"]) == [3, 1]
+    assert frame.loc[1, "loss"] > 1000 * frame.loc[0, "loss"]  # it did diverge
+
+    # MLflow: the stopped trial's run holds one epoch and one checkpoint, and is closed.
     tracker = Tracker(resolve_tracking_uri(), "asha")
     runs = {r.info.run_name: r for r in _child_runs(tracker)}
-    stopped = runs["asha-blr-1e-09_seed-0"]
-    assert stopped.info.status == "FINISHED"
-    assert [s for s, _ in tracker.metric_history(stopped.info.run_id, "epoch/loss")] == [1]
-    full = runs["asha-blr-0.01_seed-0"]
-    assert len(tracker.metric_history(full.info.run_id, "epoch/loss")) == 3
-
-    frame = _tune_columns(workdir, "asha").sort_values("config/trial")
-    assert list(frame["config/train.blr"]) == [1e-2, 1e-9]
-    assert list(frame["config/train.seed"]) == [0, 0]
+    stopped, full = runs[bad].info.run_id, runs[good].info.run_id
+    assert runs[bad].info.status == runs[good].info.status == "FINISHED"
+    assert [s for s, _ in tracker.metric_history(stopped, "epoch/loss")] == [1]
+    assert [m.params["epoch"] for m in tracker.checkpoint_models(stopped)] == ["1"]
+    assert [s for s, _ in tracker.metric_history(full, "epoch/loss")] == [1, 2, 3]
+    assert [m.params["epoch"] for m in tracker.checkpoint_models(full)] == ["1", "2", "3"]
 
 
 RANDOM = """
