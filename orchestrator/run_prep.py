@@ -23,7 +23,7 @@ from orchestrator.evaluation.data import describe_eval_data
 from orchestrator.provenance import run_tags
 from orchestrator.tracking import RunHandle, Tracker, default_root
 from workloads.data import DatasetInfo, describe_source
-from workloads.pretrain import Schedule, make_schedule
+from workloads.optim import Schedule, make_schedule
 
 
 class TrainableData(NamedTuple):

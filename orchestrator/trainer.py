@@ -15,7 +15,8 @@ from orchestrator.ray_setup import data_config, scaling_config
 from workloads.data import build_dataset
 from workloads.data.stream import order_seed, pretraining_view
 from workloads.methods import train_img_size
-from workloads.pretrain import Schedule, train_loop_per_worker
+from workloads.optim import Schedule
+from workloads.pretrain import train_loop_per_worker
 from workloads.progress import progress_every_s
 
 
