@@ -11,20 +11,18 @@ of the sweep's parent run. Rendering (Markdown, HTML with plots, rich) is in `re
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
 import statistics
-import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import ConfigError
 from orchestrator.lookup import metric_histories, open_store, search_all, sweep_trials
-from orchestrator.tracking import (
+from orchestrator.tracking.artifacts import attach_files, read_text_artifact
+from orchestrator.tracking.names import (
     CHECKPOINT_EPOCH_TAG,
     EVAL_PROTOCOL_TAG,
     KIND_TAG,
@@ -181,14 +179,7 @@ def build_report(tracking_uri: str, experiment: str | None, sweep_name: str) -> 
 
 def attach_report(report: Report, paths: Iterable[Path]) -> list[str]:
     """Log the rendered files under `report/` of the sweep's parent run; their artifact paths."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(report.tracking_uri)
-    logged = []
-    for path in paths:
-        client.log_artifact(report.parent_run_id, str(path), artifact_path="report")
-        logged.append(f"report/{Path(path).name}")
-    return logged
+    return attach_files(report.tracking_uri, report.parent_run_id, paths, "report")
 
 
 def _open_store(tracking_uri: str) -> Any:
@@ -216,9 +207,8 @@ def _sweep_names(client: Any, experiment_ids: list[str]) -> list[str]:
 def _knob_keys(client: Any, parent: Any) -> list[str]:
     """The dotted keys the sweep varies: its points' keys and grid keys, in spec order."""
     try:
-        with tempfile.TemporaryDirectory() as tmp, _no_progress_bar():
-            local = client.download_artifacts(parent.info.run_id, "sweep_spec.json", tmp)
-            section = json.loads(Path(local).read_text()).get("sweep", {})
+        spec = read_text_artifact(client, parent.info.run_id, "sweep_spec.json")
+        section = json.loads(spec).get("sweep", {})
         keys = [k for point in section.get("points", []) for k in point]
         keys += list(section.get("grid", {}))
     except Exception:  # noqa: BLE001 - an older parent without the artifact: use its params
@@ -226,21 +216,6 @@ def _knob_keys(client: Any, parent: Any) -> list[str]:
             k.removeprefix("sweep.grid.") for k in parent.data.params if k.startswith("sweep.grid.")
         ]
     return [k for k in dict.fromkeys(keys) if k != SEED_KEY]
-
-
-@contextlib.contextmanager
-def _no_progress_bar() -> Iterator[None]:
-    # MLflow draws a progress bar on stderr for every download, even of one small file.
-    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    before = os.environ.get(name)
-    os.environ[name] = "false"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
 
 
 def _trial_record(

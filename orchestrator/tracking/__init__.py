@@ -6,6 +6,8 @@ span runs, sweeps and checkpoints) that imports MLflow.
 - `tracker.py`: the driver's writes; each run found or created by a deterministic key.
 - `pending_runs.py`: a sweep set-up's new runs written a few hundred per transaction.
 - `reporter.py`: what rank 0 writes while a run trains (`MlflowReporter`).
+- `checkpoints.py`: runs' checkpoints (LoggedModels), found in one search per 100 runs.
+- `artifacts.py`: small files attached to runs (a sweep's spec, its report).
 
 Nothing here imports MLflow at import time: the CLI names a store before it pays for MLflow.
 """
