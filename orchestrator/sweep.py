@@ -10,6 +10,7 @@ MLflow runs are found again by key instead of duplicated.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from workloads.live_metrics import SweepMetrics
 # A trial's own driver only waits on its Train workers. A whole CPU per trial deadlocks small
 # machines, and Tune refuses zero, so it reserves a sliver.
 TRIAL_DRIVER_CPU = 0.01
+ANSI_CODES = re.compile(r"\x1b\[[0-9;]*m")
 
 
 @dataclass(frozen=True)
@@ -258,9 +260,17 @@ def _outcomes(trials: list[Trial], grid: Any) -> list[TrialOutcome]:
             status,
             metrics.get("loss"),
             metrics.get("epoch"),
-            str(result.error).splitlines()[0] if result.error else None,
+            error_line(result.error) if result.error else None,
         )
     return [by_index.get(t.index, TrialOutcome(t, "PENDING", None, None)) for t in trials]
+
+
+def error_line(error: BaseException) -> str:
+    """The line that says what went wrong: the exception's own last line. A trial's error is
+    a Ray task error whose first line only names the actor (`ray::ImplicitFunc.train() (pid=
+    ...)`, in terminal colours); the cause comes last, after the worker's traceback."""
+    lines = [ANSI_CODES.sub("", line).strip() for line in str(error).splitlines()]
+    return next((line for line in reversed(lines) if line), type(error).__name__)
 
 
 def _stopped_early(result: Any) -> bool:

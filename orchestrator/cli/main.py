@@ -139,6 +139,9 @@ def sweep(
         f"sweep {result.name!r}: {result.wall_s:.0f} s wall; MLflow parent run "
         f"{result.parent_run_id} (summary.md and summary.json attached)"
     )
+    for outcome in result.outcomes:
+        if outcome.status == "ERRORED":  # retries (train.max_failures) used up: say why
+            click.echo(f"mimray: trial {outcome.trial.name} failed: {outcome.error}")
     left = sum(o.status != "FINISHED" for o in result.outcomes)
     if left:
         console.print(f"{left} trials did not finish; re-run the same command to resume them")
