@@ -6,12 +6,8 @@ MLflow run, mailed or opened offline, and shows the same table as the Markdown.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from rich.table import Table
 
@@ -22,12 +18,9 @@ from orchestrator.paper_directions import (
     direction_lines,
 )
 from orchestrator.report import Cell, Column, Report, short_keys
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+from orchestrator.report_plots import plot_loss_curves, plot_metric_vs_knob, png_base64
 
 MISSING = "—"
-MAX_LEGEND_TRIALS = 24
 
 
 def format_cell(column: Column, cell: Cell | None) -> str:
@@ -134,7 +127,7 @@ def render_html(report: Report) -> str:
             cells.append(f'<td class="{css}">{inner}</td>')
         rows.append("<tr>" + "".join(cells) + "</tr>")
     plots = [
-        (title, _png_base64(draw))
+        (title, png_base64(draw))
         for title, draw in (
             ("Metric vs knob", lambda fig: plot_metric_vs_knob(report, fig)),
             ("Pretraining loss per trial", lambda fig: plot_loss_curves(report, fig)),
@@ -225,105 +218,6 @@ def write_report(report: Report, out_dir: Path) -> list[Path]:
     markdown.write_text(render_markdown(report), encoding="utf-8")
     page.write_text(render_html(report), encoding="utf-8")
     return [markdown, page]
-
-
-def _png_base64(draw: Callable[[Figure], bool]) -> str | None:
-    # A Figure without pyplot renders through Agg and touches no global backend state.
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 4.2), layout="constrained")
-    if not draw(fig):
-        return None
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _x_axis(report: Report) -> tuple[list[float], list[str] | None, str]:
-    """Numeric x for one numeric knob; otherwise one position per row, labelled."""
-    if len(report.knob_keys) == 1:
-        try:
-            return [float(row.knobs[0]) for row in report.rows], None, report.knob_keys[0]
-        except (TypeError, ValueError):
-            pass
-    # Values only under the ticks (the axis title names the knobs): full labels overlap.
-    labels = [" ".join(v for v in row.knobs if v is not None) or "base" for row in report.rows]
-    return list(range(len(report.rows))), labels, ", ".join(short_keys(report.knob_keys)) or "grid"
-
-
-def plot_metric_vs_knob(report: Report, fig: Figure) -> bool:
-    """Top-1 of each protocol (its last evaluated epoch) and final loss against the knob."""
-    x, labels, xlabel = _x_axis(report)
-    last: dict[str, Column] = {}
-    for column in report.columns:
-        if column.protocol:
-            last[column.protocol] = column  # columns are sorted by epoch within a protocol
-    panels = ([("top-1 (%)", list(last.values()), 100.0)] if last else []) + [
-        ("final pretrain loss", [report.columns[0]], 1.0)
-    ]
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    drew = False
-    for ax, (ylabel, columns, scale) in zip(axes, panels, strict=True):
-        for column in columns:
-            points = [
-                (xi, row.cells[column.key])
-                for xi, row in zip(x, report.rows, strict=True)
-                if column.key in row.cells
-            ]
-            if not points:
-                continue
-            drew = True
-            ax.errorbar(
-                [p[0] for p in points],
-                [p[1].mean * scale for p in points],
-                yerr=[(p[1].std or 0.0) * scale for p in points],
-                marker="o",
-                capsize=4,
-                label=column.key,
-            )
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        if labels is not None:
-            ax.set_xticks(x, labels, rotation=20, ha="right")
-        else:  # ticks at the swept values only: K=2.25 was never run
-            ax.set_xticks(sorted(set(x)))
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend()
-    fig.suptitle(f"{report.sweep}: mean ± std over seeds")
-    return drew
-
-
-def plot_loss_curves(report: Report, fig: Figure) -> bool:
-    """`epoch/loss` of every trial; one colour per grid point, one line style per seed."""
-    from matplotlib.ticker import MaxNLocator
-
-    ax = fig.subplots()
-    styles = ["-", "--", ":", "-."]
-    drew = False
-    for i, row in enumerate(report.rows):
-        for j, trial in enumerate(row.trials):
-            if not trial.loss_curve:
-                continue
-            drew = True
-            epochs, losses = zip(*trial.loss_curve, strict=True)
-            ax.plot(
-                epochs,
-                losses,
-                color=f"C{i % 10}",
-                linestyle=styles[j % len(styles)],
-                marker=".",
-                label=f"{row.label} (seed {trial.seed})",
-            )
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("epoch/loss")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3)
-    # A legend of hundreds of trials is unreadable, squeezes the axes to nothing and cost
-    # seconds to lay out (5 s of CPU at 1,000 trials): the table below the plots names them.
-    if drew and len(report.trials) <= MAX_LEGEND_TRIALS:
-        ax.legend(fontsize="small", ncol=2)
-    return drew
 
 
 def report_paths(out: Path | None, sweep: str) -> Path:
