@@ -34,6 +34,7 @@ from workloads.data.base import (
 )
 from workloads.data.decode import decode_images
 from workloads.data.object_store import S3Settings
+from workloads.data.registry import allowed_sources
 from workloads.data.sources.folder import decode_class_files
 from workloads.data.stored_layout import (
     describe_layout,
@@ -69,8 +70,6 @@ class StoredSource(DataSource):
         )
 
     def validate(self, source: str) -> None:
-        from workloads.data.registry import allowed_sources
-
         validate_location(source, what="data source", allowed=allowed_sources())
 
     def describe(
