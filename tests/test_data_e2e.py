@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from broken_data import write_folder_with_empty_images
 from click.testing import CliRunner
 from conftest import TINY_MODEL, moto_checks_credentials
 from PIL import Image
@@ -63,7 +64,15 @@ def test_push_inspect_then_pretrain_from_s3(ray_session, workdir, bucket):
     assert manifest.num_rows == 64 and len(manifest.shards) >= 2
     inspected = CliRunner().invoke(main, ["data", "inspect", uri])
     assert inspected.exit_code == 0, inspected.output
-    assert manifest.digest in inspected.output and "64" in inspected.output
+    assert manifest.digest in inspected.output
+    # The table's own rows, not a "64" that could sit inside the digest or a sample id.
+    cells = {
+        parts[0]: parts[1]
+        for line in inspected.output.splitlines()
+        if len(parts := [c.strip() for c in line.strip("│┃ ").split("│")]) == 2
+    }
+    assert cells["rows"] == "64"
+    assert cells["digest"] == manifest.digest
 
     spec = load_spec(None, [*TINY, f"data.source={uri}", "train.batch_size=32"])
     result = run_pretrain(spec, name="from-s3")
@@ -118,18 +127,6 @@ def test_unreadable_bucket_fails_fast_with_a_clear_line(problem, workdir, bucket
     assert result.output.startswith("mimray: error:") and expected in result.output
     assert uri in result.output
     assert not (workdir / "mimray-runs").exists()
-
-
-def write_folder_with_empty_images(root, count: int, empty: int) -> None:
-    """Two classes of PNGs, the first `empty` of them 0-byte files (a failed copy)."""
-    images, _ = render_shapes(np.arange(count), 32, seed=0)
-    for index, image in enumerate(images):
-        path = root / f"class_{index % 2}" / f"{index:03d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if index < empty:
-            path.write_bytes(b"")
-        else:
-            Image.fromarray(image).save(path)
 
 
 def test_empty_images_in_a_folder_are_skipped_and_counted(ray_session, workdir, tmp_path):

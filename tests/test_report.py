@@ -13,6 +13,7 @@ import time
 import pytest
 from browser import dump_dom, screenshot
 from click.testing import CliRunner
+from tiny_model import tiny_model_yaml
 
 from orchestrator.cli.main import main
 from orchestrator.config import load_sweep
@@ -34,8 +35,7 @@ SWEEP = """
 name: {name}
 base:
   method: {{name: emae}}
-  model: {{img_size: 32, patch_size: 4, embed_dim: 32, depth: 2, num_heads: 2,
-          decoder_dim: 32, decoder_depth: 1, decoder_num_heads: 2}}
+  model: {model}
   data: {{source: shapes, num_images: 64}}
   train: {{epochs: 3, batch_size: 16, warmup_epochs: 1}}
   tracking: {{experiment: {experiment}}}
@@ -55,7 +55,9 @@ TOP1 = {
 
 def _record_sweep(tmp, tracker: Tracker, name: str, ks: str, seeds: int) -> dict:
     path = tmp / f"{name}.yaml"
-    path.write_text(SWEEP.format(name=name, experiment=EXPERIMENT, ks=ks, seeds=seeds))
+    path.write_text(
+        SWEEP.format(name=name, experiment=EXPERIMENT, ks=ks, seeds=seeds, model=tiny_model_yaml())
+    )
     spec, trials = load_sweep(str(path))
     parent_id, runs = open_sweep_runs(spec, trials, tracker, name)
     ids = {}
@@ -225,11 +227,17 @@ def test_html_page_renders_in_headless_chromium(store, tmp_path):
     assert "<strong>61.0 ± 1.4</strong>" in dom  # the bold best cell survived rendering
     assert dom.count('<img alt="') == 2 and "data:image/png;base64," in dom
     png = screenshot(page.as_uri(), tmp_path / "report.png")
-    assert png.stat().st_size > 20_000
     with Image.open(png) as image:
         assert image.size == (1280, 2000)
-        spread = ImageStat.Stat(image.convert("L")).stddev[0]
+        rgb = image.convert("RGB")
+        spread = ImageStat.Stat(rgb.convert("L")).stddev[0]
+        pixels = list(rgb.getdata())
     assert spread > 10  # a blank or single-colour page has (almost) none
+    # The plots were drawn on the page: the two grid points' lines and markers are in
+    # matplotlib's first two colours (C0 blue, C1 orange), which nothing else on the page uses.
+    for name, colour in (("C0", (31, 119, 180)), ("C1", (255, 127, 14))):
+        near = sum(all(abs(p - c) <= 30 for p, c in zip(px, colour, strict=True)) for px in pixels)
+        assert near > 200, f"{near} pixels of the plots' {name} colour on the page"
 
 
 def test_eval_targets_and_lineage_of_a_sweep(store):
