@@ -1,4 +1,5 @@
-"""A sweep set-up's new runs, written a few hundred per transaction on an SQL store.
+"""A sweep set-up's runs: those the store holds (`KnownRun`), and the new ones (`PendingRun`),
+written a few hundred per transaction on an SQL store.
 
 MLflow's API writes a new run in three calls (the run with its tags, its params, its dataset
 input), each its own session and transaction with its own reads of the experiment and run:
@@ -15,10 +16,33 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 RUNS_PER_TRANSACTION = 250
+
+
+@dataclass(frozen=True)
+class KnownRun:
+    """What `open_run` and `log_dataset` need of a run that already exists."""
+
+    run_id: str
+    status: str
+    tags: Mapping[str, str]
+    params: Mapping[str, str]
+    datasets: frozenset[tuple[str, str, str]]  # (name, digest, context) of its dataset inputs
+
+    @classmethod
+    def of(cls, run: Any) -> KnownRun:
+        inputs = run.inputs.dataset_inputs if run.inputs is not None else []
+        datasets = frozenset(
+            (i.dataset.name, i.dataset.digest, tag.value)
+            for i in inputs
+            for tag in i.tags
+            if tag.key == "mlflow.data.context"
+        )
+        return cls(run.info.run_id, run.info.status, run.data.tags, run.data.params, datasets)
 
 
 @dataclass

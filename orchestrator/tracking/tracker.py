@@ -18,7 +18,7 @@ from typing import Any
 
 from orchestrator.tracking.checkpoints import checkpoint_models_of
 from orchestrator.tracking.names import EXPERIMENT_KIND_TAG, FINGERPRINT_TAG, RUN_KEY_TAG
-from orchestrator.tracking.pending_runs import PendingRun, sql_store, write_runs
+from orchestrator.tracking.pending_runs import KnownRun, PendingRun, sql_store, write_runs
 from orchestrator.tracking.reporter import MlflowReporter
 from orchestrator.tracking.store import use_wal
 
@@ -46,7 +46,7 @@ class Tracker:
         self.client = MlflowClient(tracking_uri)
         # Runs of one sweep found in one search, by key (see `prefetch_runs`).
         self._scope: tuple[str, str] | None = None
-        self._scoped: dict[str, _KnownRun] = {}
+        self._scoped: dict[str, KnownRun] = {}
         # New runs of that sweep not written yet (SQL stores: see `write_pending_runs`).
         self._pending: dict[str, PendingRun] = {}
         found = self.client.get_experiment_by_name(experiment)
@@ -106,7 +106,7 @@ class Tracker:
             for run in page:
                 key = run.data.tags.get(RUN_KEY_TAG)
                 if key is not None and key not in self._scoped:
-                    self._scoped[key] = _KnownRun.of(run)
+                    self._scoped[key] = KnownRun.of(run)
             token = page.token
             if not token:
                 return len(self._scoped)
@@ -124,11 +124,11 @@ class Tracker:
         in_scope = self._scope is not None and tags.get(self._scope[0]) == self._scope[1]
         return in_scope and sql_store(self.client) is not None
 
-    def _existing(self, key: str, tags: Mapping[str, str]) -> _KnownRun | None:
+    def _existing(self, key: str, tags: Mapping[str, str]) -> KnownRun | None:
         if self._scope is not None and tags.get(self._scope[0]) == self._scope[1]:
             return self._scoped.get(key)
         found = self.find_run(key)
-        return _KnownRun.of(found) if found is not None else None
+        return KnownRun.of(found) if found is not None else None
 
     def open_run(
         self,
@@ -146,6 +146,7 @@ class Tracker:
         if parent_run_id:
             run_tags["mlflow.parentRunId"] = parent_run_id
         if existing is not None:
+            self._written(existing.run_id)  # opened twice in one set-up: write it, then update
             # The status stays as it was until training really starts (`mark_running`):
             # a finished sweep trial that is not run again must not look RUNNING. Only what
             # changed is written: tags that differ, and params a killed set-up never logged
@@ -168,13 +169,13 @@ class Tracker:
         if self._batches_new_runs(run_tags):
             pending = PendingRun.new(run_name or key, run_tags, items)
             self._pending[pending.run_id] = pending
-            self._scoped[key] = _KnownRun(pending.run_id, "RUNNING", run_tags, items, frozenset())
+            self._scoped[key] = KnownRun(pending.run_id, "RUNNING", run_tags, items, frozenset())
             return RunHandle(pending.run_id, self.experiment_id, resumed=False)
         run = self.client.create_run(self.experiment_id, run_name=run_name or key, tags=run_tags)
         run_id = run.info.run_id
         self._log_batch(run_id, params=[Param(k, v) for k, v in items.items()])
         if self._scope is not None and run_tags.get(self._scope[0]) == self._scope[1]:
-            self._scoped[key] = _KnownRun(run_id, run.info.status, run_tags, items, frozenset())
+            self._scoped[key] = KnownRun(run_id, run.info.status, run_tags, items, frozenset())
         return RunHandle(run_id, self.experiment_id, resumed=False)
 
     def _log_batch(self, run_id: str, params: list[Any], tags: list[Any] | None = None) -> None:
@@ -185,9 +186,14 @@ class Tracker:
                 self.client.log_batch(run_id, params=batch, tags=tags)
             tags = []
 
+    def _written(self, run_id: str) -> str:
+        """`run_id`, once the store holds it (a pending run is written first, with the rest)."""
+        if run_id in self._pending:
+            self.write_pending_runs()
+        return run_id
+
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
-        self.write_pending_runs()
-        self.client.log_text(run_id, text, artifact_file)
+        self.client.log_text(self._written(run_id), text, artifact_file)
 
     def log_dataset(
         self, run_id: str, name: str, uri: str, digest: str, num_rows: int, context: str
@@ -218,28 +224,31 @@ class Tracker:
         """Declare the checkpoint (LoggedModel) a run consumed: lineage from eval to model."""
         from mlflow.entities import LoggedModelInput
 
-        self.client.log_inputs(run_id, models=[LoggedModelInput(model_id)])
+        self.client.log_inputs(self._written(run_id), models=[LoggedModelInput(model_id)])
 
     def log_model_metrics(
         self, run_id: str, model_id: str, metrics: Mapping[str, float], step: int
     ) -> None:
         """Metrics of `run_id` that also belong to the model: its page lists them."""
         for key, value in metrics.items():
-            self.client.log_metric(run_id, key, float(value), step=step, model_id=model_id)
+            self.client.log_metric(
+                self._written(run_id), key, float(value), step=step, model_id=model_id
+            )
 
     def mark_running(self, run_id: str) -> None:
-        self.client.update_run(run_id, status="RUNNING")
+        self.client.update_run(self._written(run_id), status="RUNNING")
 
     def finish_run(self, run_id: str, status: str = "FINISHED") -> None:
-        self.client.set_terminated(run_id, status=status)
+        self.client.set_terminated(self._written(run_id), status=status)
 
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
-        history = self.client.get_metric_history(run_id, key)
+        history = self.client.get_metric_history(self._written(run_id), key)
         return [(m.step, m.value) for m in sorted(history, key=lambda m: (m.step, m.timestamp))]
 
     def checkpoint_models(self, run_id: str) -> list[Any]:
         """The run's checkpoints (LoggedModels), oldest epoch first."""
-        return checkpoint_models_of(self.client, self.experiment_id, [run_id])[run_id]
+        models = checkpoint_models_of(self.client, self.experiment_id, [self._written(run_id)])
+        return models[run_id]
 
     def reporter(
         self,
@@ -250,34 +259,12 @@ class Tracker:
     ) -> MlflowReporter:
         return MlflowReporter(
             tracking_uri=self.tracking_uri,
-            run_id=run_id,
+            run_id=self._written(run_id),
             experiment_id=self.experiment_id,
             system_metrics=system_metrics,
             system_metrics_interval_s=system_metrics_interval_s,
             commit_on_checkpoint=commit_on_checkpoint,
         )
-
-
-@dataclass(frozen=True)
-class _KnownRun:
-    """What `open_run` and `log_dataset` need of a run that already exists."""
-
-    run_id: str
-    status: str
-    tags: Mapping[str, str]
-    params: Mapping[str, str]
-    datasets: frozenset[tuple[str, str, str]]  # (name, digest, context) of its dataset inputs
-
-    @classmethod
-    def of(cls, run: Any) -> _KnownRun:
-        inputs = run.inputs.dataset_inputs if run.inputs is not None else []
-        datasets = frozenset(
-            (i.dataset.name, i.dataset.digest, tag.value)
-            for i in inputs
-            for tag in i.tags
-            if tag.key == "mlflow.data.context"
-        )
-        return cls(run.info.run_id, run.info.status, run.data.tags, run.data.params, datasets)
 
 
 def _param_value(value: Any) -> str:
