@@ -76,16 +76,7 @@ def execute_run(
     console_log.gate_library_handlers()  # Ray Train and Ray Data added theirs on import
     tracker.mark_running(run.run_id)
     try:
-        if runs_in_process(spec):
-            result = fit_in_process(
-                trainer,
-                run.run_path,
-                keep=spec.train.keep_checkpoints,
-                max_failures=spec.train.max_failures,
-                cpus=spec.scaling.cpus_per_worker,
-            )
-        else:
-            result = trainer.fit()
+        result = _fit(trainer, run)
     except SystemExit:
         # Tune stops an in-process trial (ASHA) by exiting its thread at a report: the epochs
         # it reported are checkpointed, and the sweep counts the trial as complete.
@@ -97,6 +88,24 @@ def execute_run(
         tracker.finish_run(run.run_id, status=status)
         raise
     tracker.finish_run(run.run_id)
+    return _pretrain_result(run, result)
+
+
+def _fit(trainer: Any, run: PreparedRun) -> Any:
+    """Ray Train's result: in this process for one CPU worker, else from a worker group."""
+    spec = run.spec
+    if not runs_in_process(spec):
+        return trainer.fit()
+    return fit_in_process(
+        trainer,
+        run.run_path,
+        keep=spec.train.keep_checkpoints,
+        max_failures=spec.train.max_failures,
+        cpus=spec.scaling.cpus_per_worker,
+    )
+
+
+def _pretrain_result(run: PreparedRun, result: Any) -> PretrainResult:
     metrics = result.metrics or {}
     checkpoint = result.checkpoint
     return PretrainResult(

@@ -62,6 +62,33 @@ def evaluate_checkpoint(
         if metrics:
             return EvalResult(checkpoint, spec.protocol, earlier.info.run_id, metrics, True)
 
+    run_id = _open_eval_run(tracker, key, checkpoint, spec, data, pretrain_spec)
+    ensure_ray(address)
+    reporter = tracker.reporter(run_id, system_metrics=False)
+    trainer = _build_trainer(checkpoint, spec, data, pretrain_spec, reporter)
+    tracker.mark_running(run_id)
+    try:
+        result = trainer.fit()
+    except BaseException as err:
+        tracker.finish_run(run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    metrics = {
+        k: float(v) for k, v in (result.metrics or {}).items() if _is_result(k, spec.protocol)
+    }
+    tracker.log_model_metrics(run_id, checkpoint.model_id, metrics, step=checkpoint.epoch)
+    tracker.finish_run(run_id)
+    return EvalResult(checkpoint, spec.protocol, run_id, metrics, False)
+
+
+def _open_eval_run(
+    tracker: Tracker,
+    key: str,
+    checkpoint: Checkpoint,
+    spec: EvalSpec,
+    data: EvalData,
+    pretrain_spec: dict[str, Any],
+) -> str:
+    """The eval run's id, its settings, lineage tags and inputs (the model, both splits)."""
     handle = tracker.open_run(
         key=key,
         params={
@@ -83,23 +110,7 @@ def evaluate_checkpoint(
             num_rows=info.num_rows,
             context=context,
         )
-    ensure_ray(address)
-    reporter = tracker.reporter(handle.run_id, system_metrics=False)
-    trainer = _build_trainer(checkpoint, spec, data, pretrain_spec, reporter)
-    tracker.mark_running(handle.run_id)
-    try:
-        result = trainer.fit()
-    except BaseException as err:
-        tracker.finish_run(
-            handle.run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
-        )
-        raise
-    metrics = {
-        k: float(v) for k, v in (result.metrics or {}).items() if _is_result(k, spec.protocol)
-    }
-    tracker.log_model_metrics(handle.run_id, checkpoint.model_id, metrics, step=checkpoint.epoch)
-    tracker.finish_run(handle.run_id)
-    return EvalResult(checkpoint, spec.protocol, handle.run_id, metrics, False)
+    return handle.run_id
 
 
 def _is_result(key: str, protocol: str) -> bool:
