@@ -4,9 +4,11 @@ Shared by `mimray eval` (which checkpoints to evaluate), `mimray lineage` and `m
 Nothing here writes: a mistyped store path must not leave an empty database behind.
 
 A sweep is read in a bounded number of queries, whatever its size: its trials, and the eval
-runs of all of them, in one paginated search each (by the sweep's tag); their checkpoints and
-loss curves in one read per 100 trials. One query per trial cost ~17 s at 1,000 trials on
-SQLite and becomes one HTTP round trip per trial against a shared `mlflow server`.
+runs of all of them, in one paginated search each (by the sweep's tag; on an SQL store a few
+plain SELECTs, `tracking/run_rows.py`); their checkpoints in one read per 100 trials, their
+loss curves in one read per 100 trials from a server or a few SELECTs from an SQL store. One
+query per trial cost ~17 s at 1,000 trials on SQLite and becomes one HTTP round trip per trial
+against a shared `mlflow server`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from orchestrator.tracking.names import (
     SWEEP_TAG,
     TRIAL_INDEX_TAG,
 )
+from orchestrator.tracking.run_rows import metric_points, search_tagged
 
 # MLflow's bulk metric-history endpoint returns at most 25,000 points (and takes 100 runs).
 HISTORY_POINTS_CAP = 25_000
@@ -117,12 +120,7 @@ def find_sweep(client: Any, name: str) -> Any | None:
 
 def sweep_trials(client: Any, parent: Any) -> list[Any]:
     """The sweep's trial runs (children of its parent run) in trial order."""
-    name = parent.data.tags.get(SWEEP_TAG, "")
-    found = search_all(
-        client,
-        [parent.info.experiment_id],
-        f"tags.`{SWEEP_TAG}` = '{name}' and tags.`{KIND_TAG}` = 'trial'",
-    )
+    found = _sweep_runs(client, parent, "trial")
     trials = [r for r in found if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     return sorted(trials, key=lambda r: int(r.data.tags.get(TRIAL_INDEX_TAG, 0)))
 
@@ -141,26 +139,36 @@ def sweep_eval_runs(client: Any, parent: Any) -> dict[str, list[Any]]:
 
     `mimray eval` copies the trial's sweep tag onto each eval run, so the sweep's tag finds
     them all; runs come in the order `eval_runs_of` gives them (MLflow's default order)."""
-    name = parent.data.tags.get(SWEEP_TAG, "")
-    found = search_all(
-        client,
-        [parent.info.experiment_id],
-        f"tags.`{KIND_TAG}` = 'eval' and tags.`{SWEEP_TAG}` = '{name}'",
-    )
+    found = _sweep_runs(client, parent, "eval")
     by_trial: dict[str, list[Any]] = {}
     for run in found:
         by_trial.setdefault(run.data.tags.get(PRETRAIN_RUN_TAG, ""), []).append(run)
     return by_trial
 
 
+def _sweep_runs(client: Any, parent: Any, kind: str) -> list[Any]:
+    """The sweep's runs of `kind` (trial, eval), newest first: selected straight from an SQL
+    store's tables (`run_rows`), else one paginated search."""
+    name = parent.data.tags.get(SWEEP_TAG, "")
+    experiments = [parent.info.experiment_id]
+    found = search_tagged(client, experiments, {SWEEP_TAG: name, KIND_TAG: kind})
+    if found is None:
+        where = f"tags.`{SWEEP_TAG}` = '{name}' and tags.`{KIND_TAG}` = '{kind}'"
+        found = search_all(client, experiments, where)
+    return found
+
+
 def metric_histories(
     client: Any, run_ids: Sequence[str], key: str
 ) -> dict[str, list[tuple[int, int, float]]]:
-    """Run id -> its (step, timestamp, value) points of metric `key`, in one bulk read per 100
-    runs (MLflow's bulk history API: the store's own for SQL stores, the server's endpoint
-    otherwise); one read per run only where a bulk read is refused or hits its cap."""
+    """Run id -> its (step, timestamp, value) points of metric `key`: selected from an SQL
+    store's metrics table (`run_rows`), else one read of the server's bulk history endpoint
+    per 100 runs; one read per run only where that is refused or hits its cap."""
     histories: dict[str, list[tuple[int, int, float]]] = {run_id: [] for run_id in run_ids}
-    for chunk in chunks(list(run_ids)):
+    selected = metric_points(client, run_ids, key)
+    for run_id, step, timestamp, value in selected or []:
+        histories[run_id].append((step, timestamp, value))
+    for chunk in chunks(list(run_ids)) if selected is None else []:
         points = _bulk_history(client, chunk, key)
         if points is None:
             points = [
@@ -176,15 +184,12 @@ def metric_histories(
 def _bulk_history(
     client: Any, run_ids: list[str], key: str
 ) -> list[tuple[str, int, int, float]] | None:
-    """Points of `key` for up to 100 runs in one read; None when the store cannot."""
+    """Points of `key` for up to 100 runs in one read of a server; None when it cannot."""
     from mlflow.store.tracking.rest_store import RestStore
 
     store = client._tracking_client.store  # the bulk read is not on MlflowClient
     try:
-        if hasattr(store, "get_metric_history_bulk"):  # SQL stores
-            rows = store.get_metric_history_bulk(run_ids, key, HISTORY_POINTS_CAP)
-            points = [(r.run_id, r.metric.step, r.metric.timestamp, r.metric.value) for r in rows]
-        elif isinstance(store, RestStore):
+        if isinstance(store, RestStore):
             from mlflow.utils.rest_utils import http_request, verify_rest_response
 
             endpoint = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"

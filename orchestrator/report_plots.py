@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 MAX_LEGEND_TRIALS = 24
+MAX_TICK_LABELS = 40
 
 
 def png_base64(draw: Callable[[Figure], bool]) -> str | None:
@@ -74,7 +75,10 @@ def plot_metric_vs_knob(report: Report, fig: Figure) -> bool:
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         if labels is not None:
-            ax.set_xticks(x, labels, rotation=20, ha="right")
+            # Every row's label while they fit; beyond MAX_TICK_LABELS every n-th (hundreds of
+            # rotated labels overlap into a bar and cost ~1 s of text layout).
+            every = -(-len(labels) // MAX_TICK_LABELS)
+            ax.set_xticks(x[::every], labels[::every], rotation=20, ha="right")
         else:  # ticks at the swept values only: K=2.25 was never run
             ax.set_xticks(sorted(set(x)))
         if ax.get_legend_handles_labels()[0]:
@@ -89,6 +93,10 @@ def plot_loss_curves(report: Report, fig: Figure) -> bool:
 
     ax = fig.subplots()
     styles = ["-", "--", ":", "-."]
+    legend = len(report.trials) <= MAX_LEGEND_TRIALS
+    # Without a legend, the curves of one colour and style are one line broken by NaN: the
+    # same picture, drawn as ~40 lines instead of one per trial (1,000 lines cost ~1 s).
+    batched: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
     drew = False
     for i, row in enumerate(report.rows):
         for j, trial in enumerate(row.trials):
@@ -96,20 +104,28 @@ def plot_loss_curves(report: Report, fig: Figure) -> bool:
                 continue
             drew = True
             epochs, losses = zip(*trial.loss_curve, strict=True)
+            look = (f"C{i % 10}", styles[j % len(styles)])
+            if not legend:
+                xs, ys = batched.setdefault(look, ([], []))
+                xs.extend([*epochs, float("nan")])
+                ys.extend([*losses, float("nan")])
+                continue
             ax.plot(
                 epochs,
                 losses,
-                color=f"C{i % 10}",
-                linestyle=styles[j % len(styles)],
+                color=look[0],
+                linestyle=look[1],
                 marker=".",
                 label=f"{row.label} (seed {trial.seed})",
             )
+    for (color, style), (xs, ys) in batched.items():
+        ax.plot(xs, ys, color=color, linestyle=style, marker=".")
     ax.set_xlabel("epoch")
     ax.set_ylabel("epoch/loss")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     # A legend of hundreds of trials is unreadable, squeezes the axes to nothing and cost
     # seconds to lay out (5 s of CPU at 1,000 trials): the table below the plots names them.
-    if drew and len(report.trials) <= MAX_LEGEND_TRIALS:
+    if drew and legend:
         ax.legend(fontsize="small", ncol=2)
     return drew
