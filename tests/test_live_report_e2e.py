@@ -23,11 +23,13 @@ base:
   scaling: {{num_workers: 1}}
   tracking: {{experiment: live, system_metrics: false}}
   eval:
+    # Shapes, not colours: both encoders would reach 100% on colours, and equal cells could
+    # not show a cell taken from the wrong trial.
     - {{protocol: knn, knn: {{k: 5}},
-       data: {{source: colors, train_images: 64, val_images: 32}}}}
+       data: {{source: shapes, train_images: 128, val_images: 256}}}}
 sweep:
   grid:
-    method.mask_ratio: [0.6, 0.9]
+    model.patch_size: [4, 8]   # encoders far apart: their kNN top-1 differ
 """
 
 
@@ -44,35 +46,36 @@ def test_report_of_a_live_sweep_shows_what_its_eval_runs_recorded(workdir, ray_s
     # What MLflow holds, read without the report code: each trial's kNN top-1 from its eval run.
     tracker = Tracker(resolve_tracking_uri(), "live")
     runs = tracker.client.search_runs([tracker.experiment_id])
-    trial_ratio = {
-        r.info.run_id: r.data.params["method.mask_ratio"]
+    trial_patch = {
+        r.info.run_id: r.data.params["model.patch_size"]
         for r in runs
         if r.data.tags.get("mimray.kind") == "trial"
     }
     evals = [r for r in runs if r.data.tags.get("mimray.kind") == "eval"]
     recorded = {
-        trial_ratio[r.data.tags["mimray.pretrain_run_id"]]: r.data.metrics["knn/top1"]
+        trial_patch[r.data.tags["mimray.pretrain_run_id"]]: r.data.metrics["knn/top1"]
         for r in evals
     }
-    assert len(evals) == 2 and sorted(recorded) == ["0.6", "0.9"]
+    assert len(evals) == 2 and sorted(recorded) == ["4", "8"]
+    assert recorded["4"] != recorded["8"], recorded  # else a swapped cell would pass
     losses = {
-        ratio: tracker.metric_history(run_id, "epoch/loss")[-1][1]
-        for run_id, ratio in trial_ratio.items()
+        patch: tracker.metric_history(run_id, "epoch/loss")[-1][1]
+        for run_id, patch in trial_patch.items()
     }
 
     report = build_report(resolve_tracking_uri(), None, "live")
     assert [c.key for c in report.columns] == ["loss", "knn@e1"]
-    assert [row.label for row in report.rows] == ["mask_ratio=0.6", "mask_ratio=0.9"]
-    for row, ratio in zip(report.rows, ("0.6", "0.9"), strict=True):
-        assert row.cells["knn@e1"].values == (recorded[ratio],)
-        assert row.cells["loss"].values == (losses[ratio],)
+    assert [row.label for row in report.rows] == ["patch_size=4", "patch_size=8"]
+    for row, patch in zip(report.rows, ("4", "8"), strict=True):
+        assert row.cells["knn@e1"].values == (recorded[patch],)
+        assert row.cells["loss"].values == (losses[patch],)
 
     out = tmp_path / "report"
     printed = CliRunner().invoke(main, ["report", "live", "--out", str(out)])
     assert printed.exit_code == 0, printed.output
     table = (out / "report.md").read_text()
-    for ratio, top1 in recorded.items():
-        row = next(line for line in table.splitlines() if line.startswith(f"| {ratio} |"))
+    for patch, top1 in recorded.items():
+        row = next(line for line in table.splitlines() if line.startswith(f"| {patch} |"))
         assert f"{top1 * 100:.1f} (n=1)" in row, row
     artifacts = tracker.client.list_artifacts(result.parent_run_id, "report")
     assert sorted(a.path for a in artifacts) == ["report/report.html", "report/report.md"]
