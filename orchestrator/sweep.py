@@ -10,20 +10,26 @@ MLflow runs are found again by key instead of duplicated.
 from __future__ import annotations
 
 import json
-import re
 import time
-from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
-from ray.tune import Callback, PlacementGroupFactory
-from rich.table import Table
+from ray.tune import PlacementGroupFactory
 
 from orchestrator import console_log
 from orchestrator.config import RunSpec, SweepSpec, Trial
 from orchestrator.launch import evaluate_after, execute_run
 from orchestrator.ray_setup import ensure_ray
 from orchestrator.run_prep import PreparedRun, TrainableData, check_trainables, prepare_run
+from orchestrator.sweep_outcomes import (  # noqa: F401 - TrialOutcome, summary_table re-exported
+    SweepResult,
+    TrialOutcome,
+    as_row,
+    outcomes_of,
+    summary_markdown,
+    summary_table,
+    trial_table_markdown,
+)
+from orchestrator.sweep_progress import SweepProgress, ray_log_dir
 from orchestrator.sweep_space import param_space, searcher
 from orchestrator.tracking import (
     KIND_TAG,
@@ -33,30 +39,10 @@ from orchestrator.tracking import (
     resolve_tracking_uri,
 )
 from orchestrator.trainer import runs_in_process
-from workloads.live_metrics import SweepMetrics
 
 # A trial's own driver only waits on its Train workers. A whole CPU per trial deadlocks small
 # machines, and Tune refuses zero, so it reserves a sliver.
 TRIAL_DRIVER_CPU = 0.01
-ANSI_CODES = re.compile(r"\x1b\[[0-9;]*m")
-
-
-@dataclass(frozen=True)
-class TrialOutcome:
-    trial: Trial
-    status: str  # FINISHED | ERRORED | UNFINISHED | PENDING
-    final_loss: float | None
-    epochs: int | None
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class SweepResult:
-    name: str
-    parent_run_id: str
-    outcomes: list[TrialOutcome]
-    restored: bool
-    wall_s: float
 
 
 def run_trial(config: dict[str, Any], runs: list[PreparedRun]) -> None:
@@ -193,7 +179,7 @@ def run_sweep(
     except KeyboardInterrupt:
         tracker.finish_run(parent_run_id, status="KILLED")
         raise
-    outcomes = _outcomes(trials, grid)
+    outcomes = outcomes_of(trials, grid)
     for outcome in outcomes:
         if outcome.status == "FINISHED" and outcome.epochs != outcome.trial.spec.train.epochs:
             # Stopped early by the scheduler: Tune ends the trial's process, which may not
@@ -201,7 +187,7 @@ def run_sweep(
             tracker.finish_run(runs[outcome.trial.index].run_id)
     tracker.log_text(parent_run_id, summary_markdown(outcomes), "summary.md")
     tracker.log_text(
-        parent_run_id, json.dumps([_as_row(o) for o in outcomes], indent=2), "summary.json"
+        parent_run_id, json.dumps([as_row(o) for o in outcomes], indent=2), "summary.json"
     )
     statuses = {o.status for o in outcomes}
     tracker.finish_run(
@@ -241,160 +227,3 @@ def _scheduler(sweep: SweepSpec, max_epochs: int) -> Any:
         grace_period=stop.grace_period,
         reduction_factor=stop.reduction_factor,
     )
-
-
-def _outcomes(trials: list[Trial], grid: Any) -> list[TrialOutcome]:
-    by_index = {}
-    for result in grid:
-        index = result.config["trial"]
-        metrics = result.metrics or {}
-        epochs_wanted = trials[index].spec.train.epochs
-        if result.error:
-            status = "ERRORED"
-        elif metrics.get("epoch") == epochs_wanted or _stopped_early(result):
-            status = "FINISHED"
-        else:
-            status = "UNFINISHED"  # interrupted (Ctrl-C): the next run resumes it
-        by_index[index] = TrialOutcome(
-            trials[index],
-            status,
-            metrics.get("loss"),
-            metrics.get("epoch"),
-            error_line(result.error) if result.error else None,
-        )
-    return [by_index.get(t.index, TrialOutcome(t, "PENDING", None, None)) for t in trials]
-
-
-def error_line(error: BaseException) -> str:
-    """The line that says what went wrong: the exception's own last line. A trial's error is
-    a Ray task error whose first line only names the actor (`ray::ImplicitFunc.train() (pid=
-    ...)`, in terminal colours); the cause comes last, after the worker's traceback."""
-    lines = [ANSI_CODES.sub("", line).strip() for line in str(error).splitlines()]
-    return next((line for line in reversed(lines) if line), type(error).__name__)
-
-
-def _stopped_early(result: Any) -> bool:
-    # ASHA stops trials between epochs; they are complete as far as the sweep goes.
-    return bool((result.metrics or {}).get("done")) and not result.error
-
-
-def _as_row(outcome: TrialOutcome) -> dict[str, Any]:
-    return {
-        "trial": outcome.trial.name,
-        **outcome.trial.values,
-        "status": outcome.status,
-        "final_loss": outcome.final_loss,
-        "epochs": outcome.epochs,
-        "error": outcome.error,
-    }
-
-
-def trial_table_markdown(trials: list[Trial]) -> str:
-    keys = list(dict.fromkeys(k for t in trials for k in t.values))
-    lines = ["| # | trial | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
-    for t in trials:
-        values = " | ".join(str(t.values.get(k, "")) for k in keys)
-        lines.append(f"| {t.index} | {t.name} | {values} |")
-    return "\n".join(lines) + "\n"
-
-
-def summary_markdown(outcomes: list[TrialOutcome]) -> str:
-    keys = list(dict.fromkeys(k for o in outcomes for k in o.trial.values))
-    lines = [
-        "| trial | " + " | ".join(keys) + " | final loss | status |",
-        "|---" * (len(keys) + 3) + "|",
-    ]
-    for o in outcomes:
-        values = " | ".join(str(o.trial.values.get(k, "")) for k in keys)
-        loss = f"{o.final_loss:.4f}" if o.final_loss is not None else "-"
-        lines.append(f"| {o.trial.name} | {values} | {loss} | {o.status} |")
-    return "\n".join(lines) + "\n"
-
-
-def summary_table(result: SweepResult) -> Table:
-    keys = list(dict.fromkeys(k for o in result.outcomes for k in o.trial.values))
-    table = Table("trial", *keys, "final loss", "status", title=f"sweep {result.name!r}")
-    for o in result.outcomes:
-        loss = f"{o.final_loss:.4f}" if o.final_loss is not None else "-"
-        table.add_row(o.trial.name, *(str(o.trial.values.get(k, "")) for k in keys), loss, o.status)
-    return table
-
-
-def ray_log_dir() -> str:
-    try:
-        from ray._private.worker import _global_node
-
-        return _global_node.get_logs_dir_path()
-    except Exception:  # a client connection has no local node
-        return "the Ray cluster's session logs"
-
-
-class SweepProgress(Callback):
-    """One line per change of the sweep's state, instead of Tune's and Ray's log flood; the
-    same counts, and each trial's latest loss, as Prometheus gauges (`SweepMetrics`)."""
-
-    def __init__(self, trials: list[Trial], sweep: str | None = None) -> None:
-        self.names = {t.index: t.name for t in trials}
-        self.total = len(trials)
-        self.sweep = sweep or "sweep"
-        self.state: dict[str, str] = {}
-        self.best: tuple[float, str] | None = None
-        self._metrics: SweepMetrics | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Tune pickles its callbacks with the experiment; live metric handles and their
-        # refresh thread belong to this process, so a restored sweep opens its own.
-        return {**self.__dict__, "_metrics": None}
-
-    def _live(self) -> SweepMetrics:
-        # getattr: a sweep pickled by an older mimray restores without these attributes.
-        if getattr(self, "_metrics", None) is None:
-            self._metrics = SweepMetrics(getattr(self, "sweep", "sweep"))
-        return self._metrics
-
-    def _line(self) -> None:
-        counts = Counter(self.state.values())
-        pending = self.total - sum(counts.values())
-        best = f"; best loss {self.best[0]:.4f} ({self.best[1]})" if self.best else ""
-        print(
-            f"[mimray] trials: {counts['running']} running, {pending} pending, "
-            f"{counts['done']} done, {counts['errored']} errored{best}",
-            flush=True,
-        )
-        self._live().record_counts(
-            {
-                "running": counts["running"],
-                "pending": pending,
-                "errored": counts["errored"],
-                "finished": counts["done"],
-            }
-        )
-
-    def _name(self, trial: Any) -> str:
-        return self.names.get(trial.config.get("trial"), str(trial))
-
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.state[self._name(trial)] = "running"
-        self._line()
-
-    def on_trial_result(
-        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
-    ) -> None:
-        loss = result.get("loss")
-        if loss is not None and (self.best is None or loss < self.best[0]):
-            self.best = (loss, self._name(trial))
-        if loss is not None:
-            self._live().record_trial_loss(self._name(trial), float(loss))
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.state[self._name(trial)] = "done"
-        self._line()
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.state[self._name(trial)] = "errored"
-        self._line()
-
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
-        # The last counts stay in Prometheus' history; the endpoint drops them once unrefreshed.
-        if getattr(self, "_metrics", None) is not None:
-            self._metrics.close()
