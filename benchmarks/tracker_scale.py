@@ -2,28 +2,35 @@
 
     python benchmarks/tracker_scale.py [--trials 100 1000] [--store sqlite server] [--cli]
 
-For each store and N, lays out one sweep of N trials in a fresh store with the real sweep and
+For each N, lays out one sweep of N trials in a fresh SQLite store with the real sweep and
 tracker code (`tests/recorded_sweep.py`: `open_sweep_runs` as `mimray sweep` does before Tune
-starts, then per trial 3 epoch losses and one checkpoint LoggedModel through `MlflowReporter`,
-and one kNN evaluation run as `mimray eval` records it), then times, each in a fresh process
-as a user types it: `mimray report big`, `mimray lineage big`, `mimray lineage big --json`,
-and in-process the checkpoints `mimray eval big` would evaluate (`resolve_checkpoints`).
+starts, timed as "sweep set-up"; then per trial 3 epoch losses and one checkpoint LoggedModel
+through `MlflowReporter`, and one kNN evaluation run as `mimray eval` records it), then times,
+each in a fresh process as a user types it: `mimray report big`, `mimray lineage big`,
+`mimray lineage big --json`, and in-process the checkpoints `mimray eval big` would evaluate
+(`resolve_checkpoints`).
 
 Stores: `sqlite` is the embedded default (a file); `server` is a real `mlflow server` on
-127.0.0.1 (`--workers 1`, MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false) over the same kind of
-SQLite file, what a team shares: every query becomes an HTTP round trip. `--cli` also times
-CLI start-up: `mimray --help`, `methods`, `presets` and a refused bad config.
+127.0.0.1 (`--workers 1`, MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false, its port the kernel's pick
+for port 0, waited for on /health) serving that same SQLite file, what a team shares: every
+query becomes an HTTP round trip. Against it the same reads are timed, and the set-up of a
+second sweep of N trials through it. (The recorded losses, checkpoints and evaluations are
+written straight to the file, not through the server: through HTTP they took ~30 minutes
+at 1,000 trials here, and they are the layout, not what is measured.) `--cli` also times CLI
+start-up: `mimray --help`, `methods`, `presets` and refusals of bad configs. Every row says
+the 1-minute load average when it was measured: the machine is shared.
 
 Targets (issue 16): 1,000 trials < 5 s per command including start-up, 5,000 < 15 s; creating
 1,000 trial runs < 20 s; CLI start-up and refusals < 1.5 s.
 
-Figures measured here (2 shared cores, seconds, one run each; see the bottom of this file for
-the table before and after the store reads were batched).
+Figures measured here (2 shared cores, seconds, one run each): at the bottom of this file.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import resource
 import signal
@@ -40,8 +47,9 @@ sys.path.insert(0, str(REPO / "tests"))
 SWEEP = "big"
 
 
-def start_server(folder: Path) -> tuple[subprocess.Popen, str]:
-    """`mlflow server` on a free loopback port over an SQLite file in `folder`."""
+def start_server(folder: Path, db: Path) -> tuple[subprocess.Popen, str]:
+    """`mlflow server` on a free loopback port (the kernel's pick for port 0) over the SQLite
+    file `db`; returns once it answers /health."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -54,7 +62,7 @@ def start_server(folder: Path) -> tuple[subprocess.Popen, str]:
             "mlflow",
             "server",
             "--backend-store-uri",
-            f"sqlite:///{folder / 'server.db'}",
+            f"sqlite:///{db}",
             "--artifacts-destination",
             str(folder / "server-artifacts"),
             "--host",
@@ -120,54 +128,86 @@ def in_process(call) -> tuple[float, float, object]:
     return time.perf_counter() - started, time.process_time() - cpu, result
 
 
-def measure(store: str, trials: int, root: Path) -> dict[str, tuple[float, float]]:
+def row(wall: float, cpu: float) -> tuple[float, float, float]:
+    return wall, cpu, os.getloadavg()[0]
+
+
+def time_reads(uri: str, cwd: Path) -> dict[str, tuple[float, float, float]]:
+    """`report`, `lineage`, `lineage --json` as fresh CLI processes; eval targets in-process."""
+    from orchestrator.evaluation.checkpoints import resolve_checkpoints
+
+    common = ["--tracking-uri", uri]
+    figures = {
+        "report": row(*timed_cli(["report", SWEEP, *common, "--out", str(cwd / "r")], cwd)),
+        "lineage": row(*timed_cli(["lineage", SWEEP, *common], cwd)),
+        "lineage --json": row(*timed_cli(["lineage", SWEEP, *common, "--json"], cwd)),
+    }
+    wall, cpu, found = in_process(lambda: resolve_checkpoints(uri, SWEEP))
+    figures["eval targets (in-process)"] = row(wall, cpu)
+    return figures
+
+
+def time_setup(uri: str, folder: Path, name: str, trials: int) -> tuple[float, float, float]:
+    """`open_sweep_runs` of a fresh sweep of `trials` trials: what `mimray sweep` does before
+    Tune starts (the parent run, one run per trial with its params, tags and dataset)."""
+    from recorded_sweep import load_trials
+
+    from orchestrator.sweep import open_sweep_runs
+    from orchestrator.tracking import Tracker
+
+    tracker = Tracker(uri, "scale")
+    spec, planned = load_trials(folder, name, "scale", trials)
+    wall, cpu, _ = in_process(lambda: open_sweep_runs(spec, planned, tracker, name))
+    return row(wall, cpu)
+
+
+def measure(stores: list[str], trials: int, root: Path) -> dict[tuple[str, str], tuple]:
+    """Lay out a sweep of `trials` trials in an SQLite store (timing its set-up), time the
+    reads against it, then against `mlflow server` serving the same file, and time the set-up
+    of a second sweep of the same size through that server."""
     from recorded_sweep import record_sweep
 
     from orchestrator.tracking import Tracker
 
-    folder = root / f"{store}-{trials}"
+    folder = root / f"n{trials}"
     folder.mkdir()
-    server = None
-    if store == "server":
-        server, uri = start_server(folder)
-    else:
-        uri = f"sqlite:///{folder / 'mlflow.db'}"
-    try:
-        tracker = Tracker(uri, "scale")
-        cpu = time.process_time()
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    tracker = Tracker(uri, "scale")
+    with contextlib.redirect_stdout(io.StringIO()):  # MLflow prints a link per finished run
         layout = record_sweep(tracker, folder, SWEEP, trials, varied=False)
-        cpu = time.process_time() - cpu  # set-up and recording together
-        figures = {
-            "sweep set-up": (layout.setup_s, float("nan")),
-            "record losses/ckpts/evals": (layout.record_s, float("nan")),
-            "set-up + record (cpu)": (layout.setup_s + layout.record_s, cpu),
-        }
-        common = ["--tracking-uri", uri]
-        figures["report"] = timed_cli(
-            ["report", SWEEP, *common, "--out", str(folder / "r")], folder
-        )
-        figures["lineage"] = timed_cli(["lineage", SWEEP, *common], folder)
-        figures["lineage --json"] = timed_cli(["lineage", SWEEP, *common, "--json"], folder)
-        from orchestrator.evaluation.checkpoints import resolve_checkpoints
-
-        wall, cpu, found = in_process(lambda: resolve_checkpoints(uri, SWEEP))
-        figures["eval targets (in-process)"] = (wall, cpu)
-        assert len(found) == trials, len(found)
-        return figures
-    finally:
-        if server is not None:
+    figures: dict[tuple[str, str], tuple] = {}
+    if "sqlite" in stores:
+        figures[("sqlite", "sweep set-up")] = (layout.setup_s, float("nan"), os.getloadavg()[0])
+        for what, figure in time_reads(uri, folder).items():
+            figures[("sqlite", what)] = figure
+    if "server" in stores:
+        server, url = start_server(folder, folder / "mlflow.db")
+        try:
+            for what, figure in time_reads(url, folder).items():
+                figures[("server", what)] = figure
+            figures[("server", "sweep set-up")] = time_setup(url, folder, "big2", trials)
+        finally:
             stop_server(server)
+    return figures
 
 
-def measure_cli(root: Path) -> dict[str, tuple[float, float]]:
-    bad = root / "bad.yaml"
-    bad.write_text("method: {name: mae}\ntrain: {epochs: 0}\n")
+def measure_cli(root: Path) -> dict[str, tuple[float, float, float]]:
+    configs = {
+        "unknown method": "method: {name: nosuch}\n",
+        "bad knob": "method: {name: emae, k: 3}\n",
+        "bad grid": "name: g\nbase: {method: {name: emae}}\nsweep: {grid: {method.k: [3, 4]}}\n",
+    }
+    for name, text in configs.items():
+        (root / f"{name.replace(' ', '-')}.yaml").write_text(text)
     return {
-        "mimray --help": timed_cli(["--help"], root),
-        "mimray methods": timed_cli(["methods"], root),
-        "mimray presets": timed_cli(["presets"], root),
-        "refused bad config (pretrain)": timed_cli(["pretrain", str(bad)], root, expect=2),
-        "refused bad config (sweep)": timed_cli(["sweep", str(bad)], root, expect=2),
+        "mimray --help": row(*timed_cli(["--help"], root)),
+        "mimray methods": row(*timed_cli(["methods"], root)),
+        "mimray presets": row(*timed_cli(["presets"], root)),
+        "refused: pretrain, unknown method": row(
+            *timed_cli(["pretrain", "unknown-method.yaml"], root, expect=2)
+        ),
+        "refused: pretrain, bad knob": row(*timed_cli(["pretrain", "bad-knob.yaml"], root, 2)),
+        "refused: sweep, bad grid": row(*timed_cli(["sweep", "bad-grid.yaml"], root, expect=2)),
     }
 
 
@@ -180,19 +220,28 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mimray-scale-") as tmp:
         root = Path(tmp)
         if args.cli:
-            print("| command | wall s | cpu s |\n|---|---|---|")
-            for what, (wall, cpu) in measure_cli(root).items():
-                print(f"| {what} | {wall:.2f} | {cpu:.2f} |", flush=True)
-        print("| store | N | step | wall s | cpu s |\n|---|---|---|---|---|")
-        for store in args.store:
-            for trials in args.trials:
-                figures = measure(store, trials, root)
-                for what, (wall, cpu) in figures.items():
-                    print(f"| {store} | {trials} | {what} | {wall:.1f} | {cpu:.1f} |", flush=True)
+            print("| command | wall s | cpu s | load avg |\n|---|---|---|---|")
+            for what, (wall, cpu, load) in measure_cli(root).items():
+                print(f"| {what} | {wall:.2f} | {cpu:.2f} | {load:.1f} |", flush=True)
+        print("| N | command | store | wall s | cpu s | load avg |\n|---|---|---|---|---|---|")
+        for trials in args.trials:
+            figures = measure(args.store, trials, root)
+            for (store, what), (wall, cpu, load) in sorted(figures.items(), key=_order):
+                print(
+                    f"| {trials} | {what} | {store} | {wall:.1f} | {cpu:.1f} | {load:.1f} |",
+                    flush=True,
+                )
+
+
+def _order(item: tuple) -> tuple:
+    (store, what), _ = item
+    steps = ["sweep set-up", "report", "lineage", "lineage --json", "eval targets (in-process)"]
+    return steps.index(what), store
 
 
 if __name__ == "__main__":
     main()
+
 
 # Figures (issue 16), measured on the 2-core machine shared with other engineers' test runs:
 # load average 12-38 throughout, so wall seconds mostly measure the neighbours; CPU seconds
