@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ray.tune import PlacementGroupFactory
@@ -43,6 +44,8 @@ from orchestrator.trainer import runs_in_process
 # A trial's own driver only waits on its Train workers. A whole CPU per trial deadlocks small
 # machines, and Tune refuses zero, so it reserves a sliver.
 TRIAL_DRIVER_CPU = 0.01
+# Runs created at once through a tracking server at set-up.
+SETUP_THREADS = 8
 
 
 def run_trial(config: dict[str, Any], runs: list[PreparedRun]) -> None:
@@ -81,21 +84,19 @@ def open_sweep_runs(
     )
     tracker.log_text(parent.run_id, sweep.model_dump_json(indent=2), "sweep_spec.json")
     tracker.log_text(parent.run_id, trial_table_markdown(trials), "trials.md")
-    runs = [
-        prepare_run(
-            trial.spec,
-            trial.name,
-            tracker,
-            check,
-            extra_tags={
-                SWEEP_TAG: name,
-                TRIAL_INDEX_TAG: str(trial.index),
-                KIND_TAG: "trial",
-            },
-            parent_run_id=parent.run_id,
-        )
-        for trial, check in zip(trials, checked, strict=True)
-    ]
+
+    def prepare(trial: Trial, check: TrainableData) -> PreparedRun:
+        tags = {SWEEP_TAG: name, TRIAL_INDEX_TAG: str(trial.index), KIND_TAG: "trial"}
+        return prepare_run(trial.spec, trial.name, tracker, check, tags, parent.run_id)
+
+    if tracker.writes_in_batches:  # an SQL store: written together at `end_prefetch`
+        runs = [prepare(trial, check) for trial, check in zip(trials, checked, strict=True)]
+    else:
+        # A server: three HTTP round trips per new run and no bulk endpoint; overlapping them
+        # keeps the client and the server busy at once. Each run gets its key in the call that
+        # creates it, so a set-up killed half-way is still found again run by run.
+        with ThreadPoolExecutor(max_workers=SETUP_THREADS) as pool:
+            runs = list(pool.map(prepare, trials, checked))
     tracker.end_prefetch()
     return parent.run_id, runs
 

@@ -96,8 +96,8 @@ if {batched!r}:
     pending_runs.RUNS_PER_TRANSACTION = 4
     pending_runs._rows = then_die(pending_runs._rows)
 else:
-    # One run per create_run call (a server store): dies after the parent and 7 trials were
-    # created, as the 8th is created, before its params are logged.
+    # One run per create_run call, several at once (a server store): dies as the 9th run is
+    # created; runs in flight then may lack their params or dataset.
     tracker_module.sql_store = lambda client: None
     tracker.client.create_run = then_die(tracker.client.create_run)
 open_sweep_runs(spec, trials, tracker, "killed")
@@ -106,7 +106,7 @@ open_sweep_runs(spec, trials, tracker, "killed")
 
 @pytest.mark.parametrize(
     ("batched", "die_at", "made"),
-    [(True, 4, 9), (False, 9, 8)],
+    [(True, 4, {9}), (False, 9, set(range(2, 20)))],
     ids=["sql-transactions", "one-call-per-run"],
 )
 def test_restore_after_killed_setup_duplicates_nothing(tmp_path, batched, die_at, made):
@@ -122,7 +122,7 @@ def test_restore_after_killed_setup_duplicates_nothing(tmp_path, batched, die_at
         run.data.tags[RUN_KEY_TAG]: run.info.run_id
         for run in tracker.client.search_runs([tracker.experiment_id], max_results=1000)
     }
-    assert len(before) == made  # what was written before the kill, whole or not
+    assert len(before) in made  # what was written before the kill, whole or not
 
     spec, trials = load_trials(tmp_path, "killed", "restore", 20)
     parent_id, runs = open_sweep_runs(spec, trials, tracker, "killed")

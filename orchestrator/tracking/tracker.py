@@ -120,9 +120,14 @@ class Tracker:
             pending, self._pending = list(self._pending.values()), {}
             write_runs(self.client, self.experiment_id, pending)
 
+    @property
+    def writes_in_batches(self) -> bool:
+        """Whether a set-up's new runs wait and are written together (an SQL store)."""
+        return sql_store(self.client) is not None
+
     def _batches_new_runs(self, tags: Mapping[str, str]) -> bool:
         in_scope = self._scope is not None and tags.get(self._scope[0]) == self._scope[1]
-        return in_scope and sql_store(self.client) is not None
+        return in_scope and self.writes_in_batches
 
     def _existing(self, key: str, tags: Mapping[str, str]) -> KnownRun | None:
         if self._scope is not None and tags.get(self._scope[0]) == self._scope[1]:
