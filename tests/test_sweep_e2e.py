@@ -16,6 +16,7 @@ from interruption import (
     run_until_then_kill,
     steps_logged_since,
 )
+from tiny_model import tiny_model_yaml
 
 from orchestrator.cli.main import main
 from orchestrator.config import preset_names, read_spec_source
@@ -25,8 +26,7 @@ SWEEP = """
 name: ktiny
 base:
   method: {name: emae}
-  model: {embed_dim: 32, depth: 2, num_heads: 2, decoder_dim: 32, decoder_depth: 1,
-          decoder_num_heads: 2}
+  model: $TINY_MODEL
   data: {source: shapes, num_images: 64}
   train: {epochs: 1, batch_size: 32}
   scaling: {num_workers: 1}
@@ -35,7 +35,7 @@ sweep:
   grid:
     method.k: [2, 4]
   seeds: 2
-"""
+""".replace("$TINY_MODEL", tiny_model_yaml())
 TRIALS = ["ktiny-k-2_seed-0", "ktiny-k-2_seed-1", "ktiny-k-4_seed-0", "ktiny-k-4_seed-1"]
 
 
@@ -95,8 +95,7 @@ KILLED = """
 name: cut
 base:
   method: {name: emae}
-  model: {embed_dim: 32, depth: 2, num_heads: 2, decoder_dim: 32, decoder_depth: 1,
-          decoder_num_heads: 2}
+  model: $TINY_MODEL
   data: {source: shapes, num_images: 128}
   train: {epochs: 3, batch_size: 32, warmup_epochs: 0}
   scaling: {num_workers: 1}
@@ -104,7 +103,7 @@ base:
 sweep:
   grid:
     method.k: [2, 4]
-"""
+""".replace("$TINY_MODEL", tiny_model_yaml())
 KEPT, INTERRUPTED = "cut-k-2_seed-0", "cut-k-4_seed-0"
 STEPS_PER_EPOCH = 4  # 128 images / batch 32
 
@@ -205,8 +204,7 @@ def _tune_columns(workdir, name: str):
 ASHA = """
 name: asha
 base:
-  model: {embed_dim: 32, depth: 2, num_heads: 2, decoder_dim: 32, decoder_depth: 1,
-          decoder_num_heads: 2}
+  model: $TINY_MODEL
   data: {source: shapes, num_images: 128}
   train: {epochs: 3, batch_size: 32, warmup_epochs: 0}
   scaling: {num_workers: 1}
@@ -217,7 +215,7 @@ sweep:
     # (blr 1e3 reaches NaN, which fails the trial instead of leaving it to ASHA).
     train.blr: [1.5e-4, 30.0]
   early_stop: {metric: loss, mode: min, grace_period: 1}
-"""
+""".replace("$TINY_MODEL", tiny_model_yaml())
 
 
 @pytest.mark.slow
@@ -252,8 +250,7 @@ def test_asha_stops_the_diverging_trial_at_its_grace_period(workdir, ray_session
 RANDOM = """
 name: rnd
 base:
-  model: {embed_dim: 32, depth: 2, num_heads: 2, decoder_dim: 32, decoder_depth: 1,
-          decoder_num_heads: 2}
+  model: $TINY_MODEL
   data: {source: shapes, num_images: 64}
   train: {epochs: 1, batch_size: 32}
   scaling: {num_workers: 1}
@@ -264,7 +261,7 @@ sweep:
   space:
     method.mask_ratio: {uniform: [0.5, 0.9]}
     train.blr: {loguniform: [1.0e-5, 1.0e-3]}
-"""
+""".replace("$TINY_MODEL", tiny_model_yaml())
 
 
 @pytest.mark.slow
