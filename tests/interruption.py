@@ -12,25 +12,13 @@ import hashlib
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from waiting import wait_until
+
 T = TypeVar("T")
-
-
-def wait_for(condition: Callable[[], T], timeout_s: float, what: str, interval_s=0.1) -> T:
-    """Call `condition` until it returns something truthy and return that; fail naming `what`
-    after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = condition()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(interval_s)
 
 
 def run_until_then_kill(
@@ -49,13 +37,15 @@ def run_until_then_kill(
             command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
         )
 
-    def check() -> T:
-        if driver.poll() is not None:
-            raise AssertionError(f"the run ended before it was killed:\n{log_path.read_text()}")
-        return ready(log_path.read_text())
+    def ended() -> str | None:
+        if driver.poll() is None:
+            return None
+        return f"the run ended before it was killed:\n{log_path.read_text()[-3000:]}"
 
     try:
-        found = wait_for(check, timeout_s, what)
+        found = wait_until(
+            lambda: ready(log_path.read_text()), timeout_s, what, interval=0.1, give_up=ended
+        )
         kill_now(driver, trainer_pids())
     finally:
         if driver.poll() is None:
