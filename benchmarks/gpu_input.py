@@ -176,8 +176,8 @@ def pretrain_data_wait(
     """Run `mimray pretrain` (MAE, one worker, on a GPU unless told otherwise) on `uri` and
     read back from MLflow the share of epoch time spent waiting for data (epochs after the
     first, which includes the pipeline's start-up, and all epochs)."""
-    from orchestrator.launch import run_pretrain
     from orchestrator.config import load_spec
+    from orchestrator.launch import run_pretrain
     from orchestrator.tracking import Tracker
 
     tracking_uri = f"sqlite:///{os.path.join(workdir, 'mlflow.db')}"

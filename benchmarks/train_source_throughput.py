@@ -80,8 +80,8 @@ def main() -> None:
     try:
         import boto3
 
-        from orchestrator.launch import run_pretrain
         from orchestrator.config import load_spec
+        from orchestrator.launch import run_pretrain
 
         if args.tuned:
             tune_ray_data()

@@ -23,8 +23,8 @@ from conftest import TINY_MODEL
 from test_dashboards import DASHBOARDS, queried_metrics
 from waiting import wait_until
 
-from orchestrator.launch import run_pretrain
 from orchestrator.config import Trial, load_spec
+from orchestrator.launch import run_pretrain
 from orchestrator.sweep import SweepProgress
 from orchestrator.tracking import RUN_KEY_TAG, Tracker, resolve_tracking_uri
 
