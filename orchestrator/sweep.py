@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -92,13 +93,30 @@ def open_sweep_runs(
     if tracker.writes_in_batches:  # an SQL store: written together at `end_prefetch`
         runs = [prepare(trial, check) for trial, check in zip(trials, checked, strict=True)]
     else:
-        # A server: three HTTP round trips per new run and no bulk endpoint; overlapping them
-        # keeps the client and the server busy at once. Each run gets its key in the call that
-        # creates it, so a set-up killed half-way is still found again run by run.
-        with ThreadPoolExecutor(max_workers=SETUP_THREADS) as pool:
-            runs = list(pool.map(prepare, trials, checked))
+        runs = _prepare_overlapped(prepare, trials, checked)
     tracker.end_prefetch()
     return parent.run_id, runs
+
+
+def _prepare_overlapped(
+    prepare: Callable[[Trial, TrainableData], PreparedRun],
+    trials: list[Trial],
+    checked: list[TrainableData],
+) -> list[PreparedRun]:
+    """`prepare` every trial through a server, SETUP_THREADS at a time: three HTTP round trips
+    per new run and no bulk endpoint, so overlapping them keeps client and server busy. Each
+    run gets its key in the call that creates it, so a set-up killed half-way is still found
+    again run by run. The first run of each data set goes alone: two first records of one
+    data set at once both insert it, and the server refuses the second (UNIQUE constraint)."""
+    firsts: dict[tuple[str, str], int] = {}
+    for index, (trial, check) in enumerate(zip(trials, checked, strict=True)):
+        firsts.setdefault((trial.spec.data.source, check.info.digest), index)
+    done = {index: prepare(trials[index], checked[index]) for index in firsts.values()}
+    rest = [index for index in range(len(trials)) if index not in done]
+    with ThreadPoolExecutor(max_workers=SETUP_THREADS) as pool:
+        prepared = pool.map(lambda index: prepare(trials[index], checked[index]), rest)
+        done.update(zip(rest, prepared, strict=True))
+    return [done[index] for index in range(len(trials))]
 
 
 def run_sweep(

@@ -220,3 +220,23 @@ def test_bulk_reads_over_a_real_mlflow_server_match_per_run_reads(workdir):
                 m.model_id for m in checkpoint_models(tracker.client, run)
             ]
         assert [len(models[run_id]) for run_id in ids] == [0, 2, 2]
+
+
+def test_setup_through_a_real_mlflow_server_makes_each_run_once(tmp_path):
+    """Through `mlflow server` a set-up creates runs several at a time (no bulk endpoint): every
+    trial gets its params, tags and its data set once, and a second set-up reuses them all."""
+    from servers import mlflow_server
+
+    spec, trials = load_trials(tmp_path, "served", "served", 20)
+    with mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", str(tmp_path / "art")) as url:
+        tracker = Tracker(url, "served")
+        assert not tracker.writes_in_batches
+        parent_id, runs = open_sweep_runs(spec, trials, tracker, "served")
+        again_parent, again = open_sweep_runs(spec, trials, tracker, "served")
+        every = tracker.client.search_runs([tracker.experiment_id], max_results=1000)
+    assert again_parent == parent_id and [r.run_id for r in again] == [r.run_id for r in runs]
+    assert len(every) == 21 and len({r.data.tags[RUN_KEY_TAG] for r in every}) == 21
+    for run in every:
+        if run.data.tags.get(KIND_TAG) == "trial":
+            assert run.data.params["method.k"] and run.data.tags["mlflow.parentRunId"] == parent_id
+            assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["shapes-train"]
