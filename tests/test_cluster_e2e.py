@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_MODEL
-from local_ray_cluster import LocalRayCluster, run_mimray
+from broken_data import write_folder_with_empty_images
+from local_ray_cluster import LocalRayCluster, port_for_a_config, run_mimray
+from tiny_model import TINY_MODEL, tiny_model
+from waiting import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -26,12 +28,11 @@ pytestmark = pytest.mark.slow
 def tiny_sweep(
     name: str, worker_resources: dict[str, float], grid: list[float], storage: Path
 ) -> str:
-    model = {key.removeprefix("model."): int(v) for key, v in (o.split("=") for o in TINY_MODEL)}
     spec = {
         "name": name,
         "base": {
             "method": {"name": "mae"},
-            "model": model,
+            "model": tiny_model(),
             "data": {"source": "shapes", "num_images": 64},
             "train": {"epochs": 1, "batch_size": 32},
             "scaling": {"num_workers": 1, "worker_resources": worker_resources},
@@ -101,6 +102,10 @@ def test_submit_runs_a_sweep_on_a_two_node_cluster(tmp_path, cluster_temp_dir):
         # Train workers needed `trainer`, which only the second node has.
         head = [n for n in cluster.alive_nodes() if n["is_head_node"]][0]
         assert cluster.train_worker_nodes() and head["node_id"] not in cluster.train_worker_nodes()
+
+        # The same cluster for the jobs that do not succeed (they train on the head too).
+        _a_failing_job_exits_1_with_its_error(cluster, project, env, tmp_path)
+        _jobs_stop_ends_a_live_job(cluster, project, env, tmp_path)
     finally:
         cluster.stop()
 
@@ -123,6 +128,69 @@ def test_submit_runs_a_sweep_on_a_two_node_cluster(tmp_path, cluster_temp_dir):
     print(f"two-node submit e2e: {time.monotonic() - started:.0f} s")
 
 
+def _a_failing_job_exits_1_with_its_error(cluster, project, env, tmp_path) -> None:
+    """`submit --wait` of a job that fails on the cluster: exit 1, and the job's own error is
+    the last error line the user sees. The data passes every check before training (the
+    files exist) and fails in the worker: 8 of 64 images are empty."""
+    write_folder_with_empty_images(tmp_path / "broken", count=64, empty=8)
+    command = ["pretrain", "demo", "--name", "broken", *[f"--set={s}" for s in TINY_MODEL]]
+    command += [f"--set=data.source={tmp_path / 'broken'}", "--set=train.batch_size=32"]
+    command += [f"--set=storage.path={tmp_path / 'ray'}", "--set=scaling.num_workers=1"]
+    address = ["--address", cluster.dashboard_url]
+    failed = mimray(
+        ["submit", *address, "--wait", "--shared-storage", "--name", "broken", "--", *command],
+        project,
+        env,
+    )
+    assert failed.returncode == 1, failed.stdout[-3000:] + failed.stderr[-3000:]
+    assert "job broken: FAILED" in failed.stderr
+    errors = [line for line in failed.stdout.splitlines() if "mimray: error:" in line]
+    assert errors, failed.stdout[-3000:]
+    assert "8 of 64 images (12.5%)" in errors[-1] and "data.max_skipped_share" in errors[-1]
+    status = mimray(["jobs", "status", "broken", *address], project, env)
+    assert status.returncode == 1 and status.stdout.startswith("broken: FAILED")
+
+
+def _jobs_stop_ends_a_live_job(cluster, project, env, tmp_path) -> None:
+    """`jobs stop` of a sweep that is training: the job ends STOPPED and its trial's process
+    (the Tune trial actor that trains in-process on the `trainer` node) is gone."""
+    (project / "long.yaml").write_text(
+        tiny_sweep("long", {"trainer": 1}, [0.75], tmp_path / "ray").replace(
+            "epochs: 1", "epochs: 200"
+        )
+    )
+    address = ["--address", cluster.dashboard_url]
+    started = mimray(
+        ["submit", *address, "--shared-storage", "--name", "long", "--", "sweep", "long.yaml"],
+        project,
+        env,
+    )
+    assert started.returncode == 0, started.stderr[-3000:]
+
+    def running() -> bool:
+        logs = mimray(["jobs", "logs", "long", *address], project, env).stdout
+        return "[mimray] trials: 1 running" in logs
+
+    wait_until(running, 240, "the long sweep's trial to start", interval=2)
+    assert cluster.state("actors", class_name="ImplicitFunc", state="ALIVE")
+    stopped = mimray(["jobs", "stop", "long", *address], project, env)
+    assert stopped.returncode == 0 and stopped.stdout.startswith("long: stopping"), stopped.stdout
+    wait_until(
+        lambda: mimray(["jobs", "status", "long", *address], project, env).stdout.startswith(
+            "long: STOPPED"
+        ),
+        60,
+        "the long job to be STOPPED",
+        interval=1,
+    )
+    wait_until(
+        lambda: not cluster.state("actors", class_name="ImplicitFunc", state="ALIVE"),
+        60,
+        "the stopped job's trial actor to exit",
+        interval=1,
+    )
+
+
 def fake_cluster_config(gcs_address: str) -> dict:
     """cluster/local-fake.yaml on this test's own GCS port, idle nodes removed after 10 s."""
     config = yaml.safe_load((REPO / "cluster" / "local-fake.yaml").read_text())
@@ -137,7 +205,8 @@ def test_autoscaler_adds_the_node_type_a_sweep_needs_and_removes_it_when_idle(
     tmp_path, cluster_temp_dir
 ):
     started = time.monotonic()
-    cluster = LocalRayCluster(cluster_temp_dir, token_auth=False)
+    # The fake provider's config names the GCS address, so its port is chosen before the start.
+    cluster = LocalRayCluster(cluster_temp_dir, token_auth=False, gcs_port=port_for_a_config())
     # The fake provider starts nodes on the machine's address, so the head uses it too.
     import ray._private.services as services
 
@@ -169,10 +238,12 @@ def test_autoscaler_adds_the_node_type_a_sweep_needs_and_removes_it_when_idle(
         assert nodes[worker_node]["resources_total"]["fake_gpu"] == 1
 
         # ... and removes it once it has been idle for the timeout.
-        deadline = time.monotonic() + 90
-        while any("fake_gpu" in n["resources_total"] for n in cluster.alive_nodes()):
-            assert time.monotonic() < deadline, "the idle fake GPU node was not removed"
-            time.sleep(2)
+        wait_until(
+            lambda: not any("fake_gpu" in n["resources_total"] for n in cluster.alive_nodes()),
+            90,
+            "the autoscaler to remove the idle fake GPU node",
+            interval=1,
+        )
         assert nodes_dead(cluster, worker_node)
     finally:
         cluster.stop()
