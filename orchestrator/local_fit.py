@@ -234,15 +234,24 @@ def _torch_threads(cpus: float) -> Iterator[None]:
 
 
 def fit_in_process(
-    trainer: Any, run_path: str, keep: int | None, max_failures: int, cpus: float
+    trainer: Any,
+    run_path: str,
+    keep: int | None,
+    max_failures: int,
+    cpus: float,
+    to_tune: bool = True,
 ) -> InProcessResult:
     """Run a `num_workers=0` TorchTrainer's training function here, with checkpoints in the
-    run's storage, resume from them, Tune reports inside a trial and retries outside one."""
+    run's storage, resume from them, Tune reports inside a trial and retries outside one.
+
+    `to_tune=False` keeps the reports out of Tune even inside a trial: an evaluation chained
+    after a trial's training reports its own metrics, which are not the trial's results."""
     from ray.train.v2._internal.execution.train_fn_utils import set_train_fn_utils
 
     utils_class = _local_utils_class()
     store = CheckpointStore(run_path, keep)
-    report_to_tune = in_tune_trial()
+    inside_trial = in_tune_trial()
+    report_to_tune = to_tune and inside_trial
     # A fresh copy of the config per attempt, as a restarted worker would unpickle it: the
     # reporter in it holds per-attempt state.
     config = pickle.dumps(trainer.train_loop_config)
@@ -258,7 +267,7 @@ def fit_in_process(
                 attempt_config["reporter"] = TuneAfterCheckpointReporter(
                     attempt_config["reporter"], utils
                 )
-            with _torch_threads(cpus), _train_api_inside_tune(report_to_tune):
+            with _torch_threads(cpus), _train_api_inside_tune(inside_trial):
                 trainer.train_loop_per_worker(attempt_config)
                 utils.send_to_tune()
             return InProcessResult(utils._last_metrics, utils._last_checkpoint)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.config import RunSpec
+from orchestrator.config import EvalSpec, RunSpec
 from orchestrator.evaluation.data import describe_eval_data, labelled_dataset
 from orchestrator.ray_setup import data_config, scaling_config
 from workloads.data import build_dataset
@@ -20,10 +20,11 @@ from workloads.pretrain import train_loop_per_worker
 from workloads.progress import progress_every_s
 
 
-def runs_in_process(spec: RunSpec) -> bool:
-    """One CPU worker trains in the calling process (Ray Train's local mode, `local_fit.py`):
-    no worker group to start. Several workers keep Ray Train's TorchTrainer, and so does a GPU
-    worker: the CLI's own process holds no GPU from Ray, so it could not pick its device."""
+def runs_in_process(spec: RunSpec | EvalSpec) -> bool:
+    """One CPU worker trains (or evaluates) in the calling process (Ray Train's local mode,
+    `local_fit.py`): no worker group to start. Several workers keep Ray Train's TorchTrainer,
+    and so does a GPU worker: the CLI's own process holds no GPU from Ray, so it could not pick
+    its device."""
     return spec.scaling.num_workers == 1 and not spec.scaling.use_gpu
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from orchestrator.config import ConfigError, EvalSpec, flatten
 from orchestrator.evaluation.checkpoints import Checkpoint
 from orchestrator.evaluation.data import EvalData, describe_eval_data, labelled_dataset
+from orchestrator.local_fit import fit_in_process
 from orchestrator.lookup import is_result_metric
 from orchestrator.provenance import commit_tags
 from orchestrator.ray_setup import ensure_ray, scaling_config
@@ -28,6 +29,7 @@ from orchestrator.tracking import (
     SWEEP_TAG,
     Tracker,
 )
+from orchestrator.trainer import runs_in_process
 from workloads.checkpoint import read_checkpoint_spec
 from workloads.data.decode import random_hflip
 from workloads.evaluation.loop import eval_loop_per_worker
@@ -68,7 +70,7 @@ def evaluate_checkpoint(
     trainer = _build_trainer(checkpoint, spec, data, pretrain_spec, reporter)
     tracker.mark_running(run_id)
     try:
-        result = trainer.fit()
+        result = _fit(trainer, spec)
     except BaseException as err:
         tracker.finish_run(run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
@@ -143,7 +145,7 @@ def _build_trainer(
     reporter: Any,
 ) -> Any:
     from ray.data import DataContext
-    from ray.train import FailureConfig, LoggingConfig, RunConfig
+    from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     DataContext.get_current().enable_progress_bars = False
@@ -169,7 +171,9 @@ def _build_trainer(
             "steps_per_epoch": train_rows // spec.finetune.batch_size,
             "reporter": reporter,
         },
-        scaling_config=scaling_config(spec.scaling),
+        scaling_config=ScalingConfig(num_workers=0)  # Ray Train's local mode: in-process
+        if runs_in_process(spec)
+        else scaling_config(spec.scaling),
         run_config=RunConfig(
             name=f"eval-{spec.protocol}-{checkpoint.model_id}-{spec.fingerprint()}",
             storage_path=storage_path,
@@ -178,6 +182,17 @@ def _build_trainer(
         ),
         datasets=datasets,
     )
+
+
+def _fit(trainer: Any, spec: EvalSpec) -> Any:
+    """One CPU worker evaluates in this process, as a one-worker pretrain run trains: no
+    worker group to start (the most of a small evaluation's wall time), and never a report
+    to Tune when this runs after a trial's training."""
+    if not runs_in_process(spec):
+        return trainer.fit()
+    run_path = f"{trainer.run_config.storage_path}/{trainer.run_config.name}"
+    cpus = spec.scaling.cpus_per_worker
+    return fit_in_process(trainer, run_path, keep=None, max_failures=1, cpus=cpus, to_tune=False)
 
 
 def print_result(result: EvalResult) -> None:
