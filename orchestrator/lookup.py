@@ -120,7 +120,7 @@ def find_sweep(client: Any, name: str) -> Any | None:
 
 def sweep_trials(client: Any, parent: Any) -> list[Any]:
     """The sweep's trial runs (children of its parent run) in trial order."""
-    found = _sweep_runs(client, parent, "trial")
+    found = sweep_runs(client, parent, "trial")
     trials = [r for r in found if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     return sorted(trials, key=lambda r: int(r.data.tags.get(TRIAL_INDEX_TAG, 0)))
 
@@ -139,14 +139,14 @@ def sweep_eval_runs(client: Any, parent: Any) -> dict[str, list[Any]]:
 
     `mimray eval` copies the trial's sweep tag onto each eval run, so the sweep's tag finds
     them all; runs come in the order `eval_runs_of` gives them (MLflow's default order)."""
-    found = _sweep_runs(client, parent, "eval")
+    found = sweep_runs(client, parent, "eval")
     by_trial: dict[str, list[Any]] = {}
     for run in found:
         by_trial.setdefault(run.data.tags.get(PRETRAIN_RUN_TAG, ""), []).append(run)
     return by_trial
 
 
-def _sweep_runs(client: Any, parent: Any, kind: str) -> list[Any]:
+def sweep_runs(client: Any, parent: Any, kind: str) -> list[Any]:
     """The sweep's runs of `kind` (trial, eval), newest first: selected straight from an SQL
     store's tables (`run_rows`), else one paginated search."""
     name = parent.data.tags.get(SWEEP_TAG, "")

@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import ConfigError
-from orchestrator.lookup import metric_histories, open_store, search_all, sweep_trials
+from orchestrator.lookup import (
+    metric_histories,
+    open_store,
+    search_all,
+    sweep_runs,
+    sweep_trials,
+)
 from orchestrator.tracking.artifacts import attach_files, read_text_artifact
 from orchestrator.tracking.names import (
     CHECKPOINT_EPOCH_TAG,
@@ -151,7 +157,7 @@ def build_report(tracking_uri: str, experiment: str | None, sweep_name: str) -> 
     losses = metric_histories(client, [run.info.run_id for run in trial_runs], LOSS_METRIC)
     trials = [_trial_record(run, losses[run.info.run_id], knob_keys) for run in trial_runs]
     columns, cells_by_trial, used = _eval_cells(
-        client, experiment_id, sweep_name, {t.run_id for t in trials}
+        sweep_runs(client, parent, "eval"), {t.run_id for t in trials}
     )
     loss = Column("loss", LOSS_METRIC, higher_is_better=False)
     rows = _rows(trials, knob_keys)
@@ -237,19 +243,14 @@ def _trial_record(
 
 
 def _eval_cells(
-    client: Any, experiment_id: str, sweep_name: str, trial_ids: set[str]
+    runs: list[Any], trial_ids: set[str]
 ) -> tuple[list[Column], dict[tuple[str, str], float | None], int]:
-    """Columns found among the trials' eval runs, and each (trial, column) value.
+    """Columns found among the sweep's eval `runs`, and each (trial, column) value.
 
     When an evaluation was run more than once, the latest run counts. Eval runs carry their
     trial's sweep tag, so only this sweep's are read, not every evaluation in the experiment."""
     latest: dict[tuple[str, str], tuple[int, float]] = {}
     columns: dict[str, Column] = {}
-    runs = search_all(
-        client,
-        [experiment_id],
-        f"tags.`{KIND_TAG}` = 'eval' and tags.`{SWEEP_TAG}` = '{sweep_name}'",
-    )
     for run in runs:
         tags = run.data.tags
         protocol = tags.get(EVAL_PROTOCOL_TAG)
