@@ -7,6 +7,7 @@ span runs, sweeps and checkpoints) that imports MLflow.
 - `pending_runs.py`: a sweep set-up's new runs written a few hundred per transaction.
 - `reporter.py`: what rank 0 writes while a run trains (`MlflowReporter`).
 - `checkpoints.py`: runs' checkpoints (LoggedModels), found in one search per 100 runs.
+- `run_rows.py`: a sweep's runs and loss curves read from an SQL store with plain SELECTs.
 - `artifacts.py`: small files attached to runs (a sweep's spec, its report).
 
 Nothing here imports MLflow at import time: the CLI names a store before it pays for MLflow.
