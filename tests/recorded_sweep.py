@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tiny_model import tiny_model_yaml
+
 from orchestrator.config import load_sweep
 from orchestrator.sweep import open_sweep_runs
 from orchestrator.tracking import (
@@ -34,8 +36,7 @@ SWEEP_YAML = """
 name: {name}
 base:
   method: {{name: emae}}
-  model: {{img_size: 32, patch_size: 4, embed_dim: 32, depth: 2, num_heads: 2,
-          decoder_dim: 32, decoder_depth: 1, decoder_num_heads: 2}}
+  model: {model}
   data: {{source: shapes, num_images: 64}}
   train: {{epochs: 3, batch_size: 16, warmup_epochs: 1}}
   tracking: {{experiment: {experiment}}}
@@ -59,7 +60,12 @@ def sweep_yaml(name: str, experiment: str, trials: int) -> str:
         raise ValueError(f"trials must be a multiple of {len(KS) * SEEDS}, got {trials}")
     blrs = [f"{(i + 1) * 1e-4:.4g}" for i in range(trials // (len(KS) * SEEDS))]
     return SWEEP_YAML.format(
-        name=name, experiment=experiment, ks=list(KS), blrs=f"[{', '.join(blrs)}]", seeds=SEEDS
+        name=name,
+        experiment=experiment,
+        ks=list(KS),
+        blrs=f"[{', '.join(blrs)}]",
+        seeds=SEEDS,
+        model=tiny_model_yaml(),
     )
 
 

@@ -120,7 +120,8 @@ def test_pretrain_chains_evals_then_cli_evals_lineage_and_ui(ray_session, workdi
     (checkpoint,) = run_node["checkpoints"]  # narrowed to the model asked about
     assert checkpoint["model_id"] == models[-1].model_id
     assert sorted(e["protocol"] for e in checkpoint["evals"]) == ["finetune", "knn", "linear"]
-    assert all(len(d["digest"]) >= 12 for e in checkpoint["evals"] for d in e["datasets"])
+    digests = [d["digest"] for e in checkpoint["evals"] for d in e["datasets"]]
+    assert len(digests) == 6 and all(len(digest) >= 12 for digest in digests)  # train + val each
     text = runner.invoke(main, ["lineage", "tiny"])
     assert text.exit_code == 0, text.output
     assert "checkpoint epoch 1" in text.output and "checkpoint epoch 2" in text.output

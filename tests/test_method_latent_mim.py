@@ -178,7 +178,7 @@ def test_projector_defaults_to_mlp_on_both_encoders():
     assert LatentMIMKnobs().projector == "mlp"
     assert isinstance(model.projector, nn.Sequential)
     online, target = model.projector.state_dict(), model.target_projector.state_dict()
-    assert online.keys() == target.keys()
+    assert online and online.keys() == target.keys()
     assert all(torch.equal(online[k], target[k]) for k in online)  # starts as a copy
     assert not any(p.requires_grad for p in model.target_projector.parameters())
 
