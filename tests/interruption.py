@@ -10,9 +10,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import signal
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,6 +30,7 @@ def run_until_then_kill(
     timeout_s: float,
     what: str,
     trainer_pids: Callable[[], list[int]] = list,
+    interval_s: float = 0.1,
 ) -> T:
     """Start COMMAND (its output to `log_path`), wait until `ready(output so far)` is truthy,
     then SIGKILL it and `trainer_pids()` at once; returns what `ready` returned."""
@@ -44,7 +46,7 @@ def run_until_then_kill(
 
     try:
         found = wait_until(
-            lambda: ready(log_path.read_text()), timeout_s, what, interval=0.1, give_up=ended
+            lambda: ready(log_path.read_text()), timeout_s, what, interval=interval_s, give_up=ended
         )
         kill_now(driver, trainer_pids())
     finally:
@@ -94,3 +96,8 @@ def kill_now(driver: subprocess.Popen, trainer_pids: list[int]) -> None:
 def steps_logged_since(client: Any, run_id: str, key: str, since_ms: int) -> list[int]:
     """Steps of `key` whose points are dated at or after `since_ms` (MLflow timestamps)."""
     return sorted(m.step for m in client.get_metric_history(run_id, key) if m.timestamp >= since_ms)
+
+
+def checkpointed_epochs(names: Iterable[str]) -> list[int]:
+    """The epochs of the `checkpoint_epoch_NNNN` folder names (or any text naming them)."""
+    return sorted({int(e) for name in names for e in re.findall(r"checkpoint_epoch_(\d+)", name)})
