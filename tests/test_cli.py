@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import urllib.request
 
+from cli_checks import assert_refused
 from click.testing import CliRunner
 from conftest import serve_mlflow_ui
 
@@ -15,8 +16,7 @@ from orchestrator.tracking import Tracker, resolve_tracking_uri
 def test_batch_larger_than_dataset_exits_2_with_nothing_written(workdir):
     args = ["pretrain", "demo", "--set", "data.num_images=32", "--set", "train.batch_size=64"]
     result = CliRunner().invoke(main, args)
-    assert result.exit_code == 2
-    assert "mimray: error: train.batch_size: 64 exceeds the 32 training images" in result.output
+    assert_refused(result, "train.batch_size: 64 exceeds the 32 training images", at_start=True)
     assert not (workdir / "mimray-runs").exists()
 
 
@@ -27,9 +27,7 @@ def test_methods_lists_mae_knobs_with_defaults():
 
 
 def test_ui_without_a_store_exits_2(workdir):
-    result = CliRunner().invoke(main, ["ui"])
-    assert result.exit_code == 2
-    assert "no MLflow store" in result.output
+    assert_refused(CliRunner().invoke(main, ["ui"]), "no MLflow store")
 
 
 def test_ui_serves_this_folders_store_on_loopback(workdir):

@@ -12,6 +12,7 @@ import time
 
 import pytest
 from browser import dump_dom, screenshot
+from cli_checks import assert_refused
 from click.testing import CliRunner
 from tiny_model import tiny_model_yaml
 
@@ -198,16 +199,13 @@ def test_unknown_sweep_or_store_is_one_line_exit_2(store, tmp_path):
     result = CliRunner().invoke(
         main, ["report", "nope", "--out", str(out), "--tracking-uri", store["uri"]]
     )
-    assert result.exit_code == 2
-    assert result.stderr.count("\n") == 1
-    assert result.stderr.startswith("mimray: error: no sweep 'nope'")
-    assert "bare, kgrid" in result.stderr  # the sweeps that do exist
+    line = assert_refused(result, "no sweep 'nope'", at_start=True)
+    assert "bare, kgrid" in line  # the sweeps that do exist
     missing = tmp_path / "missing.db"
     result = CliRunner().invoke(
         main, ["report", "kgrid", "--out", str(out), "--tracking-uri", f"sqlite:///{missing}"]
     )
-    assert result.exit_code == 2
-    assert result.stderr.startswith("mimray: error: no MLflow store")
+    assert_refused(result, "no MLflow store", at_start=True)
     assert not out.exists() and not missing.exists()  # nothing written, no empty store made
 
 
