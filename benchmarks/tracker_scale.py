@@ -23,7 +23,7 @@ the 1-minute load average when it was measured: the machine is shared.
 Targets (issue 16): 1,000 trials < 5 s per command including start-up, 5,000 < 15 s; creating
 1,000 trial runs < 20 s; CLI start-up and refusals < 1.5 s.
 
-Figures measured here (2 shared cores, seconds, one run each): at the bottom of this file.
+Figures measured here, before and after issue 16: benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -241,72 +241,3 @@ def _order(item: tuple) -> tuple:
 
 if __name__ == "__main__":
     main()
-
-
-# Figures (issue 16), measured on the 2-core machine shared with other engineers' test runs:
-# load average 12-38 throughout, so wall seconds mostly measure the neighbours; CPU seconds
-# (user + sys of the command's process) are the comparable figure. For a server store the
-# CPU column leaves out the server's share. One run each. "set-up" is `open_sweep_runs`.
-#
-# BEFORE (commit cee3bd9: a search and three writes per trial at set-up, one or two reads
-# per trial in report/lineage/eval targets, torch + Ray + MLflow imported by every command):
-#
-# | store  | N    | step                        | wall s | cpu s |
-# |--------|------|-----------------------------|--------|-------|
-# | -      | -    | mimray --help               | 17.89  | 4.10  |
-# | -      | -    | mimray methods              | 18.22  | 4.21  |
-# | -      | -    | mimray presets              | 28.09  | 4.37  |
-# | -      | -    | refused bad config (pretrain)| 40.55 | 4.56  |
-# | -      | -    | refused bad config (sweep)  | 30.66  | 4.55  |
-# | sqlite | 100  | sweep set-up                | 17.6   |       |
-# | sqlite | 100  | report                      | 33.7   | 8.4   |
-# | sqlite | 100  | lineage                     | 24.6   | 7.6   |
-# | sqlite | 100  | lineage --json              | 47.0   | 8.3   |
-# | sqlite | 100  | eval targets (in-process)   | 1.7    | 0.4   |
-# | sqlite | 1000 | sweep set-up                | 188.2  |       |
-# | sqlite | 1000 | set-up + record (all)       | 1282.7 | 120.7 |
-# | sqlite | 1000 | report                      | 286.8  | 21.4  |
-# | sqlite | 1000 | lineage                     | 498.8  | 26.5  |
-# | sqlite | 1000 | lineage --json              | 328.8  | 25.2  |
-# | sqlite | 1000 | eval targets (in-process)   | 77.5   | 6.8   |
-# | server | 100  | sweep set-up                | 53.2   |       |
-# | server | 100  | report                      | 87.7   | 8.6   |
-# | server | 100  | lineage                     | 143.3  | 7.5   |
-# | server | 100  | lineage --json              | 86.8   | 7.3   |
-# | server | 100  | eval targets (in-process)   | 7.9    | 0.3   |
-#
-# AFTER (commit 2c15d73's parent for the sqlite/server rows: bulk reads, prefetched set-up,
-# WAL; the CLI rows are from cdd638f):
-#
-# | store  | N    | step                        | wall s | cpu s |
-# |--------|------|-----------------------------|--------|-------|
-# | -      | -    | mimray --help               | 0.09   | 0.09  |
-# | -      | -    | mimray report/lineage --help| 0.11   | 0.10  |
-# | -      | -    | refused lineage (no store)  | 0.12   | 0.10  |
-# | -      | -    | mimray methods              | 6.03   | 4.18  |  (not done: see below)
-# | -      | -    | refused bad config (pretrain)| 4.35  | 4.17  |  (not done: see below)
-# | sqlite | 100  | sweep set-up                | 22.2   |       |
-# | sqlite | 100  | report                      | 128.9  | 10.1  |
-# | sqlite | 100  | lineage                     | 97.9   | 9.0   |
-# | sqlite | 100  | lineage --json              | 85.3   | 8.4   |
-# | sqlite | 100  | eval targets (in-process)   | 0.6    | 0.1   |
-# | sqlite | 1000 | sweep set-up                | 166.3  |       |
-# | sqlite | 1000 | set-up + record (all)       | 755.9  | 85.8  |
-# | sqlite | 1000 | report                      | 16.3   | 16.2  |
-# | sqlite | 1000 | lineage                     | 16.9   | 10.3  |
-# | sqlite | 1000 | lineage --json              | 48.5   | 10.7  |
-# | sqlite | 1000 | eval targets (in-process)   | 13.4   | 2.2   |
-# | server | 100  | sweep set-up                | 34.3   |       |
-# | server | 100  | report                      | 136.6  | 8.6   |
-# | server | 100  | lineage                     | 83.9   | 6.9   |
-# | server | 100  | lineage --json              | 70.6   | 6.7   |
-# | server | 100  | eval targets (in-process)   | 2.2    | 0.1   |
-#
-# At 100 trials every command is its start-up (~5 s of CPU importing torch through the spec
-# package, and MLflow); the sqlite/server AFTER rows predate 2c15d73 (report and lineage no
-# longer import the spec, hence torch) and beccff1 (report.html's loss plot without a legend
-# of 1,000 trials: 5.1 -> 1.3 s CPU at 1,000 trials, measured alone), so at 1,000 trials
-# `report` should now cost ~16.2 - 3.8 - ~2 s of CPU. Not re-measured: no time left.
-# Not measured: 5,000 trials (the 1,000-trial layout alone took 13-21 minutes here).
-# Not met: `mimray methods`, `presets` and refusals of a bad config still import torch (the
-# spec package imports the method registry, whose modules import torch at import time).
