@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+from tiny_model import TINY_MODEL as TINY_OVERRIDES
+from tiny_model import tiny_model
 from torch import nn
 
 from orchestrator.config import ConfigError, load_spec
@@ -26,18 +28,7 @@ from workloads.optim import build_optimizer
 from workloads.patches import patchify, unpatchify
 from workloads.pretrain import build_model
 
-TINY_MODEL = {
-    "img_size": 32,
-    "patch_size": 4,
-    "in_chans": 3,
-    "embed_dim": 32,
-    "depth": 2,
-    "num_heads": 2,
-    "decoder_dim": 32,
-    "decoder_depth": 1,
-    "decoder_num_heads": 2,
-}
-TINY_OVERRIDES = [f"model.{key}={value}" for key, value in TINY_MODEL.items()]
+TINY_MODEL = tiny_model()
 
 
 def _tiny(**knobs) -> LatentMIM:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_model import tiny_model
 
 from orchestrator.config import ConfigError, load_spec
 from workloads.masking import random_masking
@@ -19,17 +20,7 @@ from workloads.methods.pcae import (
 from workloads.optim import build_optimizer
 from workloads.pretrain import build_model
 
-TINY = {
-    "img_size": 32,
-    "patch_size": 4,
-    "in_chans": 3,
-    "embed_dim": 32,
-    "depth": 3,
-    "num_heads": 2,
-    "decoder_dim": 32,
-    "decoder_depth": 1,
-    "decoder_num_heads": 2,
-}
+TINY = tiny_model(depth=3)
 
 
 def _tiny_pcae(**knobs) -> PCAE:
