@@ -31,8 +31,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from workloads.checkpoint import CHECKPOINT_FILE  # a folder holding it is a complete checkpoint
+
+# Folder names as `workloads.checkpoint.checkpoint_dir_name` writes them.
 CHECKPOINT_DIR = re.compile(r"checkpoint_epoch_(\d+)$")
-CHECKPOINT_FILE = "checkpoint.pt"  # the loop's state file: a checkpoint is complete with it
 
 
 @dataclass(frozen=True)
