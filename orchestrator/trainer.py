@@ -7,6 +7,7 @@ group.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from orchestrator.config import EvalSpec, RunSpec
@@ -28,6 +29,18 @@ def runs_in_process(spec: RunSpec | EvalSpec) -> bool:
     return spec.scaling.num_workers == 1 and not spec.scaling.use_gpu
 
 
+def worker_scaling(
+    spec: RunSpec | EvalSpec, extra_resources: Mapping[str, float] | None = None
+) -> Any:
+    """The trainer's ScalingConfig: Ray Train's local mode (no workers) for an in-process run,
+    else the spec's worker group with `extra_resources` per worker."""
+    from ray.train import ScalingConfig
+
+    if runs_in_process(spec):
+        return ScalingConfig(num_workers=0)
+    return scaling_config(spec.scaling, extra_resources)
+
+
 def build_trainer(
     spec: RunSpec,
     name: str,
@@ -38,7 +51,7 @@ def build_trainer(
 ) -> Any:
     """The Ray Train V2 trainer for one pretrain run (a sweep trial builds the same)."""
     from ray.data import DataContext
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     # The epoch lines from rank 0 are the progress output; Ray Data's per-operator bars
@@ -57,9 +70,7 @@ def build_trainer(
             # Read here: the workers of a running cluster do not see this process' environment.
             "progress_every_s": progress_every_s(),
         },
-        scaling_config=ScalingConfig(num_workers=0)  # Ray Train's local mode: in-process
-        if runs_in_process(spec)
-        else scaling_config(spec.scaling, spec.scaling.worker_resources),
+        scaling_config=worker_scaling(spec, spec.scaling.worker_resources),
         run_config=RunConfig(
             name=name,
             storage_path=storage_path,

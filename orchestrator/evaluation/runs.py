@@ -18,7 +18,7 @@ from orchestrator.evaluation.data import EvalData, describe_eval_data, labelled_
 from orchestrator.local_fit import fit_in_process
 from orchestrator.lookup import is_result_metric
 from orchestrator.provenance import commit_tags
-from orchestrator.ray_setup import ensure_ray, scaling_config
+from orchestrator.ray_setup import ensure_ray
 from orchestrator.tracking import (
     CHECKPOINT_EPOCH_TAG,
     CHECKPOINT_URI_TAG,
@@ -29,7 +29,7 @@ from orchestrator.tracking import (
     SWEEP_TAG,
     Tracker,
 )
-from orchestrator.trainer import runs_in_process
+from orchestrator.trainer import runs_in_process, worker_scaling
 from workloads.checkpoint import read_checkpoint_spec
 from workloads.data.decode import random_hflip
 from workloads.evaluation.loop import eval_loop_per_worker
@@ -145,7 +145,7 @@ def _build_trainer(
     reporter: Any,
 ) -> Any:
     from ray.data import DataContext
-    from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, LoggingConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     DataContext.get_current().enable_progress_bars = False
@@ -171,9 +171,7 @@ def _build_trainer(
             "steps_per_epoch": train_rows // spec.finetune.batch_size,
             "reporter": reporter,
         },
-        scaling_config=ScalingConfig(num_workers=0)  # Ray Train's local mode: in-process
-        if runs_in_process(spec)
-        else scaling_config(spec.scaling),
+        scaling_config=worker_scaling(spec),
         run_config=RunConfig(
             name=f"eval-{spec.protocol}-{checkpoint.model_id}-{spec.fingerprint()}",
             storage_path=storage_path,
@@ -190,9 +188,15 @@ def _fit(trainer: Any, spec: EvalSpec) -> Any:
     to Tune when this runs after a trial's training."""
     if not runs_in_process(spec):
         return trainer.fit()
-    run_path = f"{trainer.run_config.storage_path}/{trainer.run_config.name}"
-    cpus = spec.scaling.cpus_per_worker
-    return fit_in_process(trainer, run_path, keep=None, max_failures=1, cpus=cpus, to_tune=False)
+    config = trainer.run_config
+    return fit_in_process(
+        trainer,
+        f"{config.storage_path}/{config.name}",
+        keep=None,
+        max_failures=config.failure_config.max_failures,
+        cpus=spec.scaling.cpus_per_worker,
+        to_tune=False,
+    )
 
 
 def print_result(result: EvalResult) -> None:
