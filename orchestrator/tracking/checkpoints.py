@@ -40,6 +40,7 @@ def checkpoint_models_of(
     return by_run
 
 
-def chunks(items: list[str]) -> Iterator[list[str]]:
-    for start in range(0, len(items), IDS_PER_QUERY):
-        yield items[start : start + IDS_PER_QUERY]
+def chunks(items: Sequence[str], size: int = IDS_PER_QUERY) -> Iterator[list[str]]:
+    """`items` in lists of at most `size`, for queries that take a bounded list of ids."""
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])

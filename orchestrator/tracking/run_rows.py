@@ -13,10 +13,11 @@ report and lineage of a recorded sweep are what they were with `search_runs`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator.tracking.checkpoints import chunks
 from orchestrator.tracking.pending_runs import sql_store
 
 IDS_PER_SELECT = 500  # run ids per `IN (...)`: well under SQLite's variable limit
@@ -127,7 +128,7 @@ def metric_points(
 
     points = []
     with store.ManagedSessionMaker() as session:
-        for chunk in _chunks(run_ids):
+        for chunk in chunks(run_ids, IDS_PER_SELECT):
             query = select(
                 SqlMetric.run_uuid,
                 SqlMetric.step,
@@ -150,7 +151,7 @@ def _key_values(session: Any, ids: list[str]) -> tuple[dict, dict, dict]:
     tags: dict[str, dict[str, str]] = {}
     params: dict[str, dict[str, str]] = {}
     metrics: dict[str, dict[str, float]] = {}
-    for chunk in _chunks(ids):
+    for chunk in chunks(ids, IDS_PER_SELECT):
         for table, into in ((SqlTag, tags), (SqlParam, params)):
             rows = session.execute(
                 select(table.run_uuid, table.key, table.value).where(table.run_uuid.in_(chunk))
@@ -176,7 +177,7 @@ def _dataset_inputs(session: Any, ids: list[str]) -> dict[str, list[DatasetInput
     from sqlalchemy import select
 
     by_run: dict[str, dict[str, DatasetInput]] = {}
-    for chunk in _chunks(ids):
+    for chunk in chunks(ids, IDS_PER_SELECT):
         rows = session.execute(
             select(
                 SqlInput.destination_id,
@@ -199,8 +200,3 @@ def _dataset_inputs(session: Any, ids: list[str]) -> dict[str, list[DatasetInput
             if tag_key is not None:
                 inputs[dataset_id].tags.append(InputTag(tag_key, tag_value))
     return {run_id: list(inputs.values()) for run_id, inputs in by_run.items()}
-
-
-def _chunks(ids: Sequence[str]) -> Iterator[list[str]]:
-    for start in range(0, len(ids), IDS_PER_SELECT):
-        yield list(ids[start : start + IDS_PER_SELECT])
