@@ -21,7 +21,8 @@ from orchestrator.lookup import (
     get_checkpoint_model,
     get_run,
     is_result_metric,
-    open_store,
+    open_reader,
+    prefetch_sweep,
     sweep_eval_runs,
     sweep_trials,
 )
@@ -36,7 +37,7 @@ from orchestrator.tracking import (
 def lineage(tracking_uri: str, target: str) -> dict[str, Any]:
     """The tree around TARGET: a run id (sweep, trial, pretrain or eval), a checkpoint model
     id, or a sweep name. A checkpoint or eval narrows the tree to that checkpoint."""
-    client = open_store(tracking_uri)
+    client = open_reader(tracking_uri)
     only_model: str | None = None
     model = get_checkpoint_model(client, target)
     run = get_run(client, target)
@@ -56,6 +57,7 @@ def lineage(tracking_uri: str, target: str) -> dict[str, Any]:
             )
 
     if run.data.tags.get(KIND_TAG) == "sweep":
+        prefetch_sweep(client, run, "trial", "eval")  # from a server: both under way at once
         sweep, pretrain_runs = run, sweep_trials(client, run)
         evals = sweep_eval_runs(client, run)
         models = checkpoint_models_of(

@@ -8,7 +8,9 @@ runs of all of them, in one paginated search each (by the sweep's tag; on an SQL
 plain SELECTs, `tracking/run_rows.py`); their checkpoints in one read per 100 trials, their
 loss curves in one read per 100 trials from a server or a few SELECTs from an SQL store. One
 query per trial cost ~17 s at 1,000 trials on SQLite and becomes one HTTP round trip per trial
-against a shared `mlflow server`.
+against a shared `mlflow server`. From a server the readers read through
+`tracking/rest_reads.py` (`open_reader`): plain HTTP, no MLflow import, and a sweep's searches
+(`prefetch_sweep`), checkpoint reads and loss-curve reads in flight at once.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from orchestrator.tracking.names import (
     SWEEP_TAG,
     TRIAL_INDEX_TAG,
 )
+from orchestrator.tracking.rest_reads import RestReader, usable
 from orchestrator.tracking.run_rows import metric_points, search_tagged
 
 # MLflow's bulk metric-history endpoint returns at most 25,000 points (and takes 100 runs).
@@ -58,6 +61,12 @@ def open_store(tracking_uri: str) -> Any:
     return MlflowClient(tracking_uri)
 
 
+def open_reader(tracking_uri: str) -> Any:
+    """What `report`, `lineage` and eval targets read through: a `RestReader` for a server
+    (`rest_reads.usable`), else an MlflowClient (`open_store`)."""
+    return RestReader(tracking_uri) if usable(tracking_uri) else open_store(tracking_uri)
+
+
 def search_all(client: Any, experiment_ids: Sequence[str], filter_string: str) -> list[Any]:
     """Every run matching `filter_string` (all pages)."""
     runs: list[Any] = []
@@ -78,10 +87,12 @@ def all_experiment_ids(client: Any) -> list[str]:
 
 def get_run(client: Any, run_id: str) -> Any | None:
     """The run with this id, or None (also for strings that are not run ids)."""
-    from mlflow.exceptions import MlflowException
-
     if not RUN_ID_PATTERN.fullmatch(run_id):
         return None
+    if isinstance(client, RestReader):
+        return client.get_run(run_id)
+    from mlflow.exceptions import MlflowException
+
     try:
         return client.get_run(run_id)
     except MlflowException:
@@ -90,15 +101,19 @@ def get_run(client: Any, run_id: str) -> Any | None:
 
 def get_checkpoint_model(client: Any, model_id: str) -> Any | None:
     """The mimray checkpoint LoggedModel with this id, or None."""
-    from mlflow.exceptions import MlflowException
+    if not isinstance(client, RestReader):
+        from mlflow.exceptions import MlflowException
 
     if not model_id.startswith("m-"):
         return None
-    try:
+    if isinstance(client, RestReader):
         model = client.get_logged_model(model_id)
-    except MlflowException:
-        return None
-    return model if model.model_type == MODEL_TYPE else None
+    else:
+        try:
+            model = client.get_logged_model(model_id)
+        except MlflowException:
+            return None
+    return model if model is not None and model.model_type == MODEL_TYPE else None
 
 
 def checkpoint_models(client: Any, run: Any) -> list[Any]:
@@ -148,14 +163,40 @@ def sweep_eval_runs(client: Any, parent: Any) -> dict[str, list[Any]]:
 
 def sweep_runs(client: Any, parent: Any, kind: str) -> list[Any]:
     """The sweep's runs of `kind` (trial, eval), newest first: selected straight from an SQL
-    store's tables (`run_rows`), else one paginated search."""
+    store's tables (`run_rows`), else one paginated search (from a server, the one
+    `prefetch_sweep` started, when it did)."""
+    if isinstance(client, RestReader):
+        return prefetch_sweep(client, parent, kind)[kind].result()
     name = parent.data.tags.get(SWEEP_TAG, "")
     experiments = [parent.info.experiment_id]
     found = search_tagged(client, experiments, {SWEEP_TAG: name, KIND_TAG: kind})
     if found is None:
-        where = f"tags.`{SWEEP_TAG}` = '{name}' and tags.`{KIND_TAG}` = '{kind}'"
-        found = search_all(client, experiments, where)
+        found = search_all(client, experiments, _sweep_filter(name, kind))
     return found
+
+
+def prefetch_sweep(client: Any, parent: Any, *kinds: str) -> dict[str, Any]:
+    """Start the searches of the sweep's runs of each of `kinds` on a server (`RestReader`), so
+    they run while the caller does other reads; `sweep_runs` takes their results. Started once
+    per reader, sweep and kind. Does nothing for other stores."""
+    if not isinstance(client, RestReader):
+        return {}
+    name = parent.data.tags.get(SWEEP_TAG, "")
+    experiments = [parent.info.experiment_id]
+    return {
+        kind: client.once(
+            ("sweep_runs", parent.info.run_id, kind),
+            search_all,
+            client,
+            experiments,
+            _sweep_filter(name, kind),
+        )
+        for kind in kinds
+    }
+
+
+def _sweep_filter(name: str, kind: str) -> str:
+    return f"tags.`{SWEEP_TAG}` = '{name}' and tags.`{KIND_TAG}` = '{kind}'"
 
 
 def metric_histories(
@@ -168,8 +209,13 @@ def metric_histories(
     selected = metric_points(client, run_ids, key)
     for run_id, step, timestamp, value in selected or []:
         histories[run_id].append((step, timestamp, value))
-    for chunk in chunks(list(run_ids)) if selected is None else []:
-        points = _bulk_history(client, chunk, key)
+    chunked = list(chunks(list(run_ids))) if selected is None else []
+    if isinstance(client, RestReader):  # every chunk's read in flight at once
+        reads = [client.submit(_bulk_history, client, chunk, key) for chunk in chunked]
+        bulk = [read.result() for read in reads]
+    else:
+        bulk = [_bulk_history(client, chunk, key) for chunk in chunked]
+    for chunk, points in zip(chunked, bulk, strict=True):
         if points is None:
             points = [
                 (run_id, m.step, m.timestamp, m.value)
@@ -185,6 +231,12 @@ def _bulk_history(
     client: Any, run_ids: list[str], key: str
 ) -> list[tuple[str, int, int, float]] | None:
     """Points of `key` for up to 100 runs in one read of a server; None when it cannot."""
+    if isinstance(client, RestReader):
+        try:
+            points = client.metric_history_bulk(run_ids, key, HISTORY_POINTS_CAP)
+        except Exception:  # noqa: BLE001 - an older server: read run by run
+            return None
+        return None if len(points) >= HISTORY_POINTS_CAP else points
     from mlflow.store.tracking.rest_store import RestStore
 
     store = client._tracking_client.store  # the bulk read is not on MlflowClient

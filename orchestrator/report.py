@@ -22,7 +22,8 @@ from typing import Any
 from orchestrator.errors import ConfigError
 from orchestrator.lookup import (
     metric_histories,
-    open_store,
+    open_reader,
+    prefetch_sweep,
     search_all,
     sweep_runs,
     sweep_trials,
@@ -151,8 +152,8 @@ def build_report(tracking_uri: str, experiment: str | None, sweep_name: str) -> 
         )
     parent = parents[0]
     experiment_id = parent.info.experiment_id
+    prefetch_sweep(client, parent, "trial", "eval")  # from a server: both under way meanwhile
     knob_keys = _knob_keys(client, parent)
-
     trial_runs = sweep_trials(client, parent)
     losses = metric_histories(client, [run.info.run_id for run in trial_runs], LOSS_METRIC)
     trials = [_trial_record(run, losses[run.info.run_id], knob_keys) for run in trial_runs]
@@ -190,7 +191,7 @@ def attach_report(report: Report, paths: Iterable[Path]) -> list[str]:
 
 def _open_store(tracking_uri: str) -> Any:
     try:
-        return open_store(tracking_uri)
+        return open_reader(tracking_uri)
     except ConfigError as err:
         raise ReportError(str(err)) from None
 

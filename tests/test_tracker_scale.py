@@ -26,14 +26,22 @@ from tracker_golden import TRIALS, record_and_snapshot
 
 from orchestrator.sweep import open_sweep_runs
 from orchestrator.tracking import KIND_TAG, RUN_KEY_TAG, SWEEP_TAG, Tracker, resolve_tracking_uri
+from orchestrator.tracking import TRIAL_INDEX_TAG as TRIAL
 
 GOLDEN = Path(__file__).parent / "data" / f"tracker_golden_{TRIALS}.json"
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def snapshot(tmp_path_factory):
-    return record_and_snapshot(tmp_path_factory.mktemp("golden"))
+def golden_store(tmp_path_factory):
+    """The recorded 50-trial sweep in an SQLite store, and what the readers show of it there."""
+    folder = tmp_path_factory.mktemp("golden")
+    return folder, record_and_snapshot(folder)
+
+
+@pytest.fixture(scope="module")
+def snapshot(golden_store):
+    return golden_store[1]
 
 
 def test_report_cells_are_unchanged(snapshot):
@@ -240,3 +248,28 @@ def test_setup_through_a_real_mlflow_server_makes_each_run_once(tmp_path):
         if run.data.tags.get(KIND_TAG) == "trial":
             assert run.data.params["method.k"] and run.data.tags["mlflow.parentRunId"] == parent_id
             assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["shapes-train"]
+
+
+def test_reads_through_a_real_mlflow_server_are_unchanged(golden_store):
+    """Served by `mlflow server`, the same recorded sweep reads (through `rest_reads`, without
+    MLflow's client) into exactly the golden report, lineage and eval targets."""
+    from servers import mlflow_server
+    from tracker_golden import EXPERIMENT, snapshot
+
+    from orchestrator.lookup import open_reader
+    from orchestrator.tracking.rest_reads import RestReader
+
+    folder, _ = golden_store
+    golden = json.loads(GOLDEN.read_text())
+    with mlflow_server(f"sqlite:///{folder / 'mlflow.db'}", str(folder / "served")) as url:
+        assert isinstance(open_reader(url), RestReader)
+        tracker = Tracker(url, EXPERIMENT)
+        trials = tracker.client.search_runs(
+            [tracker.experiment_id], filter_string="tags.`mimray.kind` = 'trial'"
+        )
+        ids = [r.info.run_id for r in sorted(trials, key=lambda r: int(r.data.tags[TRIAL]))]
+        served = json.loads(json.dumps(snapshot(tracker, url, ids)))
+    assert served["report"] == golden["report"]
+    for target in ("sweep", "trial_by_name", "checkpoint", "eval_run"):
+        assert served["lineage"][target] == golden["lineage"][target], target
+    assert served["eval_targets"] == golden["eval_targets"]

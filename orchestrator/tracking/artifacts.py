@@ -25,7 +25,19 @@ def attach_files(
 
 
 def read_text_artifact(client: Any, run_id: str, artifact_file: str) -> str:
-    """The text of one small artifact of the run (MlflowException when it has none)."""
+    """The text of one small artifact of the run (MlflowException when it has none).
+
+    `client` is an MlflowClient or a `rest_reads.RestReader`, which asks its server for the
+    file first (no MLflow import) and hands over to MLflow's download where the server cannot
+    serve it."""
+    read_artifact = getattr(client, "read_artifact", None)
+    if read_artifact is not None:
+        text = read_artifact(run_id, artifact_file)
+        if text is not None:
+            return text
+        from mlflow import MlflowClient
+
+        client = MlflowClient(client.tracking_uri)
     with tempfile.TemporaryDirectory() as tmp, _no_progress_bar():
         return Path(client.download_artifacts(run_id, artifact_file, tmp)).read_text()
 

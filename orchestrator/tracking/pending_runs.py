@@ -63,10 +63,13 @@ class PendingRun:
 
 
 def sql_store(client: Any) -> Any | None:
-    """The client's SQLAlchemy store, or None (a server: REST)."""
+    """The client's SQLAlchemy store, or None (a server: REST, or not an MlflowClient)."""
+    tracking = getattr(client, "_tracking_client", None)  # bulk writes are not on MlflowClient
+    if tracking is None:
+        return None  # e.g. `rest_reads.RestReader`: asked before MLflow is imported
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    store = client._tracking_client.store  # bulk writes are not on MlflowClient
+    store = tracking.store
     return store if isinstance(store, SqlAlchemyStore) else None
 
 
