@@ -151,7 +151,6 @@ def build_report(tracking_uri: str, experiment: str | None, sweep_name: str) -> 
             "pick one with --experiment"
         )
     parent = parents[0]
-    experiment_id = parent.info.experiment_id
     prefetch_sweep(client, parent, "trial", "eval")  # from a server: both under way meanwhile
     knob_keys = _knob_keys(client, parent)
     trial_runs = sweep_trials(client, parent)
@@ -173,7 +172,7 @@ def build_report(tracking_uri: str, experiment: str | None, sweep_name: str) -> 
                 row.cells[column.key] = Cell(tuple(present))
     return Report(
         sweep=sweep_name,
-        experiment=experiments[experiment_id],
+        experiment=experiments[parent.info.experiment_id],
         tracking_uri=tracking_uri,
         parent_run_id=parent.info.run_id,
         knob_keys=knob_keys,

@@ -14,7 +14,7 @@ from orchestrator.lookup import (
     find_sweep,
     get_checkpoint_model,
     get_run,
-    open_store,
+    open_reader,
     sweep_trials,
 )
 from orchestrator.tracking import KIND_TAG, PRETRAIN_RUN_TAG, SWEEP_TAG
@@ -36,7 +36,7 @@ class Checkpoint:
 def resolve_checkpoints(tracking_uri: str, target: str) -> list[Checkpoint]:
     """The checkpoints TARGET names: a LoggedModel id -> that checkpoint; a pretrain run id ->
     its last checkpoint; a sweep name (or its parent run id) -> each trial's last one."""
-    client = open_store(tracking_uri)
+    client = open_reader(tracking_uri)
     model = get_checkpoint_model(client, target)
     if model is not None:
         return [_checkpoint(client.get_run(model.source_run_id), model)]

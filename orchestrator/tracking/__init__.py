@@ -8,6 +8,7 @@ span runs, sweeps and checkpoints) that imports MLflow.
 - `reporter.py`: what rank 0 writes while a run trains (`MlflowReporter`).
 - `checkpoints.py`: runs' checkpoints (LoggedModels), found in one search per 100 runs.
 - `run_rows.py`: a sweep's runs and loss curves read from an SQL store with plain SELECTs.
+- `rest_reads.py`, `rest_rows.py`: the readers' reads of a tracking server, over plain HTTP.
 - `artifacts.py`: small files attached to runs (a sweep's spec, its report).
 
 Nothing here imports MLflow at import time: the CLI names a store before it pays for MLflow.

@@ -18,18 +18,18 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.tracking.run_rows import (
-    DatasetInput,
-    DatasetRef,
-    InputTag,
-    RunData,
-    RunInfo,
-    RunInputs,
-    RunRow,
+from orchestrator.tracking.rest_rows import (
+    ExperimentRow,
+    MetricPoint,
+    ModelRow,
+    metric_point,
+    model_row,
+    point_fields,
+    run_row,
 )
+from orchestrator.tracking.run_rows import RunRow
 
 # Requests in flight at once: a default `mlflow server` runs 4 workers.
 CONCURRENT_REQUESTS = 4
@@ -47,32 +47,6 @@ class Page(list):
     def __init__(self, items: list[Any], token: str | None) -> None:
         super().__init__(items)
         self.token = token
-
-
-@dataclass(frozen=True)
-class ModelRow:
-    """A LoggedModel as the readers use it."""
-
-    model_id: str
-    name: str
-    experiment_id: str
-    model_type: str | None
-    source_run_id: str | None
-    params: dict[str, str] = field(default_factory=dict)
-    tags: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ExperimentRow:
-    experiment_id: str
-    name: str
-
-
-@dataclass(frozen=True)
-class MetricPoint:
-    step: int
-    timestamp: int
-    value: float
 
 
 def usable(tracking_uri: str) -> bool:
@@ -157,7 +131,7 @@ class RestReader:
             if token:
                 params["page_token"] = token
             found = self._call("GET", "metrics/get-history", params=params)
-            points += [_metric_point(m) for m in found.get("metrics", [])]
+            points += [metric_point(m) for m in found.get("metrics", [])]
             token = found.get("next_page_token")
             if not token:
                 return points
@@ -172,7 +146,7 @@ class RestReader:
             params={"run_id": list(run_ids), "metric_key": key, "max_results": max_results},
             api="ajax-api",
         )
-        return [(m["run_id"], *_point_fields(m)) for m in found.get("metrics", [])]
+        return [(m["run_id"], *point_fields(m)) for m in found.get("metrics", [])]
 
     # Experiments
 
@@ -255,61 +229,3 @@ class RestReader:
             f"{method} {url}: HTTP {response.status_code} "
             f"{error.get('error_code', '')} {error.get('message', '')}".strip()
         )
-
-
-def run_row(run: dict[str, Any]) -> RunRow:
-    """A run of MLflow's REST JSON in `run_rows`' shape."""
-    info, data = run["info"], run.get("data", {})
-    inputs = [
-        DatasetInput(
-            DatasetRef(item["dataset"]["name"], item["dataset"]["digest"]),
-            [InputTag(t["key"], t["value"]) for t in item.get("tags", [])],
-        )
-        for item in run.get("inputs", {}).get("dataset_inputs", [])
-    ]
-    return RunRow(
-        RunInfo(
-            run_id=info["run_id"],
-            run_name=info.get("run_name", ""),
-            status=info.get("status", ""),
-            start_time=_int_or_none(info.get("start_time")),
-            end_time=_int_or_none(info.get("end_time")),
-            experiment_id=info["experiment_id"],
-        ),
-        RunData(
-            tags=_key_values(data.get("tags", [])),
-            params=_key_values(data.get("params", [])),
-            metrics={m["key"]: float(m["value"]) for m in data.get("metrics", [])},
-        ),
-        RunInputs(inputs),
-    )
-
-
-def model_row(model: dict[str, Any]) -> ModelRow:
-    info, data = model["info"], model.get("data", {})
-    return ModelRow(
-        model_id=info["model_id"],
-        name=info.get("name", ""),
-        experiment_id=info["experiment_id"],
-        model_type=info.get("model_type"),
-        source_run_id=info.get("source_run_id"),
-        params=_key_values(data.get("params", [])),
-        tags=_key_values(info.get("tags", [])),
-    )
-
-
-def _key_values(items: list[dict[str, str]]) -> dict[str, str]:
-    return {item["key"]: item.get("value", "") for item in items}
-
-
-def _metric_point(m: dict[str, Any]) -> MetricPoint:
-    return MetricPoint(*_point_fields(m))
-
-
-def _point_fields(m: dict[str, Any]) -> tuple[int, int, float]:
-    # float() reads the "NaN" and "Infinity" that protobuf's JSON writes for such values.
-    return int(m.get("step", 0)), int(m["timestamp"]), float(m["value"])
-
-
-def _int_or_none(value: Any) -> int | None:
-    return None if value is None else int(value)
