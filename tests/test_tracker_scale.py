@@ -273,3 +273,20 @@ def test_reads_through_a_real_mlflow_server_are_unchanged(golden_store):
     for target in ("sweep", "trial_by_name", "checkpoint", "eval_run"):
         assert served["lineage"][target] == golden["lineage"][target], target
     assert served["eval_targets"] == golden["eval_targets"]
+
+
+def test_another_mlflow_release_goes_through_mlflows_api_with_the_same_output(
+    tmp_path, monkeypatch
+):
+    """The bulk inserts and plain SELECTs follow MLflow 3.17's tables; with any other release
+    (pyproject allows mlflow>=3.1) set-up and reads use MLflow's API, and show the same."""
+    from orchestrator.tracking import pending_runs
+
+    monkeypatch.setattr(pending_runs, "SQL_LAYOUT_RELEASES", ("3.1",))
+    tracker = Tracker(f"sqlite:///{tmp_path / 'probe.db'}", "probe")
+    assert pending_runs.sql_store(tracker.client) is None and not tracker.writes_in_batches
+    golden = json.loads(GOLDEN.read_text())
+    through_api = json.loads(json.dumps(record_and_snapshot(tmp_path)))
+    assert through_api["report"] == golden["report"]
+    assert through_api["lineage"] == golden["lineage"]
+    assert through_api["eval_targets"] == golden["eval_targets"]

@@ -7,8 +7,10 @@ input), each its own session and transaction with its own reads of the experimen
 the rows `SqlAlchemyStore.create_run`, `log_batch` and `log_inputs` would insert into MLflow's
 own tables (its SQLAlchemy models'), in one transaction per chunk: a set-up killed half-way
 leaves whole runs (tags, params, inputs) or none, so a restore finds every run by its key or
-makes it. MLflow's schema is pinned with the package (3.17); `test_tracker_scale.py` reads the
-runs back through MLflow's API.
+makes it. Those rows, and `run_rows`' SELECTs, follow MLflow 3.17's tables: with another
+MLflow release (pyproject allows >=3.1) `sql_store` says None and both go through MLflow's API,
+slower and always right. `test_tracker_scale.py` reads the runs back through MLflow's API, and
+checks the API path gives the same report and lineage.
 A server store has no bulk endpoint: runs go through the API there (`Tracker.open_run`).
 """
 
@@ -21,6 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 RUNS_PER_TRANSACTION = 250
+# MLflow releases whose tables and whose create_run / log_batch / log_inputs rows the inserts
+# here and the SELECTs of `run_rows` are written for and tested with (major.minor).
+SQL_LAYOUT_RELEASES = ("3.17",)
 
 
 @dataclass(frozen=True)
@@ -63,12 +68,16 @@ class PendingRun:
 
 
 def sql_store(client: Any) -> Any | None:
-    """The client's SQLAlchemy store, or None (a server: REST, or not an MlflowClient)."""
+    """The client's SQLAlchemy store, or None: a server (REST), not an MlflowClient, or an
+    MLflow release the SQL here was not written for (`SQL_LAYOUT_RELEASES`)."""
     tracking = getattr(client, "_tracking_client", None)  # bulk writes are not on MlflowClient
     if tracking is None:
         return None  # e.g. `rest_reads.RestReader`: asked before MLflow is imported
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    from mlflow.version import VERSION
 
+    if ".".join(VERSION.split(".")[:2]) not in SQL_LAYOUT_RELEASES:
+        return None  # another table layout may need other rows: MLflow's API writes them
     store = tracking.store
     return store if isinstance(store, SqlAlchemyStore) else None
 
