@@ -1,6 +1,7 @@
 """mimray's bookkeeping at the size of an ablation campaign: sweep set-up, report, lineage.
 
     python benchmarks/tracker_scale.py [--trials 100 1000] [--store sqlite server] [--cli]
+        [--server-workers 1 4]
 
 For each N, lays out one sweep of N trials in a fresh SQLite store with the real sweep and
 tracker code (`tests/recorded_sweep.py`: `open_sweep_runs` as `mimray sweep` does before Tune
@@ -11,9 +12,11 @@ each in a fresh process as a user types it: `mimray report big`, `mimray lineage
 (`resolve_checkpoints`).
 
 Stores: `sqlite` is the embedded default (a file); `server` is a real `mlflow server` on
-127.0.0.1 (`--workers 1`, MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false, its port the kernel's pick
-for port 0, waited for on /health) serving that same SQLite file, what a team shares: every
-query becomes an HTTP round trip. Against it the same reads are timed, and the set-up of a
+127.0.0.1 (MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false, its port the kernel's pick for port 0,
+waited for on /health) serving that same SQLite file, what a team shares: every query becomes
+an HTTP round trip. `--server-workers` (default 4, `mlflow server`'s own default; 1 is the
+leanest) is its worker processes; each count is a store of its own in the table
+(`server/4w`). Against it the same reads are timed, and the set-up of a
 second sweep of N trials through it. (The recorded losses, checkpoints and evaluations are
 written straight to the file, not through the server: through HTTP they took ~30 minutes
 at 1,000 trials here, and they are the layout, not what is measured.) `--cli` also times CLI
@@ -40,6 +43,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,7 +51,7 @@ sys.path.insert(0, str(REPO / "tests"))
 SWEEP = "big"
 
 
-def start_server(folder: Path, db: Path) -> tuple[subprocess.Popen, str]:
+def start_server(folder: Path, db: Path, workers: int = 1) -> tuple[subprocess.Popen, str]:
     """`mlflow server` on a free loopback port (the kernel's pick for port 0) over the SQLite
     file `db`; returns once it answers /health."""
     with socket.socket() as probe:
@@ -70,7 +74,7 @@ def start_server(folder: Path, db: Path) -> tuple[subprocess.Popen, str]:
             "--port",
             str(port),
             "--workers",
-            "1",
+            str(workers),
         ],
         env=env,
         stdout=subprocess.DEVNULL,
@@ -161,10 +165,12 @@ def time_setup(uri: str, folder: Path, name: str, trials: int) -> tuple[float, f
     return row(wall, cpu)
 
 
-def measure(stores: list[str], trials: int, root: Path) -> dict[tuple[str, str], tuple]:
+def measure(
+    stores: list[str], trials: int, root: Path, server_workers: list[int]
+) -> dict[tuple[str, str], tuple]:
     """Lay out a sweep of `trials` trials in an SQLite store (timing its set-up), time the
-    reads against it, then against `mlflow server` serving the same file, and time the set-up
-    of a second sweep of the same size through that server."""
+    reads against it, then against `mlflow server` serving the same file (with each count of
+    `server_workers`), and time the set-up of another sweep of the same size through it."""
     from recorded_sweep import record_sweep
 
     from orchestrator.tracking import Tracker
@@ -180,15 +186,25 @@ def measure(stores: list[str], trials: int, root: Path) -> dict[tuple[str, str],
         figures[("sqlite", "sweep set-up")] = (layout.setup_s, float("nan"), os.getloadavg()[0])
         for what, figure in time_reads(uri, folder).items():
             figures[("sqlite", what)] = figure
-    if "server" in stores:
-        server, url = start_server(folder, folder / "mlflow.db")
-        try:
+    counts = server_workers if "server" in stores else []
+    for workers in counts:  # every count reads the same store: set-ups come after
+        with served(folder, workers) as url:
             for what, figure in time_reads(url, folder).items():
-                figures[("server", what)] = figure
-            figures[("server", "sweep set-up")] = time_setup(url, folder, "big2", trials)
-        finally:
-            stop_server(server)
+                figures[(f"server/{workers}w", what)] = figure
+    for workers in counts:
+        with served(folder, workers) as url:
+            figure = time_setup(url, folder, f"big{workers}w", trials)
+            figures[(f"server/{workers}w", "sweep set-up")] = figure
     return figures
+
+
+@contextlib.contextmanager
+def served(folder: Path, workers: int) -> Iterator[str]:
+    server, url = start_server(folder, folder / "mlflow.db", workers)
+    try:
+        yield url
+    finally:
+        stop_server(server)
 
 
 def measure_cli(root: Path) -> dict[str, tuple[float, float, float]]:
@@ -216,6 +232,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--store", nargs="+", default=["sqlite"], choices=["sqlite", "server"])
     parser.add_argument("--cli", action="store_true", help="also time CLI start-up")
+    parser.add_argument("--server-workers", type=int, nargs="+", default=[4])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mimray-scale-") as tmp:
         root = Path(tmp)
@@ -225,7 +242,7 @@ def main() -> None:
                 print(f"| {what} | {wall:.2f} | {cpu:.2f} | {load:.1f} |", flush=True)
         print("| N | command | store | wall s | cpu s | load avg |\n|---|---|---|---|---|---|")
         for trials in args.trials:
-            figures = measure(args.store, trials, root)
+            figures = measure(args.store, trials, root, args.server_workers)
             for (store, what), (wall, cpu, load) in sorted(figures.items(), key=_order):
                 print(
                     f"| {trials} | {what} | {store} | {wall:.1f} | {cpu:.1f} | {load:.1f} |",
