@@ -38,6 +38,8 @@ from orchestrator.tracking.run_rows import metric_points, search_tagged
 
 # MLflow's bulk metric-history endpoint returns at most 25,000 points (and takes 100 runs).
 HISTORY_POINTS_CAP = 25_000
+# Sweeps this large are searched on a server in parts at once (`prefetch_sweep`).
+PARTITION_FROM_TRIALS = 2000
 
 
 def is_result_metric(key: str) -> bool:
@@ -163,10 +165,13 @@ def sweep_eval_runs(client: Any, parent: Any) -> dict[str, list[Any]]:
 
 def sweep_runs(client: Any, parent: Any, kind: str) -> list[Any]:
     """The sweep's runs of `kind` (trial, eval), newest first: selected straight from an SQL
-    store's tables (`run_rows`), else one paginated search (from a server, the one
-    `prefetch_sweep` started, when it did)."""
+    store's tables (`run_rows`), else one paginated search (from a server, the searches
+    `prefetch_sweep` started, merged in MLflow's order)."""
     if isinstance(client, RestReader):
-        return prefetch_sweep(client, parent, kind)[kind].result()
+        parts = prefetch_sweep(client, parent, kind)[kind]
+        found = [run for part in parts for run in part.result()]
+        # MLflow's default order: newest first, then run id.
+        return found if len(parts) == 1 else sorted(found, key=_newest_first)
     name = parent.data.tags.get(SWEEP_TAG, "")
     experiments = [parent.info.experiment_id]
     found = search_tagged(client, experiments, {SWEEP_TAG: name, KIND_TAG: kind})
@@ -175,24 +180,38 @@ def sweep_runs(client: Any, parent: Any, kind: str) -> list[Any]:
     return found
 
 
-def prefetch_sweep(client: Any, parent: Any, *kinds: str) -> dict[str, Any]:
+def prefetch_sweep(client: Any, parent: Any, *kinds: str) -> dict[str, list[Any]]:
     """Start the searches of the sweep's runs of each of `kinds` on a server (`RestReader`), so
     they run while the caller does other reads; `sweep_runs` takes their results. Started once
-    per reader, sweep and kind. Does nothing for other stores."""
+    per reader, sweep and kind. Does nothing for other stores.
+
+    A sweep of PARTITION_FROM_TRIALS trials or more is searched in 16 parts (by the first
+    digit of the run id) at once: one search's pages come one after the other, ~2.5 s of server
+    time per 1,000 trials at 5,000, and parts let a server's workers share them."""
     if not isinstance(client, RestReader):
         return {}
     name = parent.data.tags.get(SWEEP_TAG, "")
     experiments = [parent.info.experiment_id]
+    trials = int(parent.data.params.get("sweep.trials", "0") or 0)
+    parts = [""] if trials < PARTITION_FROM_TRIALS else [f"{digit:x}" for digit in range(16)]
     return {
-        kind: client.once(
-            ("sweep_runs", parent.info.run_id, kind),
-            search_all,
-            client,
-            experiments,
-            _sweep_filter(name, kind),
-        )
+        kind: [
+            client.once(
+                ("sweep_runs", parent.info.run_id, kind, part),
+                search_all,
+                client,
+                experiments,
+                _sweep_filter(name, kind)
+                + (f" and attributes.run_id LIKE '{part}%'" if part else ""),
+            )
+            for part in parts
+        ]
         for kind in kinds
     }
+
+
+def _newest_first(run: Any) -> tuple[int, str]:
+    return -(run.info.start_time or 0), run.info.run_id
 
 
 def _sweep_filter(name: str, kind: str) -> str:

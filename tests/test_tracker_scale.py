@@ -250,14 +250,20 @@ def test_setup_through_a_real_mlflow_server_makes_each_run_once(tmp_path):
             assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["shapes-train"]
 
 
-def test_reads_through_a_real_mlflow_server_are_unchanged(golden_store):
+@pytest.mark.parametrize("partitioned", [False, True], ids=["one-search", "16-parts"])
+def test_reads_through_a_real_mlflow_server_are_unchanged(golden_store, monkeypatch, partitioned):
     """Served by `mlflow server`, the same recorded sweep reads (through `rest_reads`, without
-    MLflow's client) into exactly the golden report, lineage and eval targets."""
+    MLflow's client) into exactly the golden report, lineage and eval targets; also when its
+    runs are searched in parts at once, as a large sweep's are."""
     from servers import mlflow_server
     from tracker_golden import EXPERIMENT, snapshot
 
+    from orchestrator import lookup
     from orchestrator.lookup import open_reader
     from orchestrator.tracking.rest_reads import RestReader
+
+    if partitioned:
+        monkeypatch.setattr(lookup, "PARTITION_FROM_TRIALS", 1)
 
     folder, _ = golden_store
     golden = json.loads(GOLDEN.read_text())
