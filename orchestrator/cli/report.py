@@ -6,6 +6,8 @@ it imports only from `orchestrator/cli/common.py`.
 
 from __future__ import annotations
 
+import importlib
+import threading
 from pathlib import Path
 
 import click
@@ -32,8 +34,13 @@ def report(sweep: str, out: Path | None, experiment: str | None, tracking_uri: s
     from orchestrator.report import ReportError, attach_report, build_report
     from orchestrator.report_render import report_paths, rich_table, write_report
     from orchestrator.tracking import resolve_tracking_uri
+    from orchestrator.tracking.rest_reads import usable
 
     uri = resolve_tracking_uri(tracking_uri)
+    if usable(uri):
+        # Reads from a server need neither MLflow nor matplotlib (`rest_reads`); the upload
+        # and the plots at the end do: importing them now overlaps the wait for the server.
+        _import_meanwhile("mlflow", "matplotlib.figure")
     try:
         built = build_report(uri, experiment, sweep)
     except ReportError as err:
@@ -54,3 +61,13 @@ def report(sweep: str, out: Path | None, experiment: str | None, tracking_uri: s
         )
     console.print(f"wrote {', '.join(str(p) for p in paths)}")
     console.print(f"attached to MLflow parent run {built.parent_run_id}: {', '.join(logged)}")
+
+
+def _import_meanwhile(*modules: str) -> None:
+    """Import `modules` on a background thread (a later import of one waits for it)."""
+
+    def load() -> None:
+        for name in modules:
+            importlib.import_module(name)
+
+    threading.Thread(target=load, daemon=True).start()
