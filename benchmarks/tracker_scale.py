@@ -161,7 +161,11 @@ def time_setup(uri: str, folder: Path, name: str, trials: int) -> tuple[float, f
 
     tracker = Tracker(uri, "scale")
     spec, planned = load_trials(folder, name, "scale", trials)
-    wall, cpu, _ = in_process(lambda: open_sweep_runs(spec, planned, tracker, name))
+    try:
+        wall, cpu, _ = in_process(lambda: open_sweep_runs(spec, planned, tracker, name))
+    except Exception as err:  # noqa: BLE001 - a failed set-up is a finding: keep the rows
+        print(f"sweep set-up of {trials} through {uri} failed: {err!r}", file=sys.stderr)
+        return row(float("nan"), float("nan"))
     return row(wall, cpu)
 
 

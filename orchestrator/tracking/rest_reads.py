@@ -33,6 +33,8 @@ from orchestrator.tracking.run_rows import RunRow
 
 # Requests in flight at once: a default `mlflow server` runs 4 workers.
 CONCURRENT_REQUESTS = 4
+# HTTP statuses MLflow's client retries (mlflow.utils.request_utils).
+TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
 # MLflow client settings this reader does not implement: with one of them set, MlflowClient.
 UNSUPPORTED_SETTINGS = ("MLFLOW_TRACKING_AUTH", "MLFLOW_TRACKING_AWS_SIGV4")
 
@@ -61,11 +63,23 @@ class RestReader:
     def __init__(self, tracking_uri: str) -> None:
         import requests
         from requests.adapters import HTTPAdapter
+        from urllib3.util.retry import Retry
 
         self.tracking_uri = tracking_uri
         self._base = tracking_uri.rstrip("/")
         self._session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=CONCURRENT_REQUESTS + 1)
+        # Transient failures are retried with backoff, as MLflow's client does (a busy
+        # server answered one search of 32 with HTTP 500 here); every request is a read.
+        retry = Retry(
+            total=5,
+            backoff_factor=0.5,
+            status_forcelist=TRANSIENT_STATUS,
+            allowed_methods=None,
+            raise_on_status=False,
+        )
+        adapter = HTTPAdapter(
+            pool_connections=1, pool_maxsize=CONCURRENT_REQUESTS + 1, max_retries=retry
+        )
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         env = os.environ
