@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import inspect
 import io
 import json
 import os
@@ -460,10 +461,13 @@ def project_stream(uri: str, out_px: int):
         from workloads.data.remote import build_remote_dataset
 
         dataset = build_remote_dataset(uri, img_size=out_px, augment=True)
-    else:
-        # order_seed: the file order reshuffled per epoch, as training does by default.
-        dataset = build_dataset(uri, img_size=out_px, augmentation=Augmentation(), order_seed=0)
-    return dataset.select_columns(["image", "ok"])
+        return dataset.select_columns(["image", "ok"])
+    # order_seed: the file order reshuffled per epoch, as training does by default.
+    options = {"img_size": out_px, "augmentation": Augmentation(), "order_seed": 0}
+    if "keep" not in inspect.signature(build_dataset).parameters:  # before the decode stage
+        return build_dataset(uri, **options).select_columns(["image", "ok"])
+    # As `orchestrator/trainer.py` asks for it; the decoders are the cluster's CPUs (--cpus).
+    return build_dataset(uri, **options, keep=("image", "ok"))
 
 
 def run_ray(source: Source, config: RayConfig, batch: int, stats: bool) -> Measured:

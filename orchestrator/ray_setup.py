@@ -8,6 +8,7 @@ that never start Ray (start-up speed, not an import circle).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -92,15 +93,34 @@ def data_config(scaling: Any) -> Any:
     That is refused here in one line. When the workers do not fit the cluster yet (an
     autoscaling cluster adds nodes for them), nothing can be judged and Ray's default stands.
     """
-    import ray
     from ray.data import ExecutionOptions, ExecutionResources
     from ray.train import DataConfig
+
+    free = _free_cpus(scaling)
+    if free is None:
+        return DataConfig()
+    return DataConfig(
+        execution_options={"train": ExecutionOptions(resource_limits=ExecutionResources(cpu=free))}
+    )
+
+
+def decode_cpus(scaling: Any) -> int | None:
+    """How many decoders the training stream runs (`workloads/data/decode_stage.py`): the
+    whole CPUs Ray Data gets beside the workers (None: not known yet, Ray Data decides)."""
+    free = _free_cpus(scaling)
+    return None if free is None else max(1, math.floor(free))
+
+
+def _free_cpus(scaling: Any) -> float | None:
+    """The cluster's CPUs minus the workers' reservation; None when the workers do not fit
+    yet; ValueError (one line) when less than one CPU would be left for Ray Data."""
+    import ray
 
     total = ray.cluster_resources().get("CPU", 0.0)
     reserved = scaling.num_workers * scaling.cpus_per_worker
     free = total - reserved
     if free < 0:
-        return DataConfig()
+        return None
     if free < 1:
         raise ValueError(
             f"scaling: {scaling.num_workers} workers x cpus_per_worker "
@@ -108,6 +128,4 @@ def data_config(scaling: Any) -> Any:
             f"CPUs, leaving {free:g} for Ray Data, which needs at least 1 to decode images; "
             f"allowed: num_workers x cpus_per_worker <= {total - 1:g}"
         )
-    return DataConfig(
-        execution_options={"train": ExecutionOptions(resource_limits=ExecutionResources(cpu=free))}
-    )
+    return free

@@ -12,9 +12,9 @@ from typing import Any
 
 from orchestrator.config import EvalSpec, RunSpec
 from orchestrator.evaluation.data import describe_eval_data, labelled_dataset
-from orchestrator.ray_setup import data_config, scaling_config
+from orchestrator.ray_setup import data_config, decode_cpus, scaling_config
 from workloads.data import build_dataset
-from workloads.data.stream import order_seed, pretraining_view
+from workloads.data.stream import PRETRAINING_COLUMNS, order_seed, pretraining_view
 from workloads.methods import train_img_size
 from workloads.optim import Schedule
 from workloads.pretrain import train_loop_per_worker
@@ -124,5 +124,7 @@ def training_stream(spec: RunSpec) -> Any:
         augmentation=spec.data.augmentation(),
         order_seed=order_seed(spec.data.shuffle, spec.train.seed),
         columns=spec.data.columns(),
+        keep=PRETRAINING_COLUMNS,
+        decoders=decode_cpus(spec.scaling) if not runs_in_process(spec) else None,
     )
     return pretraining_view(dataset, spec.data.shuffle, spec.train.seed)

@@ -208,6 +208,18 @@ def test_pushed_shapes_read_back_exactly(ray_session, bucket):
     np.testing.assert_array_equal(np.stack([row["image"] for row in plain]), expected_images)
     assert [row["label"] for row in plain] == expected_labels.tolist()
 
+    # The same pixels whether a pool of decoders reads the shards (more shards than decoders)
+    # or one task per shard does, and only the columns asked for.
+    pixels = {row["id"]: row["image"] for row in plain}
+    shards = len(read_manifest(uri).shards)
+    assert shards >= 3
+    for decoders in (1, shards):
+        rows = build_dataset(uri, img_size=32, decoders=decoders, keep=("image", "id")).take_all()
+        assert all(sorted(row) == ["id", "image"] for row in rows) and len(rows) == 64
+        assert {row["id"] for row in rows} == set(pixels)
+        for row in rows:
+            np.testing.assert_array_equal(row["image"], pixels[row["id"]])
+
 
 def test_hugging_face_style_parquet_reads_with_its_labels(ray_session, s3_client, bucket, tmp_path):
     rng = np.random.default_rng(1)

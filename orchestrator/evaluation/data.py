@@ -72,12 +72,12 @@ def labelled_dataset(
     info: DatasetInfo, img_size: int, seed: int, columns: Columns = FIND_COLUMNS
 ) -> Any:
     """The split as image, label and ok columns, never augmented, in stored order."""
-    dataset = build_dataset(
+    return build_dataset(
         info.source,
         img_size=img_size,
         split=info.split,
         num_images=info.num_rows,
         seed=seed,
         columns=columns,
+        keep=("image", "label", "ok"),
     )
-    return dataset.select_columns(["image", "label", "ok"])

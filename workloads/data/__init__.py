@@ -7,9 +7,18 @@ source is. Each kind of source is one module in `sources/`, found by `registry.p
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from workloads.data.base import FIND_COLUMNS, Augmentation, Columns, DatasetInfo, check_split
+from workloads.data.base import (
+    FIND_COLUMNS,
+    ROW_COLUMNS,
+    Augmentation,
+    Columns,
+    DatasetInfo,
+    check_keep,
+    check_split,
+)
 from workloads.data.registry import allowed_sources, builtin_names, source_for
 
 if TYPE_CHECKING:
@@ -19,6 +28,7 @@ __all__ = [
     "Augmentation",
     "Columns",
     "FIND_COLUMNS",
+    "ROW_COLUMNS",
     "DatasetInfo",
     "allowed_sources",
     "build_dataset",
@@ -65,14 +75,19 @@ def build_dataset(
     augmentation: Augmentation | None = None,
     order_seed: int | None = None,
     columns: Columns = FIND_COLUMNS,
+    keep: Sequence[str] = ROW_COLUMNS,
+    decoders: int | None = None,
 ) -> ray.data.Dataset:
     """A lazy Ray Dataset of `source`'s `split` with columns image, label, id and ok.
 
     `seed` picks which images generated built-ins draw; other splits are fixed. `num_images`
     sets the size of a generated split and keeps a fixed subset elsewhere. `augmentation`
     (None for evaluation) crops and flips while decoding; `order_seed` reshuffles file or
-    block order every epoch (see `stream.py`).
+    block order every epoch (see `stream.py`). `keep` names the columns to produce (chosen
+    while decoding, see `decode_stage.py`); `decoders` is the number of CPUs Ray Data may
+    decode on (None: all of the cluster's).
     """
+    check_keep(keep)
     check_split(split)
     if img_size < 1:
         raise ValueError(f"img_size must be positive, got {img_size}")
@@ -85,4 +100,6 @@ def build_dataset(
         augmentation=augmentation,
         order_seed=order_seed,
         columns=columns,
+        keep=keep,
+        decoders=decoders,
     )

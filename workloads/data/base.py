@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import ray.data
 
 SPLITS: tuple[str, ...] = ("train", "val")
+ROW_COLUMNS: tuple[str, ...] = ("image", "label", "id", "ok")
 # MAE's RandomResizedCrop (torchvision's parameters): area share and aspect-ratio range.
 DEFAULT_CROP_SCALE = (0.2, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
@@ -124,11 +125,14 @@ class DataSource(ABC):
         augmentation: Augmentation | None,
         order_seed: int | None,
         columns: Columns,
+        keep: Sequence[str] = ROW_COLUMNS,
+        decoders: int | None = None,
     ) -> ray.data.Dataset:
-        """A lazy Ray Dataset of the split with the common columns.
+        """A lazy Ray Dataset of the split with the common columns named in `keep`.
 
         `order_seed` (not None) asks for the source's cheap order randomisation (file or
-        block order), reseeded by Ray Data on every execution, i.e. every epoch."""
+        block order), reseeded by Ray Data on every execution, i.e. every epoch. `decoders`:
+        the CPUs Ray Data may decode on (None: the cluster's), see `decode_stage.py`."""
 
     @abstractmethod
     def push_rows(
@@ -140,6 +144,14 @@ class DataSource(ABC):
 def check_split(split: str) -> None:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
+
+
+def check_keep(keep: Sequence[str]) -> None:
+    unknown = [name for name in keep if name not in ROW_COLUMNS]
+    if unknown or not keep:
+        raise ValueError(
+            f"columns {list(keep)}: expected a non-empty choice of {', '.join(ROW_COLUMNS)}"
+        )
 
 
 def check_num_images(num_images: int | None) -> None:

@@ -7,12 +7,13 @@ so the driver never holds images; augmentation runs in the same task.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from workloads.data.base import (
+    ROW_COLUMNS,
     Augmentation,
     Columns,
     DatasetInfo,
@@ -88,6 +89,8 @@ class BuiltinSource(DataSource):
         augmentation: Augmentation | None,
         order_seed: int | None,
         columns: Columns,
+        keep: Sequence[str] = ROW_COLUMNS,
+        decoders: int | None = None,
     ) -> ray.data.Dataset:
         import ray.data
 
@@ -110,6 +113,7 @@ class BuiltinSource(DataSource):
                 "img_size": img_size,
                 "seed": seed,
                 "augmentation": augmentation,
+                "keep": keep,
             },
             batch_format="numpy",
             batch_size=batch_size,
@@ -159,14 +163,16 @@ def _load_batch(
     img_size: int,
     seed: int,
     augmentation: Augmentation | None,
+    keep: Sequence[str],
 ) -> dict[str, np.ndarray]:
     chosen = indices[batch["id"].astype(np.int64)]
     images, labels = source.load(chosen, img_size, seed)
     if augmentation is not None:
         images = augment_pixels(images, img_size, augmentation, np.random.default_rng())
-    return {
+    columns = {
         "image": images,
         "label": labels,
         "id": object_array(source.position_ids(split, chosen)),
         "ok": np.ones(len(chosen), dtype=bool),
     }
+    return {name: columns[name] for name in keep}

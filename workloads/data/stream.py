@@ -23,16 +23,15 @@ from __future__ import annotations
 from typing import Any
 
 SHUFFLE_MODES = ("buffer", "full", "none")
+# What pretraining consumes: labels and ids stay out of the stream (strings do not convert to
+# tensors, and the worker has no use for labels). Sources drop the rest while decoding.
+PRETRAINING_COLUMNS = ("image", "ok")
 
 
 def pretraining_view(dataset: Any, shuffle: str, seed: int) -> Any:
-    """Only what pretraining consumes (the image and its `ok` flag), shuffled as asked.
-
-    Labels and ids stay out of the stream: strings do not convert to tensors, and the worker
-    has no use for labels during pretraining."""
+    """A source's `PRETRAINING_COLUMNS` stream, shuffled as asked."""
     import ray.data
 
-    dataset = dataset.select_columns(["image", "ok"])
     if shuffle == "full":
         dataset = dataset.random_shuffle(
             seed=ray.data.RandomSeedConfig(seed, reseed_after_execution=True)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from workloads.data.base import (
+    ROW_COLUMNS,
     SPLITS,
     Augmentation,
     Columns,
@@ -29,6 +30,7 @@ from workloads.data.base import (
     rows_per_batch,
 )
 from workloads.data.decode import decode_images
+from workloads.data.decode_stage import decode_in_tasks, in_chunks, read_tasks_for
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -130,6 +132,8 @@ class FolderSource(DataSource):
         augmentation: Augmentation | None,
         order_seed: int | None,
         columns: Columns,
+        keep: Sequence[str] = ROW_COLUMNS,
+        decoders: int | None = None,
     ) -> ray.data.Dataset:
         import ray.data
 
@@ -141,18 +145,21 @@ class FolderSource(DataSource):
         # makes the rows exactly those that `describe` counts.
         files = folder_image_files(split_root, num_images)
         shuffle = None if order_seed is None else ray.data.FileShuffleConfig(seed=order_seed)
-        dataset = ray.data.read_binary_files(files, include_paths=True, shuffle=shuffle)
-        return dataset.map_batches(
-            decode_class_files,
-            fn_kwargs={
-                "root": os.path.realpath(split_root),
-                "class_names": split_class_names(root, SPLITS),
-                "img_size": img_size,
-                "augmentation": augmentation,
-            },
-            batch_format="pyarrow",
-            batch_size=rows_per_batch(img_size),
+        rows = rows_per_batch(img_size)
+        encoded = ray.data.read_binary_files(
+            files,
+            include_paths=True,
+            shuffle=shuffle,
+            override_num_blocks=read_tasks_for(len(files), rows),
         )
+        options = {
+            "rows": rows,
+            "root": os.path.realpath(split_root),
+            "class_names": split_class_names(root, SPLITS),
+            "img_size": img_size,
+            "augmentation": augmentation,
+        }
+        return decode_in_tasks(encoded, decode_class_file_chunks, keep, options)
 
     def push_rows(
         self, source: str, *, img_size: int, split: str, num_images: int | None, columns: Columns
@@ -171,6 +178,14 @@ class FolderSource(DataSource):
             return [_read_bytes(path) for path in chosen], labels, ids
 
         return PushRows(len(files), class_names, read)
+
+
+def decode_class_file_chunks(
+    block: pa.Table, rows: int, **options: object
+) -> Iterator[dict[str, np.ndarray]]:
+    """A read block of (path, bytes) rows decoded `rows` at a time (`decode_stage.py`)."""
+    for chunk in in_chunks(block, rows):
+        yield decode_class_files(chunk, **options)
 
 
 def decode_class_files(

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import os
 import posixpath
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from workloads.data.base import (
     FIND_COLUMNS,
+    ROW_COLUMNS,
     Augmentation,
     Columns,
     DatasetInfo,
@@ -33,9 +35,10 @@ from workloads.data.base import (
     rows_per_batch,
 )
 from workloads.data.decode import decode_images
+from workloads.data.decode_stage import decode_files, decode_in_tasks, read_tasks_for
 from workloads.data.object_store import S3Settings
 from workloads.data.registry import allowed_sources
-from workloads.data.sources.folder import decode_class_files
+from workloads.data.sources.folder import decode_class_file_chunks
 from workloads.data.stored_layout import (
     describe_layout,
     open_parquet,
@@ -48,8 +51,6 @@ if TYPE_CHECKING:
     import pyarrow
     import pyarrow.fs
     import ray.data
-
-_BLOCK_BYTES = 16 * 2**20
 
 
 class StoredSource(DataSource):
@@ -91,47 +92,47 @@ class StoredSource(DataSource):
         augmentation: Augmentation | None,
         order_seed: int | None,
         columns: Columns,
+        keep: Sequence[str] = ROW_COLUMNS,
+        decoders: int | None = None,
     ) -> ray.data.Dataset:
         import ray.data
 
         check_num_images(num_images)
         filesystem, layout = resolve_layout(source, columns=columns)
-        shuffle = None if order_seed is None else ray.data.FileShuffleConfig(seed=order_seed)
-        decode_options = {"img_size": img_size, "augmentation": augmentation}
+        decode = {
+            "rows": rows_per_batch(img_size),
+            "img_size": img_size,
+            "augmentation": augmentation,
+        }
         if layout.kind == "image-files":
-            dataset = ray.data.read_binary_files(
-                layout.files, filesystem=filesystem, include_paths=True, shuffle=shuffle
-            ).map_batches(
-                decode_class_files,
-                fn_kwargs={
-                    **decode_options,
-                    "root": layout.root,
-                    "class_names": layout.class_names,
-                },
-                batch_format="pyarrow",
-                batch_size=rows_per_batch(img_size),
+            shuffle = None if order_seed is None else ray.data.FileShuffleConfig(seed=order_seed)
+            encoded = ray.data.read_binary_files(
+                layout.files,
+                filesystem=filesystem,
+                include_paths=True,
+                shuffle=shuffle,
+                override_num_blocks=read_tasks_for(len(layout.files), decode["rows"]),
             )
+            options = {**decode, "root": layout.root, "class_names": layout.class_names}
+            dataset = decode_in_tasks(encoded, decode_class_file_chunks, keep, options)
         else:
             import pyarrow.parquet as pq
 
             from workloads.data.parquet import read_columns
 
             schema = pq.read_schema(layout.files[0], filesystem=filesystem)
-            dataset = _read_parquet_per_file(
-                layout.files, filesystem, read_columns(schema, layout.columns), shuffle
-            ).map_batches(
-                _decode_parquet_batch,
-                fn_kwargs={
-                    **decode_options,
-                    "source_name": posixpath.basename(layout.root),
-                    "columns": layout.columns,
-                },
-                batch_format="pyarrow",
-                batch_size=rows_per_batch(img_size),
+            dataset = decode_files(
+                layout.files,
+                _decode_parquet_file,
+                order_seed=order_seed,
+                keep=keep,
+                decoders=decoders,
+                **decode,
+                filesystem=filesystem,
+                read_columns=read_columns(schema, layout.columns),
+                source_name=posixpath.basename(layout.root),
+                columns=layout.columns,
             )
-        # Decoded images reach the workers 16 MiB at a time, not in Ray's 128 MiB blocks: the
-        # first batch comes sooner and the stream is steadier (benchmarks/data_throughput.py).
-        dataset.context.target_max_block_size = _BLOCK_BYTES
         return dataset.limit(num_images) if num_images else dataset
 
     def push_rows(
@@ -196,33 +197,19 @@ def sample_ids(uri: str, count: int = 5, settings: S3Settings | None = None) -> 
     return []
 
 
-def _read_parquet_per_file(
-    files: list[str], filesystem: pyarrow.fs.FileSystem, columns: list[str], shuffle: object
-) -> ray.data.Dataset:
-    """One read task per Parquet file, fused with the decode that follows.
-
-    Ray 2.60's default Parquet reader ("datasource V2") packs up to 128 MiB of row groups into
-    one read task and ignores `override_num_blocks`: measured here, a 56 MB set of shards became
-    one task decoding on one CPU, its first batch after 15-90 s, and the stream ran at 0.4-0.65x
-    a DataLoader's images per CPU-second. The V1 reader with one block per file gives one task
-    per shard (0.73-0.83x, first batch in seconds). The switch is read when `read_parquet` is
-    called, so it is set only around that call.
-    """
-    import ray.data
-
-    context = ray.data.DataContext.get_current()
-    default_reader = context.use_datasource_v2
-    context.use_datasource_v2 = False
-    try:
-        return ray.data.read_parquet(
-            files,
-            filesystem=filesystem,
-            columns=columns,
-            shuffle=shuffle,
-            override_num_blocks=len(files),
-        )
-    finally:
-        context.use_datasource_v2 = default_reader
+def _decode_parquet_file(
+    block: pyarrow.Table,
+    filesystem: pyarrow.fs.FileSystem,
+    read_columns: list[str],
+    rows: int,
+    **options: object,
+) -> Iterator[dict[str, np.ndarray]]:
+    """The Parquet files named in `block` (a `path` column), read `rows` at a time and
+    decoded, streaming: one chunk of encoded and decoded rows in memory at a time."""
+    for path in block.column("path").to_pylist():
+        parquet_file = open_parquet(filesystem, path)
+        for chunk in parquet_file.iter_batches(batch_size=rows, columns=read_columns):
+            yield _decode_parquet_batch(chunk, **options)
 
 
 def _decode_parquet_batch(
