@@ -192,3 +192,18 @@ def test_push_keeps_jpeg_bytes_unless_asked_to_reencode(tmp_path):
         stored = pq.read_table(dest / read_manifest(str(dest)).shards[0].path)["image"][0].as_py()
         assert (stored == buffer.getvalue()) is expect_same
         assert stored[:4] == (b"\xff\xd8\xff\xe0" if expect_same else b"\x89PNG")
+
+
+def test_decoders_are_the_cpus_the_workers_leave(ray_session):
+    """The training stream decodes on the cluster's CPUs minus the workers' reservation
+    (2 CPUs here), never on a hand-tuned share; too little left is refused in one line."""
+    from orchestrator.config.run import ScalingSpec
+    from orchestrator.ray_setup import decode_cpus
+
+    assert decode_cpus(ScalingSpec(num_workers=2, cpus_per_worker=0.5)) == 1
+    assert decode_cpus(ScalingSpec(num_workers=1, cpus_per_worker=0.25)) == 1  # 1.75 -> 1
+    # Workers that do not fit yet (an autoscaling cluster adds nodes): Ray Data decides.
+    assert decode_cpus(ScalingSpec(num_workers=4, cpus_per_worker=1)) is None
+    with pytest.raises(ValueError, match=r"leaving 0.5 for Ray Data.*allowed") as refused:
+        decode_cpus(ScalingSpec(num_workers=3, cpus_per_worker=0.5))
+    assert "\n" not in str(refused.value)
