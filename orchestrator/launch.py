@@ -56,9 +56,13 @@ def run_pretrain(
 
 
 def execute_run(
-    run: PreparedRun, address: str | None = None, callbacks: list[Any] | None = None
+    run: PreparedRun,
+    address: str | None = None,
+    callbacks: list[Any] | None = None,
+    shares_cpus: bool = False,
 ) -> PretrainResult:
-    """Fit a prepared run to its last epoch (or report it finished) and close its MLflow run."""
+    """Fit a prepared run to its last epoch (or report it finished) and close its MLflow run.
+    `shares_cpus`: other runs (sweep trials) decode on the same free CPUs at the same time."""
     spec = run.spec
     tracker = Tracker(run.tracking_uri, spec.tracking.experiment)
     if run.resumed:
@@ -72,7 +76,9 @@ def execute_run(
         system_metrics_interval_s=spec.tracking.system_metrics_interval_s,
         commit_on_checkpoint=True,  # a worker-group restart must not log an epoch twice
     )
-    trainer = build_trainer(spec, run.name, run.storage_path, run.schedule, reporter, callbacks)
+    trainer = build_trainer(
+        spec, run.name, run.storage_path, run.schedule, reporter, callbacks, shares_cpus
+    )
     console_log.gate_library_handlers()  # Ray Train and Ray Data added theirs on import
     tracker.mark_running(run.run_id)
     try:

@@ -54,7 +54,9 @@ def run_trial(config: dict[str, Any], runs: list[PreparedRun]) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     run = runs[config["trial"]]
-    result = execute_run(run, callbacks=[TuneReportCallback()])
+    # Trials running at once share the free CPUs: their streams decode in tasks, which
+    # interleave, not in decoder pools that hold CPUs for a whole epoch.
+    result = execute_run(run, callbacks=[TuneReportCallback()], shares_cpus=True)
     evaluate_after(run, result.epochs_done)
 
 

@@ -48,8 +48,10 @@ def build_trainer(
     schedule: Schedule,
     reporter: Any,
     callbacks: list[Any] | None = None,
+    shares_cpus: bool = False,
 ) -> Any:
-    """The Ray Train V2 trainer for one pretrain run (a sweep trial builds the same)."""
+    """The Ray Train V2 trainer for one pretrain run (a sweep trial builds the same, with
+    `shares_cpus`: trials running at once share the CPUs their workers leave)."""
     from ray.data import DataContext
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
     from ray.train.torch import TorchTrainer
@@ -79,7 +81,7 @@ def build_trainer(
             logging_config=LoggingConfig(log_level="WARNING"),
             callbacks=callbacks or None,
         ),
-        datasets={"train": training_stream(spec), **monitor_datasets},
+        datasets={"train": training_stream(spec, shares_cpus), **monitor_datasets},
         # In-process runs reserve nothing beside Ray Data; worker groups do.
         dataset_config=None if runs_in_process(spec) else data_config(spec.scaling),
     )
@@ -110,7 +112,7 @@ def knn_monitor(spec: RunSpec) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     return settings, datasets
 
 
-def training_stream(spec: RunSpec) -> Any:
+def training_stream(spec: RunSpec, shares_cpus: bool = False) -> Any:
     """The pretraining data as the workers consume it: MAE's crop and flip while decoding,
     file/block order reshuffled every epoch (plus the workers' shuffle buffer, see
     `workloads/data/stream.py`), and only the image and its decodable flag."""
@@ -126,5 +128,6 @@ def training_stream(spec: RunSpec) -> Any:
         columns=spec.data.columns(),
         keep=PRETRAINING_COLUMNS,
         decoders=decode_cpus(spec.scaling) if not runs_in_process(spec) else None,
+        decoder_pool=not shares_cpus,
     )
     return pretraining_view(dataset, spec.data.shuffle, spec.train.seed)

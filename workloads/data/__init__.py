@@ -77,6 +77,7 @@ def build_dataset(
     columns: Columns = FIND_COLUMNS,
     keep: Sequence[str] = ROW_COLUMNS,
     decoders: int | None = None,
+    decoder_pool: bool = True,
 ) -> ray.data.Dataset:
     """A lazy Ray Dataset of `source`'s `split` with columns image, label, id and ok.
 
@@ -85,7 +86,8 @@ def build_dataset(
     (None for evaluation) crops and flips while decoding; `order_seed` reshuffles file or
     block order every epoch (see `stream.py`). `keep` names the columns to produce (chosen
     while decoding, see `decode_stage.py`); `decoders` is the number of CPUs Ray Data may
-    decode on (None: all of the cluster's).
+    decode on (None: all of the cluster's), `decoder_pool=False` keeps them in tasks (for
+    streams that share CPUs with others).
     """
     check_keep(keep)
     check_split(split)
@@ -102,4 +104,5 @@ def build_dataset(
         columns=columns,
         keep=keep,
         decoders=decoders,
+        decoder_pool=decoder_pool,
     )

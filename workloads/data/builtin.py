@@ -91,6 +91,7 @@ class BuiltinSource(DataSource):
         columns: Columns,
         keep: Sequence[str] = ROW_COLUMNS,
         decoders: int | None = None,
+        decoder_pool: bool = True,
     ) -> ray.data.Dataset:
         import ray.data
 

@@ -62,14 +62,17 @@ def decode_files(
     order_seed: int | None,
     keep: Sequence[str] = ROW_COLUMNS,
     decoders: int | None = None,
+    pool: bool = True,
     **options: Any,
 ) -> ray.data.Dataset:
     """One row per file (`path`), each file read and decoded by `decode(block, **options)`
     in the same stage, in a new file order every epoch when `order_seed` is set.
 
-    `decoders`: the CPUs Ray Data may decode on (None: all of the cluster's). With more files
-    than decoders the stage runs in a pool of that many decoder actors (at least one must
-    start; the others join as CPUs allow), else as one task per file.
+    `decoders`: the CPUs Ray Data may decode on (None: all of the cluster's). With `pool` and
+    more files than decoders the stage runs in a pool of that many decoder actors (at least
+    one must start; the others join as CPUs allow), else as one task per file. A pool holds
+    its CPUs for the whole epoch: streams that share CPUs with others (sweep trials running
+    at once) decode in tasks, which interleave.
     """
     import ray.data
 
@@ -81,7 +84,7 @@ def decode_files(
         paths = paths.randomize_block_order(
             seed=ray.data.RandomSeedConfig(order_seed, reseed_after_execution=True)
         )
-    if len(files) <= decoders:
+    if not pool or len(files) <= decoders:
         stream = decode_in_tasks(paths, decode, keep, options)
     else:
         with warnings.catch_warnings():

@@ -134,6 +134,7 @@ class FolderSource(DataSource):
         columns: Columns,
         keep: Sequence[str] = ROW_COLUMNS,
         decoders: int | None = None,
+        decoder_pool: bool = True,
     ) -> ray.data.Dataset:
         import ray.data
 

@@ -94,6 +94,7 @@ class StoredSource(DataSource):
         columns: Columns,
         keep: Sequence[str] = ROW_COLUMNS,
         decoders: int | None = None,
+        decoder_pool: bool = True,
     ) -> ray.data.Dataset:
         import ray.data
 
@@ -127,6 +128,7 @@ class StoredSource(DataSource):
                 order_seed=order_seed,
                 keep=keep,
                 decoders=decoders,
+                pool=decoder_pool,
                 **decode,
                 filesystem=filesystem,
                 read_columns=read_columns(schema, layout.columns),
