@@ -13,10 +13,13 @@ same stage, into blocks of about 16 MiB of pixels. Three choices, each measured 
   after up to 100 ms (`ray.wait` in its scheduling loop) and only then starts the next: a CPU
   idled ~200 ms between tasks of ~650 ms. A pool of decoder actors, one per CPU, is handed its
   next file while it decodes the current one: 1.8-1.95 of 2 CPUs busy instead of 1.5-1.6. A
-  pool costs its start-up (1-3 s per epoch here), so when every file gets a CPU of its own
-  plain tasks are used. In a pool the decoders read their own files (`from_items` of paths):
-  Ray 2.60 fuses a read into an actor stage only sometimes, and an unfused read's tasks wait
-  for the CPUs the decoders hold, a deadlock on a small cluster (seen here on 2 CPUs).
+  pool costs its start-up (1.5-2 s per epoch here, about the gaps of 8 tasks), so it is used
+  only when each decoder has more than `POOL_MIN_FILES_PER_DECODER` files to read: with
+  fewer, tasks finish the epoch sooner (a 2,048-image training run with a pool of one
+  decoder waited on data 41% of each 6 s epoch). In a pool the decoders read their own
+  files (`from_items` of paths): Ray 2.60 fuses a read into an actor stage only sometimes,
+  and an unfused read's tasks wait for the CPUs the decoders hold, a deadlock on a small
+  cluster (seen here on 2 CPUs).
 - **Columns are chosen inside the stage.** A `select_columns` after an actor stage would be
   a stage of its own (task -> actor fuses, actor -> task does not), and after a task stage it
   merges the chunks back into one block per read.
@@ -38,6 +41,9 @@ if TYPE_CHECKING:
 # The stream's block size: the first batch comes after one chunk, not after Ray's default
 # 128 MiB, and the workers' streaming split gets fine-grained blocks to share.
 BLOCK_BYTES = 16 * 2**20
+
+# More files per decoder than this, and the gaps a pool saves outweigh its start-up.
+POOL_MIN_FILES_PER_DECODER = 8
 
 DecodeBlock = Callable[..., Iterator[dict[str, Any]]]
 
@@ -69,8 +75,9 @@ def decode_files(
     in the same stage, in a new file order every epoch when `order_seed` is set.
 
     `decoders`: the CPUs Ray Data may decode on (None: all of the cluster's). With `pool` and
-    more files than decoders the stage runs in a pool of that many decoder actors (at least
-    one must start; the others join as CPUs allow), else as one task per file. A pool holds
+    more than `POOL_MIN_FILES_PER_DECODER` files per decoder the stage runs in a pool of that
+    many decoder actors (at least one must start; the others join as CPUs allow), else as one
+    task per file. A pool holds
     its CPUs for the whole epoch: streams that share CPUs with others (sweep trials running
     at once) decode in tasks, which interleave.
     """
@@ -84,7 +91,7 @@ def decode_files(
         paths = paths.randomize_block_order(
             seed=ray.data.RandomSeedConfig(order_seed, reseed_after_execution=True)
         )
-    if not pool or len(files) <= decoders:
+    if not pool or len(files) <= POOL_MIN_FILES_PER_DECODER * decoders:
         stream = decode_in_tasks(paths, decode, keep, options)
     else:
         with warnings.catch_warnings():
