@@ -32,7 +32,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from workloads.data.base import ROW_COLUMNS, check_keep
+from workloads.data.base import ROW_COLUMNS
 
 if TYPE_CHECKING:
     import pyarrow
@@ -77,13 +77,12 @@ def decode_files(
     `decoders`: the CPUs Ray Data may decode on (None: all of the cluster's). With `pool` and
     more than `POOL_MIN_FILES_PER_DECODER` files per decoder the stage runs in a pool of that
     many decoder actors (at least one must start; the others join as CPUs allow), else as one
-    task per file. A pool holds
-    its CPUs for the whole epoch: streams that share CPUs with others (sweep trials running
-    at once) decode in tasks, which interleave.
+    task per file. A pool holds its CPUs for the whole epoch: streams that share CPUs with
+    others (sweep trials running at once) decode in tasks, which interleave. `keep` is
+    checked by `build_dataset`, the entry point.
     """
     import ray.data
 
-    check_keep(keep)
     decoders = decoders or cluster_cpus()
     paths = ray.data.from_items([{"path": path} for path in files], override_num_blocks=len(files))
     if order_seed is not None:
@@ -92,24 +91,23 @@ def decode_files(
             seed=ray.data.RandomSeedConfig(order_seed, reseed_after_execution=True)
         )
     if not pool or len(files) <= POOL_MIN_FILES_PER_DECODER * decoders:
-        stream = decode_in_tasks(paths, decode, keep, options)
-    else:
-        with warnings.catch_warnings():
-            # `max_restarts` has no named parameter in Ray 2.60, only the deprecated
-            # `ray_remote_args` route, which warns.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            stream = paths.map_batches(
-                KeepColumns,
-                fn_constructor_kwargs={"decode": decode, "keep": keep, "options": options},
-                batch_format="pyarrow",
-                compute=ray.data.ActorPoolStrategy(
-                    min_size=1, max_size=decoders, initial_size=decoders
-                ),
-                # Ray Data's default (restart forever) logs an error line about restarts in
-                # every epoch (ray#53727); a decoder that dies fails the epoch, and the run
-                # goes on from its last checkpoint as after any worker failure.
-                max_restarts=0,
-            )
+        return decode_in_tasks(paths, decode, keep, options)
+    with warnings.catch_warnings():
+        # `max_restarts` has no named parameter in Ray 2.60, only the deprecated
+        # `ray_remote_args` route, which warns.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        stream = paths.map_batches(
+            KeepColumns,
+            fn_constructor_kwargs={"decode": decode, "keep": keep, "options": options},
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(
+                min_size=1, max_size=decoders, initial_size=decoders
+            ),
+            # Ray Data's default (restart forever) logs an error line about restarts in
+            # every epoch (ray#53727); a decoder that dies fails the epoch, and the run
+            # goes on from its last checkpoint as after any worker failure.
+            max_restarts=0,
+        )
     stream.context.target_max_block_size = BLOCK_BYTES
     return stream
 
@@ -122,7 +120,6 @@ def decode_in_tasks(
 ) -> ray.data.Dataset:
     """`dataset`'s blocks decoded by `decode` in tasks, fused with the read before it (no
     `batch_size`: Ray fuses a read only into a map that takes whole blocks)."""
-    check_keep(keep)
     stream = dataset.map_batches(KeepColumns(decode, keep, options or {}), batch_format="pyarrow")
     stream.context.target_max_block_size = BLOCK_BYTES
     return stream
