@@ -5,9 +5,10 @@
 
 For each N, lays out one sweep of N trials in a fresh SQLite store with the real sweep and
 tracker code (`tests/recorded_sweep.py`: `open_sweep_runs` as `mimray sweep` does before Tune
-starts, timed as "sweep set-up"; then per trial 3 epoch losses and one checkpoint LoggedModel
-through `MlflowReporter`, and one kNN evaluation run as `mimray eval` records it), then times,
-each in a fresh process as a user types it: `mimray report big`, `mimray lineage big`,
+starts, timed as "sweep set-up"; then per trial its training data set, declared as a starting
+trial declares it, 3 epoch losses and one checkpoint LoggedModel through `MlflowReporter`, and
+one kNN evaluation run as `mimray eval` records it), then times, each in a fresh process as a
+user types it: `mimray report big`, `mimray lineage big`,
 `mimray lineage big --json`, and in-process the checkpoints `mimray eval big` would evaluate
 (`resolve_checkpoints`).
 
@@ -153,7 +154,8 @@ def time_reads(uri: str, cwd: Path) -> dict[str, tuple[float, float, float]]:
 
 def time_setup(uri: str, folder: Path, name: str, trials: int) -> tuple[float, float, float]:
     """`open_sweep_runs` of a fresh sweep of `trials` trials: what `mimray sweep` does before
-    Tune starts (the parent run, one run per trial with its params, tags and dataset)."""
+    Tune starts (the parent run, one run per trial with its params and tags; each trial's
+    data set is declared when it starts, so it is not in this figure)."""
     from recorded_sweep import load_trials
 
     from orchestrator.sweep import open_sweep_runs

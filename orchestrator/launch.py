@@ -17,7 +17,13 @@ from orchestrator.config import RunSpec, check_name
 from orchestrator.evaluation.chained import run_chained_evaluations
 from orchestrator.local_fit import fit_in_process
 from orchestrator.ray_setup import ensure_ray
-from orchestrator.run_prep import PreparedRun, check_trainable, default_run_name, prepare_run
+from orchestrator.run_prep import (
+    PreparedRun,
+    check_trainable,
+    default_run_name,
+    log_training_input,
+    prepare_run,
+)
 from orchestrator.tracking import Tracker, resolve_tracking_uri
 from orchestrator.trainer import build_trainer, runs_in_process
 
@@ -80,6 +86,8 @@ def execute_run(
         spec, run.name, run.storage_path, run.schedule, reporter, callbacks, shares_cpus
     )
     console_log.gate_library_handlers()  # Ray Train and Ray Data added theirs on import
+    if run.input_at_start is not None:  # a sweep trial declares its data as it starts
+        log_training_input(tracker, run.run_id, run.input_at_start)
     tracker.mark_running(run.run_id)
     try:
         result = _fit(trainer, run)

@@ -6,7 +6,10 @@ found again by the same name. So re-running a name continues the run: same check
 MLflow run, never a duplicate.
 
 The data check reaches object storage (an S3 listing), so it runs once per run: the caller
-checks before the store is touched and hands the result to `prepare_run`.
+checks before the store is touched and hands the result to `prepare_run`. The run's training
+data is declared (an MLflow dataset input) when it is prepared, or, for a sweep's trials, when
+each starts training (`log_training_input`): a planned trial has read nothing yet, and through
+a tracking server that input was a third request per trial at set-up.
 """
 
 from __future__ import annotations
@@ -34,8 +37,38 @@ class TrainableData(NamedTuple):
 
 
 @dataclass(frozen=True)
+class TrainingInput:
+    """The training data a run declares as its MLflow dataset input."""
+
+    name: str
+    uri: str
+    digest: str
+    num_rows: int
+
+    @classmethod
+    def of(cls, spec: RunSpec, info: DatasetInfo) -> TrainingInput:
+        name = f"{spec.data.source.rstrip('/').rsplit('/', 1)[-1]}-train"
+        return cls(name, spec.data.source, info.digest, info.num_rows)
+
+
+def log_training_input(tracker: Tracker, run_id: str, data: TrainingInput) -> None:
+    """Declare `data` as the run's training input; a run that holds it already keeps one."""
+    tracker.log_dataset(
+        run_id,
+        name=data.name,
+        uri=data.uri,
+        digest=data.digest,
+        num_rows=data.num_rows,
+        context="training",
+    )
+
+
+@dataclass(frozen=True)
 class PreparedRun:
-    """A run whose MLflow record exists: everything needed to fit it, in plain picklable data."""
+    """A run whose MLflow record exists: everything needed to fit it, in plain picklable data.
+
+    `input_at_start`: the training input still to declare when the run starts training (a
+    sweep trial's); None when it was declared as the run was prepared."""
 
     name: str
     spec: RunSpec
@@ -46,6 +79,7 @@ class PreparedRun:
     run_id: str
     resumed: bool
     previous_status: str | None = None
+    input_at_start: TrainingInput | None = None
 
     @property
     def run_path(self) -> str:
@@ -117,9 +151,11 @@ def prepare_run(
     checked: TrainableData,
     extra_tags: dict[str, str] | None = None,
     parent_run_id: str | None = None,
+    input_at_start: bool = False,
 ) -> PreparedRun:
     """Find or create the run's MLflow record for data `check_trainable` already checked (no
-    Ray, no second listing)."""
+    Ray, no second listing). `input_at_start`: leave the training input for the run's start
+    (`PreparedRun.input_at_start`) instead of declaring it now."""
     storage_path = resolve_storage_path(spec)
     handle: RunHandle = tracker.open_run(
         key=name,
@@ -128,14 +164,9 @@ def prepare_run(
         run_name=name,
         parent_run_id=parent_run_id,
     )
-    tracker.log_dataset(
-        handle.run_id,
-        name=f"{spec.data.source.rstrip('/').rsplit('/', 1)[-1]}-train",
-        uri=spec.data.source,
-        digest=checked.info.digest,
-        num_rows=checked.info.num_rows,
-        context="training",
-    )
+    data = TrainingInput.of(spec, checked.info)
+    if not input_at_start:
+        log_training_input(tracker, handle.run_id, data)
     if handle.resumed and handle.previous_fingerprint not in (None, spec.fingerprint()):
         print(
             f"[mimray] note: run {name!r} was started with a different config "
@@ -151,4 +182,5 @@ def prepare_run(
         run_id=handle.run_id,
         resumed=handle.resumed,
         previous_status=handle.previous_status,
+        input_at_start=data if input_at_start else None,
     )

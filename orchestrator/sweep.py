@@ -1,7 +1,8 @@
 """Ablation sweeps on Ray Tune: one Tune trial = one pretrain run (a Ray Train V2 fit).
 
 The driver creates every trial's MLflow run up front, as a child of the sweep's parent run,
-keyed by the trial's deterministic name, and hands each Tune trial its prepared run. A Tune
+keyed by the trial's deterministic name, with its params and tags, and hands each Tune trial
+its prepared run; a trial declares its training data (dataset input) when it starts. A Tune
 trial is a small function that fits a `TorchTrainer` with `TuneReportCallback`; its Train run
 name is the trial name, so a restored trial resumes from its own last checkpoint, and the
 MLflow runs are found again by key instead of duplicated.
@@ -90,7 +91,11 @@ def open_sweep_runs(
 
     def prepare(trial: Trial, check: TrainableData) -> PreparedRun:
         tags = {SWEEP_TAG: name, TRIAL_INDEX_TAG: str(trial.index), KIND_TAG: "trial"}
-        return prepare_run(trial.spec, trial.name, tracker, check, tags, parent.run_id)
+        # The data set is declared when the trial starts (`execute_run`): a planned trial has
+        # read nothing, and through a server it would be a third request per run here.
+        return prepare_run(
+            trial.spec, trial.name, tracker, check, tags, parent.run_id, input_at_start=True
+        )
 
     if tracker.writes_in_batches:  # an SQL store: written together at `end_prefetch`
         runs = [prepare(trial, check) for trial, check in zip(trials, checked, strict=True)]
@@ -105,20 +110,12 @@ def _prepare_overlapped(
     trials: list[Trial],
     checked: list[TrainableData],
 ) -> list[PreparedRun]:
-    """`prepare` every trial through a server, SETUP_THREADS at a time: three HTTP round trips
-    per new run and no bulk endpoint, so overlapping them keeps client and server busy. Each
-    run gets its key in the call that creates it, so a set-up killed half-way is still found
-    again run by run. The first run of each data set goes alone: two first records of one
-    data set at once both insert it, and the server refuses the second (UNIQUE constraint)."""
-    firsts: dict[tuple[str, str], int] = {}
-    for index, (trial, check) in enumerate(zip(trials, checked, strict=True)):
-        firsts.setdefault((trial.spec.data.source, check.info.digest), index)
-    done = {index: prepare(trials[index], checked[index]) for index in firsts.values()}
-    rest = [index for index in range(len(trials)) if index not in done]
+    """`prepare` every trial through a server, SETUP_THREADS at a time: two HTTP round trips
+    per new run (the run with its tags, its params) and no bulk endpoint, so overlapping them
+    keeps client and server busy. Each run gets its key in the call that creates it, so a
+    set-up killed half-way is still found again run by run."""
     with ThreadPoolExecutor(max_workers=SETUP_THREADS) as pool:
-        prepared = pool.map(lambda index: prepare(trials[index], checked[index]), rest)
-        done.update(zip(rest, prepared, strict=True))
-    return [done[index] for index in range(len(trials))]
+        return list(pool.map(prepare, trials, checked))
 
 
 def run_sweep(

@@ -2,9 +2,10 @@
 
 Shared by the golden-output tests (`test_tracker_scale.py`, 50 trials) and the benchmark
 (`benchmarks/tracker_scale.py`, 100 to 5,000 trials). No Ray: `open_sweep_runs` creates the
-parent and trial runs as `mimray sweep` does before Tune starts; `MlflowReporter` writes what
-rank 0 writes (epoch losses, one LoggedModel per checkpoint); the eval runs carry the tags and
-inputs `mimray eval` gives them. Every number is a function of the trial index, so two layouts
+parent and trial runs as `mimray sweep` does before Tune starts; each trial then declares its
+training data as a starting trial does; `MlflowReporter` writes what rank 0 writes (epoch
+losses, one LoggedModel per checkpoint); the eval runs carry the tags and inputs `mimray eval`
+gives them. Every number is a function of the trial index, so two layouts
 of the same size hold the same values (only MLflow's ids and timestamps differ).
 """
 
@@ -18,6 +19,7 @@ from pathlib import Path
 from tiny_model import tiny_model_yaml
 
 from orchestrator.config import load_sweep
+from orchestrator.run_prep import log_training_input
 from orchestrator.sweep import open_sweep_runs
 from orchestrator.tracking import (
     CHECKPOINT_EPOCH_TAG,
@@ -91,6 +93,7 @@ def record_sweep(
 
     started = time.perf_counter()
     for index, run in enumerate(runs):
+        log_training_input(tracker, run.run_id, run.input_at_start)  # as a trial starts
         _record_trial(tracker, name, index, run.run_id, run.name, varied)
     tracker.finish_run(parent_id)
     return Layout(parent_id, [r.run_id for r in runs], setup_s, time.perf_counter() - started)

@@ -105,7 +105,7 @@ if {batched!r}:
     pending_runs._rows = then_die(pending_runs._rows)
 else:
     # One run per create_run call, several at once (a server store): dies as the 9th run is
-    # created; runs in flight then may lack their params or dataset.
+    # created; runs in flight then may lack their params.
     tracker_module.sql_store = lambda client: None
     tracker.client.create_run = then_die(tracker.client.create_run)
 open_sweep_runs(spec, trials, tracker, "killed")
@@ -143,13 +143,12 @@ def test_restore_after_killed_setup_duplicates_nothing(tmp_path, batched, die_at
     assert [r.run_id for r in again] == [r.run_id for r in runs] and again_parent == parent_id
     kept = {"sweep:killed": parent_id, **{r.name: r.run_id for r in runs}}
     assert all(kept[key] == run_id for key, run_id in before.items())  # reused, not remade
-    for run in every:  # every trial carries its full record: tags, params, its data once
+    for run in every:  # every trial carries its full set-up record: tags and params
         if run.data.tags.get(KIND_TAG) == "trial":
             assert run.data.tags[SWEEP_TAG] == "killed"
             assert run.data.tags["mlflow.parentRunId"] == parent_id
             assert run.data.params["train.blr"] and run.data.params["method.k"]
-            inputs = [(i.dataset.name, i.tags[0].value) for i in run.inputs.dataset_inputs]
-            assert inputs == [("shapes-train", "training")], inputs
+            assert run.inputs.dataset_inputs == []  # declared when the trial starts
 
 
 def test_a_run_opened_in_a_setup_is_usable_before_the_setup_ends(tmp_path):
@@ -232,7 +231,8 @@ def test_bulk_reads_over_a_real_mlflow_server_match_per_run_reads(workdir):
 
 def test_setup_through_a_real_mlflow_server_makes_each_run_once(tmp_path):
     """Through `mlflow server` a set-up creates runs several at a time (no bulk endpoint): every
-    trial gets its params, tags and its data set once, and a second set-up reuses them all."""
+    trial gets its params and tags once (its data set when it starts: `test_sweep_e2e.py`), and
+    a second set-up reuses them all."""
     from servers import mlflow_server
 
     spec, trials = load_trials(tmp_path, "served", "served", 20)
@@ -247,7 +247,7 @@ def test_setup_through_a_real_mlflow_server_makes_each_run_once(tmp_path):
     for run in every:
         if run.data.tags.get(KIND_TAG) == "trial":
             assert run.data.params["method.k"] and run.data.tags["mlflow.parentRunId"] == parent_id
-            assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["shapes-train"]
+            assert run.inputs.dataset_inputs == []
 
 
 @pytest.mark.parametrize("partitioned", [False, True], ids=["one-search", "16-parts"])

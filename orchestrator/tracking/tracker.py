@@ -213,6 +213,7 @@ class Tracker:
         Within a prefetch, a run that already holds this input is not written to again, and a
         pending run takes it with its other records."""
         from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.exceptions import MlflowException
 
         dataset = Dataset(
             name=name,
@@ -230,7 +231,13 @@ class Tracker:
         known = self._scoped_ids.get(run_id)
         if known is not None and (dataset.name, dataset.digest, context) in known.datasets:
             return
-        self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags)])
+        try:  # MLflow keeps one input of a data set per run: logged again, it stays one
+            self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags)])
+        except MlflowException:
+            # Runs starting at once (sweep trials) may each insert this data set as new; the
+            # store keys it by experiment, name and digest and refuses all but the first. A
+            # second try finds it; any other failure fails again.
+            self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags)])
 
     def log_model_input(self, run_id: str, model_id: str) -> None:
         """Declare the checkpoint (LoggedModel) a run consumed: lineage from eval to model."""
