@@ -83,6 +83,9 @@ def test_two_trials_at_once_keep_their_own_metrics(workdir, ray_session):
     for images, steps in ((64, 2), (96, 3)):
         run = runs[f"pair-num_images-{images}_seed-0"]
         assert run.info.status == "FINISHED"
+        # Declared by the trial's own process as it started (not at set-up), once.
+        inputs = [(i.dataset.name, i.tags[0].value) for i in run.inputs.dataset_inputs]
+        assert inputs == [("shapes-train", "training")]
         history = tracker.metric_history(run.info.run_id, "train/loss")
         # Every step of this run, once, and none of the other's: 2 epochs x its own steps.
         assert [step for step, _ in history] == list(range(1, 2 * steps + 1))
