@@ -104,8 +104,9 @@ if {batched!r}:
     pending_runs.RUNS_PER_TRANSACTION = 4
     pending_runs._rows = then_die(pending_runs._rows)
 else:
-    # One run per create_run call, several at once (a server store): dies as the 9th run is
-    # created; runs in flight then may lack their params.
+    # One run per create_run call, 8 at once (a server store): dies as the 15th run is created.
+    # Calls 2-9 start together; each later call comes from a thread whose previous run is
+    # whole, so at least 6 trial runs are; runs in flight then may lack their params.
     tracker_module.sql_store = lambda client: None
     tracker.client.create_run = then_die(tracker.client.create_run)
 open_sweep_runs(spec, trials, tracker, "killed")
@@ -114,7 +115,7 @@ open_sweep_runs(spec, trials, tracker, "killed")
 
 @pytest.mark.parametrize(
     ("batched", "die_at", "made"),
-    [(True, 4, {9}), (False, 9, set(range(2, 20)))],
+    [(True, 4, {9}), (False, 15, set(range(7, 15)))],
     ids=["sql-transactions", "one-call-per-run"],
 )
 def test_restore_after_killed_setup_duplicates_nothing(tmp_path, batched, die_at, made):
