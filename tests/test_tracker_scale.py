@@ -154,18 +154,21 @@ def test_restore_after_killed_setup_duplicates_nothing(tmp_path, batched, die_at
 
 def test_a_run_opened_in_a_setup_is_usable_before_the_setup_ends(tmp_path):
     """On an SQL store a set-up's new runs wait to be written together; using one before
-    then writes it first, and opening a key twice makes one run."""
+    then (closing it, declaring its data) writes it first, and opening a key twice makes one
+    run."""
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "pending")
     tracker.prefetch_runs(SWEEP_TAG, "s")
     first = tracker.open_run("a", params={"x": 1}, tags={SWEEP_TAG: "s"})
     assert tracker.client.search_runs([tracker.experiment_id]) == []  # not written yet
     tracker.finish_run(first.run_id, status="KILLED")
     again = tracker.open_run("a", params={"x": 1, "y": 2}, tags={SWEEP_TAG: "s", "t": "1"})
-    tracker.open_run("b", params={}, tags={SWEEP_TAG: "s"})
+    second = tracker.open_run("b", params={}, tags={SWEEP_TAG: "s"})
+    tracker.log_dataset(second.run_id, "d", uri="d", digest="x", num_rows=1, context="training")
     tracker.end_prefetch()
     found = tracker.client.search_runs([tracker.experiment_id])
     runs = {r.data.tags[RUN_KEY_TAG]: r for r in found}
     assert sorted(runs) == ["a", "b"] and again.run_id == first.run_id
+    assert [i.dataset.name for i in runs["b"].inputs.dataset_inputs] == ["d"]
     assert runs["a"].info.status == "KILLED"
     assert runs["a"].data.params == {"x": "1", "y": "2"} and runs["a"].data.tags["t"] == "1"
 
