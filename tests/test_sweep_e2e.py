@@ -176,6 +176,9 @@ def test_killed_sweep_keeps_its_finished_trial_and_resumes_the_other_from_its_ch
         assert run.info.status == "FINISHED"
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert run.data.params["method.k"] == run.info.run_name.split("-k-")[1][0]
+        # Declared as the trial started: once, though the interrupted one started twice.
+        inputs = [(i.dataset.name, i.tags[0].value) for i in run.inputs.dataset_inputs]
+        assert inputs == [("shapes-train", "training")]
         assert [s for s, _ in tracker.metric_history(run.info.run_id, "epoch/loss")] == [1, 2, 3]
         steps = [s for s, _ in tracker.metric_history(run.info.run_id, "train/loss")]
         assert steps == list(range(1, 3 * STEPS_PER_EPOCH + 1))
