@@ -1,7 +1,7 @@
 """Ingest speed: Ray Data vs a PyTorch DataLoader on the same shards and the same CPU count.
 
     python benchmarks/data_throughput.py [--images 20000] [--cpus 2] [--rounds 2]
-        [--cases png64,jpeg224] [--stores s3,local] [--ray mimray,fused] [--stats]
+        [--cases png64,jpeg224] [--stores s3,local] [--ray mimray[,v2,...]] [--stats]
 
 Two cases, each written once as `mimray data push`-style Parquet shards (columns image binary,
 label int64, id string, plus manifest.json) and cached under --data-dir:
@@ -466,7 +466,7 @@ def project_stream(uri: str, out_px: int):
     options = {"img_size": out_px, "augmentation": Augmentation(), "order_seed": 0}
     if "keep" not in inspect.signature(build_dataset).parameters:  # before the decode stage
         return build_dataset(uri, **options).select_columns(["image", "ok"])
-    # As `orchestrator/trainer.py` asks for it; the decoders are the cluster's CPUs (--cpus).
+    # As `orchestrator/trainer.py` asks for it (with the decode stage's execution settings).
     return build_dataset(uri, **options, keep=("image", "ok"))
 
 
@@ -579,7 +579,7 @@ def main() -> None:
     parser.add_argument("--shard-mb", type=float, default=16.0)
     parser.add_argument("--cases", default="png64,jpeg224")
     parser.add_argument("--stores", default="s3,local")
-    parser.add_argument("--ray", default="mimray,fused", help=f"of {', '.join(RAY_CONFIGS)}")
+    parser.add_argument("--ray", default="mimray", help=f"of {', '.join(RAY_CONFIGS)}")
     parser.add_argument("--data-dir", default="/tmp/mimray-bench-data")
     parser.add_argument("--stats", action="store_true", help="print Ray Data's stats per run")
     args = parser.parse_args()

@@ -65,10 +65,8 @@ def execute_run(
     run: PreparedRun,
     address: str | None = None,
     callbacks: list[Any] | None = None,
-    shares_cpus: bool = False,
 ) -> PretrainResult:
-    """Fit a prepared run to its last epoch (or report it finished) and close its MLflow run.
-    `shares_cpus`: other runs (sweep trials) decode on the same free CPUs at the same time."""
+    """Fit a prepared run to its last epoch (or report it finished) and close its MLflow run."""
     spec = run.spec
     tracker = Tracker(run.tracking_uri, spec.tracking.experiment)
     if run.resumed:
@@ -82,9 +80,7 @@ def execute_run(
         system_metrics_interval_s=spec.tracking.system_metrics_interval_s,
         commit_on_checkpoint=True,  # a worker-group restart must not log an epoch twice
     )
-    trainer = build_trainer(
-        spec, run.name, run.storage_path, run.schedule, reporter, callbacks, shares_cpus
-    )
+    trainer = build_trainer(spec, run.name, run.storage_path, run.schedule, reporter, callbacks)
     console_log.gate_library_handlers()  # Ray Train and Ray Data added theirs on import
     if run.input_at_start is not None:  # a sweep trial declares its data as it starts
         log_training_input(tracker, run.run_id, run.input_at_start)

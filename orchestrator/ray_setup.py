@@ -8,7 +8,6 @@ that never start Ray (start-up speed, not an import circle).
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -88,15 +87,17 @@ def data_config(scaling: Any) -> Any:
     """Ray Data's CPUs beside the Train workers: the cluster's CPUs minus what the workers
     reserve, set from the cluster (not a hand-tuned fraction).
 
-    Ray 2.60 hands Ray Data whatever Train leaves, in whole CPUs per execution: with less than
-    one CPU left, decoding never starts and the run hangs (`backpressured:tasks(ResourceBudget)`).
-    That is refused here in one line. When the workers do not fit the cluster yet (an
-    autoscaling cluster adds nodes for them), nothing can be judged and Ray's default stands.
+    The stream runs without Ray Data's per-operator budgets (`workloads/data/decode_stage.py`):
+    its decode tasks, one CPU each, take the CPUs Ray's scheduler has free beside the workers'
+    placement groups, and this limit is what Ray Data reports and asks an autoscaling cluster
+    for. With less than one CPU left no decode task is ever scheduled and the run hangs: that
+    is refused here in one line. When the workers do not fit the cluster yet (an autoscaling
+    cluster adds nodes for them), nothing can be judged and Ray's default stands.
     """
     from ray.data import ExecutionOptions, ExecutionResources
     from ray.train import DataConfig
 
-    free = _free_cpus(scaling)
+    free = data_cpus(scaling)
     if free is None:
         return DataConfig()
     return DataConfig(
@@ -104,14 +105,7 @@ def data_config(scaling: Any) -> Any:
     )
 
 
-def decode_cpus(scaling: Any) -> int | None:
-    """How many decoders the training stream runs (`workloads/data/decode_stage.py`): the
-    whole CPUs Ray Data gets beside the workers (None: not known yet, Ray Data decides)."""
-    free = _free_cpus(scaling)
-    return None if free is None else max(1, math.floor(free))
-
-
-def _free_cpus(scaling: Any) -> float | None:
+def data_cpus(scaling: Any) -> float | None:
     """The cluster's CPUs minus the workers' reservation; None when the workers do not fit
     yet; ValueError (one line) when less than one CPU would be left for Ray Data."""
     import ray

@@ -55,9 +55,7 @@ def run_trial(config: dict[str, Any], runs: list[PreparedRun]) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     run = runs[config["trial"]]
-    # Trials running at once share the free CPUs: their streams decode in tasks, which
-    # interleave, not in decoder pools that hold CPUs for a whole epoch.
-    result = execute_run(run, callbacks=[TuneReportCallback()], shares_cpus=True)
+    result = execute_run(run, callbacks=[TuneReportCallback()])
     evaluate_after(run, result.epochs_done)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from orchestrator.config import EvalSpec, RunSpec
 from orchestrator.evaluation.data import describe_eval_data, labelled_dataset
-from orchestrator.ray_setup import data_config, decode_cpus, scaling_config
+from orchestrator.ray_setup import data_config, scaling_config
 from workloads.data import build_dataset
 from workloads.data.stream import PRETRAINING_COLUMNS, order_seed, pretraining_view
 from workloads.methods import train_img_size
@@ -48,10 +48,8 @@ def build_trainer(
     schedule: Schedule,
     reporter: Any,
     callbacks: list[Any] | None = None,
-    shares_cpus: bool = False,
 ) -> Any:
-    """The Ray Train V2 trainer for one pretrain run (a sweep trial builds the same, with
-    `shares_cpus`: trials running at once share the CPUs their workers leave)."""
+    """The Ray Train V2 trainer for one pretrain run (a sweep trial builds the same)."""
     from ray.data import DataContext
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
     from ray.train.torch import TorchTrainer
@@ -81,7 +79,7 @@ def build_trainer(
             logging_config=LoggingConfig(log_level="WARNING"),
             callbacks=callbacks or None,
         ),
-        datasets={"train": training_stream(spec, shares_cpus), **monitor_datasets},
+        datasets={"train": training_stream(spec), **monitor_datasets},
         # In-process runs reserve nothing beside Ray Data; worker groups do.
         dataset_config=None if runs_in_process(spec) else data_config(spec.scaling),
     )
@@ -112,7 +110,7 @@ def knn_monitor(spec: RunSpec) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     return settings, datasets
 
 
-def training_stream(spec: RunSpec, shares_cpus: bool = False) -> Any:
+def training_stream(spec: RunSpec) -> Any:
     """The pretraining data as the workers consume it: MAE's crop and flip while decoding,
     file/block order reshuffled every epoch (plus the workers' shuffle buffer, see
     `workloads/data/stream.py`), and only the image and its decodable flag."""
@@ -127,7 +125,5 @@ def training_stream(spec: RunSpec, shares_cpus: bool = False) -> Any:
         order_seed=order_seed(spec.data.shuffle, spec.train.seed),
         columns=spec.data.columns(),
         keep=PRETRAINING_COLUMNS,
-        decoders=decode_cpus(spec.scaling) if not runs_in_process(spec) else None,
-        decoder_pool=not shares_cpus,
     )
     return pretraining_view(dataset, spec.data.shuffle, spec.train.seed)

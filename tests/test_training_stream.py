@@ -23,6 +23,7 @@ from orchestrator.config import load_spec
 from orchestrator.trainer import training_stream
 from workloads.data import Augmentation, build_dataset
 from workloads.data.decode import augment_pixels
+from workloads.data.decode_stage import BLOCK_BYTES
 from workloads.data.manifest import read_manifest
 from workloads.data.sources.colors import COLOR_CLASSES
 from workloads.data.stream import batch_shuffle_options
@@ -56,7 +57,12 @@ def worker_epochs(source: str, epochs: int = 2) -> list[list[np.ndarray]]:
     spec = load_spec(
         None, [*TINY_MODEL, f"data.source={source}", f"train.batch_size={BATCH}", "train.seed=3"]
     )
-    iterator = training_stream(spec).iterator()
+    stream = training_stream(spec)
+    # Every source's stream runs with the decode stage's settings (see decode_stage.py): with
+    # Ray Data's per-operator budgets one of 2 CPUs idled through each epoch's first second.
+    assert stream.context.op_resource_reservation_enabled is False
+    assert stream.context.target_max_block_size == BLOCK_BYTES
+    iterator = stream.iterator()
     seen = []
     for epoch in range(epochs):
         options = batch_shuffle_options(
@@ -194,16 +200,16 @@ def test_push_keeps_jpeg_bytes_unless_asked_to_reencode(tmp_path):
         assert stored[:4] == (b"\xff\xd8\xff\xe0" if expect_same else b"\x89PNG")
 
 
-def test_decoders_are_the_cpus_the_workers_leave(ray_session):
-    """The training stream decodes on the cluster's CPUs minus the workers' reservation
-    (2 CPUs here), never on a hand-tuned share; too little left is refused in one line."""
+def test_data_cpus_are_the_cpus_the_workers_leave(ray_session):
+    """Ray Data's CPUs are the cluster's minus the workers' reservation (2 CPUs here), never
+    a hand-tuned share; too little left is refused in one line."""
     from orchestrator.config.run import ScalingSpec
-    from orchestrator.ray_setup import decode_cpus
+    from orchestrator.ray_setup import data_cpus
 
-    assert decode_cpus(ScalingSpec(num_workers=2, cpus_per_worker=0.5)) == 1
-    assert decode_cpus(ScalingSpec(num_workers=1, cpus_per_worker=0.25)) == 1  # 1.75 -> 1
+    assert data_cpus(ScalingSpec(num_workers=2, cpus_per_worker=0.5)) == 1
+    assert data_cpus(ScalingSpec(num_workers=1, cpus_per_worker=0.25)) == 1.75
     # Workers that do not fit yet (an autoscaling cluster adds nodes): Ray Data decides.
-    assert decode_cpus(ScalingSpec(num_workers=4, cpus_per_worker=1)) is None
+    assert data_cpus(ScalingSpec(num_workers=4, cpus_per_worker=1)) is None
     with pytest.raises(ValueError, match=r"leaving 0.5 for Ray Data.*allowed") as refused:
-        decode_cpus(ScalingSpec(num_workers=3, cpus_per_worker=0.5))
+        data_cpus(ScalingSpec(num_workers=3, cpus_per_worker=0.5))
     assert "\n" not in str(refused.value)

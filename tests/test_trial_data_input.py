@@ -57,7 +57,7 @@ def test_a_trial_declares_its_data_once_when_it_starts(workdir, ray_session):
             assert training_inputs(tracker, run.run_id) == []
 
         started, planned = runs
-        result = execute_run(started, shares_cpus=True)  # what the trial's Tune function runs
+        result = execute_run(started)  # what the trial's Tune function runs
         assert result.epochs_done == 1
         declared = [("shapes-train", digest[:36], "training")]
         assert training_inputs(tracker, started.run_id) == declared

@@ -19,6 +19,7 @@ from workloads.data.base import (
     check_keep,
     check_split,
 )
+from workloads.data.decode_stage import stream_settings
 from workloads.data.registry import allowed_sources, builtin_names, source_for
 
 if TYPE_CHECKING:
@@ -76,8 +77,6 @@ def build_dataset(
     order_seed: int | None = None,
     columns: Columns = FIND_COLUMNS,
     keep: Sequence[str] = ROW_COLUMNS,
-    decoders: int | None = None,
-    decoder_pool: bool = True,
 ) -> ray.data.Dataset:
     """A lazy Ray Dataset of `source`'s `split` with columns image, label, id and ok.
 
@@ -85,15 +84,13 @@ def build_dataset(
     sets the size of a generated split and keeps a fixed subset elsewhere. `augmentation`
     (None for evaluation) crops and flips while decoding; `order_seed` reshuffles file or
     block order every epoch (see `stream.py`). `keep` names the columns to produce (chosen
-    while decoding, see `decode_stage.py`); `decoders` is the number of CPUs Ray Data may
-    decode on (None: all of the cluster's), `decoder_pool=False` keeps them in tasks (for
-    streams that share CPUs with others).
+    while decoding); the stream runs with `decode_stage.py`'s execution settings.
     """
     check_keep(keep)
     check_split(split)
     if img_size < 1:
         raise ValueError(f"img_size must be positive, got {img_size}")
-    return source_for(source).build(
+    dataset = source_for(source).build(
         source,
         img_size=img_size,
         split=split,
@@ -103,6 +100,5 @@ def build_dataset(
         order_seed=order_seed,
         columns=columns,
         keep=keep,
-        decoders=decoders,
-        decoder_pool=decoder_pool,
     )
+    return stream_settings(dataset)

@@ -126,15 +126,11 @@ class DataSource(ABC):
         order_seed: int | None,
         columns: Columns,
         keep: Sequence[str] = ROW_COLUMNS,
-        decoders: int | None = None,
-        decoder_pool: bool = True,
     ) -> ray.data.Dataset:
         """A lazy Ray Dataset of the split with the common columns named in `keep`.
 
         `order_seed` (not None) asks for the source's cheap order randomisation (file or
-        block order), reseeded by Ray Data on every execution, i.e. every epoch. `decoders`:
-        the CPUs Ray Data may decode on (None: the cluster's); `decoder_pool` lets a source
-        decode in a pool of actors, see `decode_stage.py`."""
+        block order), reseeded by Ray Data on every execution, i.e. every epoch."""
 
     @abstractmethod
     def push_rows(

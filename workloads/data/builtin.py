@@ -90,8 +90,6 @@ class BuiltinSource(DataSource):
         order_seed: int | None,
         columns: Columns,
         keep: Sequence[str] = ROW_COLUMNS,
-        decoders: int | None = None,
-        decoder_pool: bool = True,
     ) -> ray.data.Dataset:
         import ray.data
 

@@ -93,8 +93,6 @@ class StoredSource(DataSource):
         order_seed: int | None,
         columns: Columns,
         keep: Sequence[str] = ROW_COLUMNS,
-        decoders: int | None = None,
-        decoder_pool: bool = True,
     ) -> ray.data.Dataset:
         import ray.data
 
@@ -127,8 +125,6 @@ class StoredSource(DataSource):
                 _decode_parquet_file,
                 order_seed=order_seed,
                 keep=keep,
-                decoders=decoders,
-                pool=decoder_pool,
                 **decode,
                 filesystem=filesystem,
                 read_columns=read_columns(schema, layout.columns),
