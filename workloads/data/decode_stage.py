@@ -16,9 +16,13 @@ same task, into blocks of about 16 MiB of pixels. Each choice here was measured 
   back to the budget only on a later scheduling round, leaving a CPU idle 150-250 ms between
   tasks of 350-750 ms (traced per task). Without the reservation, Ray's own scheduler hands
   out the CPUs: both decode from the first 40 ms, 10 ms between tasks. CPUs stay bounded by
-  what Ray has (Train workers hold theirs in placement groups), and memory by the streaming
-  generators' buffers: with a consumer slower than the decoders the object store held at
-  most ~230 MiB (~540 MiB with the reservation).
+  what Ray has (Train workers hold theirs in placement groups).
+- **Two decode tasks in flight per CPU** (`TASKS_PER_CPU`): one decoding, one queued behind
+  it at Ray's scheduler, so a CPU never waits for the executor to submit the next. This is
+  also the memory bound that the reservation gave: without a cap every task is submitted at
+  once and, behind a consumer slower than the decoders (training), the whole 2 GiB object
+  store filled and spilled; with two per CPU it peaked at ~420 MiB (~540 MiB with the
+  reservation). One per CPU brought the gaps back (JPEG 1,300 img/s, PNG 64 px -30%).
 - **Eight blocks of buffer per decode task** (`_max_num_blocks_in_streaming_gen_buffer`,
   two by default): a task pauses when that many of its blocks wait for the executor, which
   runs in the consumer's process and, on a busy node, takes them late. 1,430 -> 1,580
@@ -46,6 +50,8 @@ if TYPE_CHECKING:
 BLOCK_BYTES = 16 * 2**20
 # Blocks a decode task may have waiting for the executor before it pauses.
 TASK_OUTPUT_BUFFER_BLOCKS = 8
+# Decode tasks in flight per cluster CPU: one running, one queued.
+TASKS_PER_CPU = 2
 
 DecodeBlock = Callable[..., Iterator[dict[str, Any]]]
 
@@ -91,7 +97,19 @@ def decode_in_tasks(
 ) -> ray.data.Dataset:
     """`dataset`'s blocks decoded by `decode` in tasks, fused with the read before it (no
     `batch_size`: Ray fuses a read only into a map that takes whole blocks)."""
-    return dataset.map_batches(KeepColumns(decode, keep, options or {}), batch_format="pyarrow")
+    return dataset.map_batches(
+        KeepColumns(decode, keep, options or {}),
+        batch_format="pyarrow",
+        concurrency=tasks_in_flight(),
+    )
+
+
+def tasks_in_flight() -> int:
+    """The cap on a stream's decode tasks in flight: `TASKS_PER_CPU` per CPU of the cluster
+    as it is when the stream is built."""
+    import ray
+
+    return TASKS_PER_CPU * max(1, math.floor(ray.cluster_resources().get("CPU", 1.0)))
 
 
 def stream_settings(dataset: ray.data.Dataset) -> ray.data.Dataset:
