@@ -53,6 +53,16 @@ def estimate_worker_hours(trials: list[Trial]) -> tuple[float, int]:
     return hours, measured
 
 
+def worker_time(hours: float) -> str:
+    """A worker-time estimate in the unit that shows it: a short sweep's 0.004 worker-hours
+    printed as "0.00 worker-hours" read as free."""
+    if hours >= 1:
+        return f"{hours:.2f} worker-hours"
+    if hours * 60 >= 1:
+        return f"{hours * 60:.1f} worker-minutes"
+    return f"{hours * 3600:.0f} worker-seconds"
+
+
 def plan_summary(sweep: SweepSpec, trials: list[Trial]) -> str:
     hours, measured = estimate_worker_hours(trials)
     lines = [
@@ -69,7 +79,7 @@ def plan_summary(sweep: SweepSpec, trials: list[Trial]) -> str:
     if measured:
         scale = len(trials) / measured
         lines.append(
-            f"estimate: {hours * scale:.2f} worker-hours "
+            f"estimate: {worker_time(hours * scale)} "
             f"(from earlier runs of {measured} of the {len(trials)} trial configs in MLflow)"
         )
     else:

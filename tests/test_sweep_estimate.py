@@ -55,3 +55,11 @@ def test_dry_run_estimates_worker_hours_from_recorded_epoch_times(workdir):
         "estimate: 4.00 worker-hours (from earlier runs of 1 of the 2 trial configs in MLflow)"
         in after.output
     )
+
+
+def test_worker_time_is_printed_in_the_unit_that_shows_it():
+    from orchestrator.sweep_plan import worker_time
+
+    assert worker_time(4.0) == "4.00 worker-hours"
+    assert worker_time(0.25) == "15.0 worker-minutes"
+    assert worker_time(12 / 3600) == "12 worker-seconds"  # was "0.00 worker-hours"

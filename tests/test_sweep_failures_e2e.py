@@ -111,9 +111,10 @@ def test_two_trials_at_once_keep_their_own_metrics(workdir, ray_session):
     planned = CliRunner().invoke(main, ["sweep", "pair.yaml", "--dry-run"])
     assert planned.exit_code == 0, planned.output
     expected = sum(sum(t) / len(t) * 2 * 1 / 3600 for t in epoch_times.values())
+    assert expected < 1 / 60  # seconds of work: not "0.00 worker-hours"
     assert (
-        f"estimate: {expected:.2f} worker-hours (from earlier runs of 2 of the 2 trial configs"
-        in planned.output
+        f"estimate: {expected * 3600:.0f} worker-seconds (from earlier runs of 2 of the 2 trial "
+        "configs" in planned.output
     )
 
 
