@@ -62,9 +62,7 @@ def run_pretrain(
 
 
 def execute_run(
-    run: PreparedRun,
-    address: str | None = None,
-    callbacks: list[Any] | None = None,
+    run: PreparedRun, address: str | None = None, callbacks: list[Any] | None = None
 ) -> PretrainResult:
     """Fit a prepared run to its last epoch (or report it finished) and close its MLflow run."""
     spec = run.spec

@@ -34,6 +34,7 @@ from workloads.data.decode_stage import decode_in_tasks, in_chunks, read_tasks_f
 
 if TYPE_CHECKING:
     import pyarrow as pa
+    import pyarrow.fs
     import ray.data
 
 IMAGE_EXTENSIONS: tuple[str, ...] = ("png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp")
@@ -134,31 +135,21 @@ class FolderSource(DataSource):
         columns: Columns,
         keep: Sequence[str] = ROW_COLUMNS,
     ) -> ray.data.Dataset:
-        import ray.data
-
         check_split(split)
         check_num_images(num_images)
         root = os.path.expanduser(source)
         split_root = split_folder(root, split)
         # An explicit file list (not the folder) keeps stray files out of the dataset and
         # makes the rows exactly those that `describe` counts.
-        files = folder_image_files(split_root, num_images)
-        shuffle = None if order_seed is None else ray.data.FileShuffleConfig(seed=order_seed)
-        rows = rows_per_batch(img_size)
-        encoded = ray.data.read_binary_files(
-            files,
-            include_paths=True,
-            shuffle=shuffle,
-            override_num_blocks=read_tasks_for(len(files), rows),
+        return decode_class_file_list(
+            folder_image_files(split_root, num_images),
+            root=os.path.realpath(split_root),
+            class_names=split_class_names(root, SPLITS),
+            img_size=img_size,
+            augmentation=augmentation,
+            order_seed=order_seed,
+            keep=keep,
         )
-        options = {
-            "rows": rows,
-            "root": os.path.realpath(split_root),
-            "class_names": split_class_names(root, SPLITS),
-            "img_size": img_size,
-            "augmentation": augmentation,
-        }
-        return decode_in_tasks(encoded, decode_class_file_chunks, keep, options)
 
     def push_rows(
         self, source: str, *, img_size: int, split: str, num_images: int | None, columns: Columns
@@ -177,6 +168,40 @@ class FolderSource(DataSource):
             return [_read_bytes(path) for path in chosen], labels, ids
 
         return PushRows(len(files), class_names, read)
+
+
+def decode_class_file_list(
+    files: list[str],
+    *,
+    root: str,
+    class_names: list[str],
+    img_size: int,
+    augmentation: Augmentation | None,
+    order_seed: int | None,
+    keep: Sequence[str],
+    filesystem: pyarrow.fs.FileSystem | None = None,
+) -> ray.data.Dataset:
+    """Image files under `root/<class name>/`, read and decoded in one stage, a few hundred
+    per task (`decode_stage.py`), in a new file order every epoch when `order_seed` is set."""
+    import ray.data
+
+    shuffle = None if order_seed is None else ray.data.FileShuffleConfig(seed=order_seed)
+    rows = rows_per_batch(img_size)
+    encoded = ray.data.read_binary_files(
+        files,
+        filesystem=filesystem,
+        include_paths=True,
+        shuffle=shuffle,
+        override_num_blocks=read_tasks_for(len(files), rows),
+    )
+    options = {
+        "rows": rows,
+        "root": root,
+        "class_names": class_names,
+        "img_size": img_size,
+        "augmentation": augmentation,
+    }
+    return decode_in_tasks(encoded, decode_class_file_chunks, keep, options)
 
 
 def decode_class_file_chunks(

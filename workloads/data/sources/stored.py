@@ -35,10 +35,10 @@ from workloads.data.base import (
     rows_per_batch,
 )
 from workloads.data.decode import decode_images
-from workloads.data.decode_stage import decode_files, decode_in_tasks, read_tasks_for
+from workloads.data.decode_stage import decode_files
 from workloads.data.object_store import S3Settings
 from workloads.data.registry import allowed_sources
-from workloads.data.sources.folder import decode_class_file_chunks
+from workloads.data.sources.folder import decode_class_file_list
 from workloads.data.stored_layout import (
     describe_layout,
     open_parquet,
@@ -94,26 +94,19 @@ class StoredSource(DataSource):
         columns: Columns,
         keep: Sequence[str] = ROW_COLUMNS,
     ) -> ray.data.Dataset:
-        import ray.data
-
         check_num_images(num_images)
         filesystem, layout = resolve_layout(source, columns=columns)
-        decode = {
-            "rows": rows_per_batch(img_size),
-            "img_size": img_size,
-            "augmentation": augmentation,
-        }
         if layout.kind == "image-files":
-            shuffle = None if order_seed is None else ray.data.FileShuffleConfig(seed=order_seed)
-            encoded = ray.data.read_binary_files(
+            dataset = decode_class_file_list(
                 layout.files,
+                root=layout.root,
+                class_names=layout.class_names,
+                img_size=img_size,
+                augmentation=augmentation,
+                order_seed=order_seed,
+                keep=keep,
                 filesystem=filesystem,
-                include_paths=True,
-                shuffle=shuffle,
-                override_num_blocks=read_tasks_for(len(layout.files), decode["rows"]),
             )
-            options = {**decode, "root": layout.root, "class_names": layout.class_names}
-            dataset = decode_in_tasks(encoded, decode_class_file_chunks, keep, options)
         else:
             import pyarrow.parquet as pq
 
@@ -125,7 +118,9 @@ class StoredSource(DataSource):
                 _decode_parquet_file,
                 order_seed=order_seed,
                 keep=keep,
-                **decode,
+                rows=rows_per_batch(img_size),
+                img_size=img_size,
+                augmentation=augmentation,
                 filesystem=filesystem,
                 read_columns=read_columns(schema, layout.columns),
                 source_name=posixpath.basename(layout.root),
