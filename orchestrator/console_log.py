@@ -17,14 +17,12 @@ import logging.handlers
 import os
 import sys
 from pathlib import Path
-from typing import Any
+
+from orchestrator import ray_internals
 
 MIMRAY_PREFIX = "[mimray]"
 LIBRARIES = ("ray", "mlflow", "alembic", "py.warnings", "urllib3", "botocore", "filelock")
 DRIVER_LOG = "mimray-driver.log"
-# Loggers that write while `ray.init` runs, when Ray may have just replaced its console
-# handler (not yet gated): they are kept off the console at the source.
-INIT_LOGGERS = ("ray._private.worker", "ray._private.authentication.authentication_token_setup")
 
 _held = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
 _active = False
@@ -49,19 +47,18 @@ def quiet_libraries() -> None:
     # at verbose=0 prints none of them.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Ray Data's own file log (ray-data.log in the session folder) without its console copy.
-    os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(_data_logging_config()))
+    if ray_internals.supported():
+        os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(_data_logging_config()))
     # MLflow then adds no console handler of its own: its records reach the file only.
     os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
     logging.captureWarnings(True)  # RayDeprecationWarning & co. become py.warnings records
     import ray  # noqa: F401 - Ray installs its console handler on import: gate it now
 
-    for name in INIT_LOGGERS:
-        logger = logging.getLogger(name)
-        logger.propagate = False
-        logger.addHandler(_held)
-        errors = logging.StreamHandler(sys.stderr)
-        errors.setLevel(logging.ERROR)
-        logger.addHandler(errors)
+    # Ray's loggers that write while `ray.init` runs, when Ray may have just replaced its
+    # console handler (not yet gated), are kept off the console at the source.
+    errors = logging.StreamHandler(sys.stderr)
+    errors.setLevel(logging.ERROR)
+    ray_internals.quiet_init_loggers([_held, errors])
     gate_library_handlers()
 
 
@@ -107,25 +104,13 @@ def attach_session_log(logs_dir: str | None) -> str | None:
 def _filter_forwarded_output() -> None:
     """Ray prints each worker's forwarded output lines on the driver; keep mimray's lines
     (without Ray's `(pid=...)` prefix). Everything is in the workers' log files, and a failure
-    that matters reaches the driver as the exception that ends the run (one line)."""
-    try:
-        from ray._private import worker as ray_worker
-    except ImportError:
-        return
-    dispatcher = ray_worker.global_worker_stdstream_dispatcher
-    if not any(name == "ray_print_logs" for name, _ in getattr(dispatcher, "handlers", [])):
-        return  # log_to_driver is off: nothing is forwarded
-    dispatcher.remove_handler("ray_print_logs")
+    that matters reaches the driver as the exception that ends the run (one line). On a Ray
+    release other than the one `ray_internals` was read in, every forwarded line is printed."""
+    ray_internals.filter_forwarded_output(_mimray_part)
 
-    def print_wanted(data: dict[str, Any]) -> None:
-        mimray = [
-            line[line.index(MIMRAY_PREFIX) :] for line in data["lines"] if MIMRAY_PREFIX in line
-        ]
-        if mimray:
-            sys.stdout.write("".join(f"{line}\n" for line in mimray))
-            sys.stdout.flush()
 
-    dispatcher.add_handler("mimray_print_logs", print_wanted)
+def _mimray_part(line: str) -> str | None:
+    return line[line.index(MIMRAY_PREFIX) :] if MIMRAY_PREFIX in line else None
 
 
 def _is_console(handler: logging.Handler) -> bool:
@@ -144,7 +129,8 @@ def _data_logging_config() -> Path:
     """Ray Data's default logging config minus its console handler (a file of our own)."""
     import tempfile
 
-    path = Path(tempfile.gettempdir()) / "mimray-ray-data-logging-v1.yaml"
+    name = f"mimray-ray-data-logging-{ray_internals.RAY_RELEASE}.yaml"
+    path = Path(tempfile.gettempdir()) / name
     if not path.exists():
         path.write_text(
             "version: 1\n"
@@ -154,7 +140,7 @@ def _data_logging_config() -> Path:
             '    format: "%(asctime)s %(levelname)s %(filename)s:%(lineno)s -- %(message)s"\n'
             "handlers:\n"
             "  file:\n"
-            "    class: ray.data._internal.logging.SessionFileHandler\n"
+            f"    class: {ray_internals.DATA_SESSION_FILE_HANDLER}\n"
             "    formatter: ray\n"
             "    filename: ray-data.log\n"
             "loggers:\n"

@@ -12,7 +12,10 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from orchestrator import console_log
+from orchestrator import console_log, ray_internals
+
+# This driver's Ray session folder, from what `ray.init` returned (public: RayContext).
+_session_dir: str | None = None
 
 
 def ensure_ray(address: str | None = None, log_to_driver: bool = True) -> None:
@@ -22,52 +25,31 @@ def ensure_ray(address: str | None = None, log_to_driver: bool = True) -> None:
     """
     import ray
 
+    global _session_dir
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=log_to_driver)
-        pin_data_coordinator_here()
+        context = ray.init(address=address, log_to_driver=log_to_driver)
+        ray_internals.pin_data_coordinator_here()
     else:
-        ray.init(
+        context = ray.init(
             include_dashboard=True,
             # Under the CLI's console policy Ray's driver logs are already routed to a file.
             configure_logging=not console_log.is_active(),
             logging_level="WARNING",
             log_to_driver=log_to_driver,
         )
+    _session_dir = context.address_info.get("session_dir")
     log_path = console_log.attach_session_log(session_logs_dir())
     if log_path:
         print(f"[mimray] Ray, Tune, Ray Data and MLflow logs: {log_path}", flush=True)
 
 
-def pin_data_coordinator_here() -> None:
-    """Create Ray Data's autoscaling coordinator on this driver's node, before any trial runs.
-
-    It is a detached actor (it outlives every job) that Ray 2.60 creates on the node of the
-    first process to run a dataset. A one-worker trial trains, and so reads its data, inside
-    its Tune actor, often on a GPU node the autoscaler added: created there, the coordinator
-    keeps that node busy forever and the autoscaler never removes it (seen on the fake
-    multi-node cluster). Created here first, it lives on the driver's node (the head for
-    `mimray submit`). Private Ray API: a Ray without it has nothing to pin.
-    """
-    try:
-        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
-            get_or_create_autoscaling_coordinator,
-        )
-    except ImportError:
-        return
-    get_or_create_autoscaling_coordinator()
-
-
 def session_logs_dir() -> str | None:
-    """This driver's Ray session log folder, or None (a client connection has none here)."""
-    try:
-        from ray._private.worker import _global_node
-
-        return _global_node.get_logs_dir_path()
-    except Exception:  # noqa: BLE001 - no local node behind this connection
-        return None
+    """This driver's Ray session log folder, or None (not started here, or a client
+    connection, which has no local session folder)."""
+    return f"{_session_dir}/logs" if _session_dir else None
 
 
 def scaling_config(scaling: Any, extra_resources: Mapping[str, float] | None = None) -> Any:

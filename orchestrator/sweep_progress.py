@@ -8,16 +8,12 @@ from typing import Any
 from ray.tune import Callback
 
 from orchestrator.config import Trial
+from orchestrator.ray_setup import session_logs_dir
 from workloads.live_metrics import SweepMetrics
 
 
 def ray_log_dir() -> str:
-    try:
-        from ray._private.worker import _global_node
-
-        return _global_node.get_logs_dir_path()
-    except Exception:  # a client connection has no local node
-        return "the Ray cluster's session logs"
+    return session_logs_dir() or "the Ray cluster's session logs"
 
 
 class SweepProgress(Callback):

@@ -24,10 +24,29 @@ def fail(message: str, code: int = USAGE_ERROR) -> None:
 
 
 def root_cause(err: BaseException) -> str:
-    """The line that says why, out of a Ray error that wraps a worker's traceback."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    raised = [line for line in lines if "Error:" in line and not line.startswith("File ")]
-    return (raised[-1] if raised else lines[-1] if lines else type(err).__name__)[:500]
+    """One line that says why a run failed, from the exception objects Ray hands over: a
+    worker group's failures by rank (`WorkerGroupError.worker_failures`), a controller's
+    (`ControllerError.controller_failure`), a task's or actor's own exception
+    (`RayTaskError.cause`), each unwrapped to the error the user's code raised."""
+    rank, cause = _innermost(err)
+    first = next((line.strip() for line in str(cause).splitlines() if line.strip()), "")
+    where = f"rank {rank}: " if rank is not None else ""
+    return f"{where}{type(cause).__name__}: {first}"[:500] if first else type(cause).__name__
+
+
+def _innermost(err: BaseException, rank: int | None = None) -> tuple[int | None, BaseException]:
+    """(the failing worker's rank when known, the innermost exception)."""
+    from ray.exceptions import RayTaskError
+    from ray.train import ControllerError, WorkerGroupError
+
+    if isinstance(err, WorkerGroupError) and err.worker_failures:
+        first = min(err.worker_failures)
+        return _innermost(err.worker_failures[first], first)
+    if isinstance(err, ControllerError):
+        return _innermost(err.controller_failure, rank)
+    if isinstance(err, RayTaskError) and err.cause is not None and err.cause is not err:
+        return _innermost(err.cause, rank)
+    return rank, err
 
 
 set_option = click.option(

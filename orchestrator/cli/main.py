@@ -24,6 +24,11 @@ from orchestrator.cli.common import LazyGroup, console, fail, root_cause, set_op
 @click.version_option(__version__, prog_name="mimray")
 def main() -> None:
     """mimray: masked-image-modeling pretraining ablations on Ray, tracked in MLflow."""
+    from orchestrator.versions import version_warning
+
+    warning = version_warning()
+    if warning:
+        click.echo(warning, err=True)
 
 
 @main.command()
@@ -180,6 +185,12 @@ def ui(port: int, host: str) -> None:
         "1",
     ]
     console.print(f"MLflow UI for {uri} on http://{host}:{port} (Ctrl-C stops it)")
+    from orchestrator.tracking.ui_links import experiment_link, training_experiments
+
+    # MLflow opens experiments in its GenAI layout unless the link asks for the training one.
+    base = f"http://{host}:{port}" if port else ""  # port 0: relative to the URL it binds
+    for experiment_id, experiment in training_experiments(uri)[:20]:
+        console.print(f"  {experiment}: {experiment_link(base, experiment_id)}", soft_wrap=True)
     sys.stdout.flush()
     # Become the server, so stopping this process stops the UI (no orphaned server).
     os.execve(sys.executable, command, env)
@@ -241,6 +252,10 @@ LAZY_COMMANDS = {
     "lineage": (
         "orchestrator.cli.lineage:lineage",
         "Show TARGET's lineage: sweep -> trial runs -> checkpoints -> evaluations.",
+    ),
+    "promote": (
+        "orchestrator.cli.promote:promote",
+        "Register TARGET's best checkpoint as a model version with an alias (models:/NAME@ALIAS).",
     ),
 }
 for _name, (_target, _short_help) in LAZY_COMMANDS.items():
