@@ -197,9 +197,8 @@ def test_ray_up_on_an_empty_account_launches_every_node_type_as_configured(moto_
         head = name == config["head_node_type"]
         # The head launches workers; every worker writes checkpoints to the bucket.
         profile = "mimray-head" if head else "mimray-worker"
-        assert instance.get("IamInstanceProfile", {}).get("Arn", "").endswith(
-            f":instance-profile/{profile}"
-        ), f"{name}: {instance.get('IamInstanceProfile')}"
+        arn = instance.get("IamInstanceProfile", {}).get("Arn", "")
+        assert arn.endswith(f":instance-profile/{profile}"), f"{name}: {arn or 'no profile'}"
         (role,) = iam.get_instance_profile(InstanceProfileName=profile)["InstanceProfile"]["Roles"]
         assert role["RoleName"] == profile, name
         # A type without the on_demand marker is a spot type, and only those launch as spot.

@@ -2,7 +2,8 @@
 accounts on every node, pinned images, mimray's own container, no duplicate or extra open
 firewall rules, Prometheus discovery visible on the host), and nothing under cluster/ looks
 like a credential. Offline and fast: no cloud, no cluster. KubeRay: test_kuberay_manifests.py;
-capacity and resource arithmetic with Ray's scheduler: test_cluster_capacity.py."""
+`ray up`'s calls to AWS on moto: test_cluster_aws_launch.py; the host's /tmp/ray as the
+container's user sees it: test_cluster_host_mounts.py."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ray.autoscaler._private.resource_demand_scheduler import get_bin_pack_residual
 from ray.autoscaler._private.util import prepare_config, validate_config
+
+from orchestrator.config.run import ScalingSpec
 
 CLUSTER = Path(__file__).resolve().parent.parent / "cluster"
 CLOUD_CONFIGS = ["aws.yaml", "gcp.yaml"]
@@ -76,7 +80,10 @@ def test_broken_variant_is_rejected(name, path, value):
 def test_cloud_head_takes_no_trials_and_spot_has_an_on_demand_twin(name):
     config = load(name)
     types = config["available_node_types"]
-    assert types[config["head_node_type"]]["resources"]["CPU"] == 0
+    head = types[config["head_node_type"]]
+    assert head["resources"]["CPU"] == 0
+    # The head is on-demand and always up: the marker is on the cluster before any worker.
+    assert not _is_spot(head["node_config"]) and head["resources"]["on_demand"] >= 1
     spot = {k: v for k, v in types.items() if _is_spot(v["node_config"])}
     on_demand = {
         k: v
@@ -241,17 +248,62 @@ def test_prometheus_on_the_host_sees_rays_discovery_file(name):
 
 
 @pytest.mark.parametrize(("name", "cloud"), [("aws.yaml", "aws"), ("gcp.yaml", "gcp")])
-def test_spot_watcher_and_capacity_scorer_are_started(name, cloud):
-    from ray.autoscaler._private.loader import load_function_or_class
-
-    from orchestrator.capacity_scorer import SCORER_ENV, SCORER_PATH
-
+def test_spot_watcher_is_started_and_no_hook_autoscaler_v2_ignores(name, cloud):
     config = load(name)
-    head = " ".join(config["head_start_ray_commands"])
-    assert f"{SCORER_ENV}={SCORER_PATH}" in head
-    assert callable(load_function_or_class(SCORER_PATH))  # as Ray's autoscaler loads it
     workers = config["worker_start_ray_commands"]
     assert any(f"python -m orchestrator.spot_watch {cloud}" in c for c in workers)
+    # `ray up` starts autoscaler v2, which never reads v1's scorer hook: none may be promised.
+    head = " ".join(config["head_start_ray_commands"])
+    assert "RAY_AUTOSCALER_UTILIZATION_SCORER" not in head
+
+
+# What mimray asks per Train worker and per trial driver on these clusters.
+PIN_ON_DEMAND = {"on_demand": 0.01}
+DRIVER = {"CPU": 0.01, "on_demand": 0.01}
+
+
+def _gpu_type(config: dict, size: str, spot: bool) -> dict:
+    (node_type,) = [
+        t
+        for k, t in _workers(config).items()
+        if t["resources"].get(size) and ("on_demand" not in t["resources"]) == spot
+    ]
+    return node_type
+
+
+def _worker_bundle(size: str, pinned: bool = False) -> dict[str, float]:
+    scaling = ScalingSpec()
+    bundle = {"CPU": scaling.cpus_per_worker, "GPU": scaling.gpus_per_worker, size: 1}
+    return {**bundle, **(PIN_ON_DEMAND if pinned else {})}
+
+
+@pytest.mark.parametrize("name", CLOUD_CONFIGS)
+@pytest.mark.parametrize("size", ["gpu_1x", "gpu_8x"])
+@pytest.mark.parametrize("pinned", [False, True])
+def test_resources_add_up_for_a_full_node_of_workers(name, size, pinned):
+    config = load(name)
+    node = _gpu_type(config, size, spot=not pinned)
+    gpus = int(node["resources"]["GPU"])
+    workers = [_worker_bundle(size, pinned)] * gpus
+    # Every GPU of the node takes one worker, and one worker more does not fit (Ray's packing).
+    assert get_bin_pack_residual([node["resources"]], workers)[0] == []
+    assert get_bin_pack_residual([node["resources"]], [*workers, _worker_bundle(size)])[0]
+    # CPU left beside the workers for Ray Data (its budget excludes what workers reserve).
+    assert node["resources"]["CPU"] - gpus * ScalingSpec().cpus_per_worker >= 1
+
+
+@pytest.mark.parametrize("name", CLOUD_CONFIGS)
+def test_trial_drivers_fit_on_on_demand_workers_only(name):
+    config = load(name)
+    for type_name, node_type in config["available_node_types"].items():
+        unfit = get_bin_pack_residual([node_type["resources"]], [DRIVER])[0]
+        # Not on spot (no marker), not on the head (CPU: 0): on cpu.on_demand / on-demand GPUs.
+        fits = "on_demand" in node_type["resources"] and node_type["resources"]["CPU"] > 0
+        assert bool(unfit) == (not fits), type_name
+    # And eight pinned workers plus their drivers fit the on-demand marker of one 8-GPU node.
+    on_demand = _gpu_type(config, "gpu_8x", spot=False)
+    demands = [_worker_bundle("gpu_8x", pinned=True)] * 8 + [DRIVER] * 8
+    assert not get_bin_pack_residual([on_demand["resources"]], demands)[0]
 
 
 # Patterns of real credentials: AWS access key ids, secret key assignments with a value,
