@@ -33,8 +33,9 @@ def evaluate(
 ) -> None:
     """Evaluate TARGET's checkpoints downstream: kNN, linear probe or fine-tune.
 
-    TARGET is a pretrain run id or name (its last checkpoint), a checkpoint model id (m-...)
-    or a sweep name (each trial's last checkpoint). Each evaluation is an MLflow run nested under
+    TARGET is a pretrain run id or name (its last checkpoint), a checkpoint model id (m-...),
+    a registered version (models:/NAME@ALIAS, from `mimray promote`) or a sweep name (each
+    trial's last checkpoint). Each evaluation is an MLflow run nested under
     the pretrain run; evaluating the same checkpoint with the same settings reuses it.
     """
     uri = resolve_tracking_uri(tracking_uri)

@@ -15,6 +15,16 @@ from typing import Any
 from orchestrator.tracking.names import CHECKPOINT_URI_TAG, MODEL_TYPE
 from orchestrator.tracking.store import commit_without_fsync
 
+# MLflow's tags for where something came from, copied from the run onto its checkpoints (its UI
+# shows them as a model's "Logged from"); the source name first.
+SOURCE_TAGS = (
+    "mlflow.source.name",
+    "mlflow.source.type",
+    "mlflow.source.git.commit",
+    "mlflow.source.git.branch",
+    "mlflow.source.git.repoURL",
+)
+
 
 @dataclass
 class MlflowReporter:
@@ -44,6 +54,7 @@ class MlflowReporter:
     _uncommitted: list = field(default_factory=list, repr=False)
     _recorded_up_to: dict = field(default_factory=dict, repr=False)  # key -> last step in run
     _recorded_checkpoints: dict | None = field(default=None, repr=False)  # epoch -> model id
+    _checkpoint_origin: tuple | None = field(default=None, repr=False)  # (source tags, dataset)
     _last_flush: float = field(default=0.0, repr=False)
     _client: Any = field(default=None, repr=False)
     _monitor: Any = field(default=None, repr=False)
@@ -131,24 +142,48 @@ class MlflowReporter:
                 # Redone after a lost registration: same directory (deterministic name),
                 # rewritten in place, so the recorded model already points at it.
                 return self._recorded_checkpoints[epoch]
+        source, dataset = self._origin()
         model = mlflow.create_external_model(
             name=f"checkpoint-epoch-{epoch:04d}",
             source_run_id=self.run_id,
             experiment_id=self.experiment_id,
             model_type=MODEL_TYPE,
-            tags={CHECKPOINT_URI_TAG: uri},
+            tags={**source, CHECKPOINT_URI_TAG: uri},
             params={"epoch": str(epoch), "step": str(step), "checkpoint_uri": uri},
         )
         self._client.log_outputs(self.run_id, [LoggedModelOutput(model.model_id, step)])
         if "loss" in metrics:
+            # With the training data set named: MLflow lists a model's data sets from its metrics.
             self._client.log_metric(
                 self.run_id,
                 "checkpoint/loss",
                 float(metrics["loss"]),
                 step=epoch,
                 model_id=model.model_id,
+                dataset_name=dataset[0] if dataset else None,
+                dataset_digest=dataset[1] if dataset else None,
             )
         return model.model_id
+
+    def _origin(self) -> tuple[dict[str, str], tuple[str, str] | None]:
+        """Where this run's checkpoints come from: the run's source tags (the mimray command and
+        commit, set by the driver) and its training data set (name, digest); read once.
+
+        MLflow fills a new model's source from the process that creates it, and rank 0 is a Ray
+        worker: without these every checkpoint said "Logged from default_worker.py"."""
+        if self._checkpoint_origin is None:
+            run = self._client.get_run(self.run_id)
+            tags = run.data.tags
+            source = {key: tags[key] for key in SOURCE_TAGS if key in tags}
+            source.setdefault(SOURCE_TAGS[0], "mimray")  # a run recorded before it had them
+            inputs = run.inputs.dataset_inputs if run.inputs is not None else []
+            training = [
+                (d.dataset.name, d.dataset.digest)
+                for d in inputs
+                if any(t.key == "mlflow.data.context" and t.value == "training" for t in d.tags)
+            ]
+            self._checkpoint_origin = (source, training[0] if training else None)
+        return self._checkpoint_origin
 
     def close(self) -> None:
         self._uncommitted = []  # no checkpoint holds them: a restarted attempt redoes them
