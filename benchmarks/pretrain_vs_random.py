@@ -60,7 +60,7 @@ from rich.table import Table
 
 from workloads.data.base import Augmentation
 from workloads.data.builtin import BuiltinSource
-from workloads.data.decode import augment_pixels, random_hflip
+from workloads.data.decode import augment_pixels
 from workloads.data.registry import source_for
 from workloads.evaluation.heads import Pool, load_encoder
 from workloads.evaluation.protocols import extract_features, finetune, knn_metrics, linear_probe
@@ -99,10 +99,6 @@ def load_split(name: str, split: str, count: int | None, img_size: int) -> Data:
 
 def batches(images: torch.Tensor, labels: torch.Tensor, size: int) -> list[Data]:
     return [(images[i : i + size], labels[i : i + size]) for i in range(0, len(labels), size)]
-
-
-def flipped(images: torch.Tensor) -> torch.Tensor:
-    return torch.as_tensor(random_hflip({"image": images.numpy()})["image"])
 
 
 def augmented(images: torch.Tensor, args: argparse.Namespace) -> torch.Tensor:
@@ -177,10 +173,10 @@ def evaluate(
     metrics = knn_metrics(train_features, val_features, num_classes, k=args.knn_k, temperature=0.07)
     linear = {
         "epochs": args.probe_epochs,
-        "batch_size": 256,
-        "blr": 0.1,
+        "batch_size": args.probe_batch,
+        "blr": args.probe_blr,
         "weight_decay": 0.0,
-        "warmup_epochs": 1,
+        "warmup_epochs": args.probe_warmup_epochs,
     }
     metrics.update(linear_probe(train_features, val_features, num_classes, linear, seed=seed))
     if args.finetune_epochs:
@@ -201,9 +197,9 @@ def finetune_few_labels(
     images, labels = train[0][:count], train[1][:count]
     order = torch.Generator().manual_seed(seed)
 
-    def train_epoch() -> list[Data]:
+    def train_epoch(epoch: int) -> list[Data]:
         permutation = torch.randperm(count, generator=order)
-        return batches(flipped(images[permutation]), labels[permutation], args.finetune_batch)
+        return batches(images[permutation], labels[permutation], args.finetune_batch)
 
     # `finetune` scores val after every epoch; only the last score is reported, so the
     # earlier passes get no batches (they read 0) and cost nothing.
@@ -219,6 +215,7 @@ def finetune_few_labels(
         "weight_decay": 0.05,
         "warmup_epochs": 1,
         "label_smoothing": 0.1,
+        "hflip": True,  # drawn inside `finetune`, from the seed
     }
     return finetune(
         load_encoder(model_spec, state, init_seed=seed),
@@ -267,7 +264,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--blr", type=float, default=1.5e-4, help="pretraining base lr")
     parser.add_argument("--warmup-epochs", type=int, default=2)
     parser.add_argument("--pool", choices=["mean", "cls"], default="mean")
-    parser.add_argument("--probe-epochs", type=int, default=50, help="linear-probe epochs")
+    parser.add_argument("--probe-epochs", type=int, default=90, help="linear-probe epochs")
+    parser.add_argument("--probe-warmup-epochs", type=float, default=10)
+    parser.add_argument("--probe-batch", type=int, default=256)
+    parser.add_argument("--probe-blr", type=float, default=0.1, help="LARS lr * 256 / batch")
     parser.add_argument("--finetune-epochs", type=int, default=20, help="0 skips fine-tuning")
     parser.add_argument("--finetune-batch", type=int, default=32)
     parser.add_argument("--finetune-blr", type=float, default=1e-2)

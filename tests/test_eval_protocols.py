@@ -7,17 +7,26 @@ import math
 import numpy as np
 import pytest
 import torch
+from timm.optim import Lars
 from tiny_model import tiny_model
 
 from workloads.data.builtin import GENERATED_VAL_INDEX_OFFSET
 from workloads.data.sources.colors import COLOR_CLASSES, render_colors
 from workloads.evaluation.heads import (
     FineTuneClassifier,
+    LinearProbe,
     layer_decay_param_groups,
     load_encoder,
 )
 from workloads.evaluation.knn import knn_predict, knn_top1
-from workloads.evaluation.protocols import extract_features, finetune, knn_metrics, linear_probe
+from workloads.evaluation.protocols import (
+    extract_features,
+    finetune,
+    knn_metrics,
+    linear_probe,
+    probe_optimizer,
+    random_hflip,
+)
 from workloads.methods import get_method
 
 MODEL = tiny_model(img_size=16)
@@ -68,7 +77,30 @@ def _batches(images, labels, size=32):
     return [(images[i : i + size], labels[i : i + size]) for i in range(0, len(labels), size)]
 
 
-LINEAR = {"epochs": 10, "batch_size": 64, "blr": 0.1, "weight_decay": 0.0, "warmup_epochs": 1}
+# 4 steps an epoch on 256 images: LARS moves each weight by ~lr * 0.001 of its norm a step, so
+# a set this small needs a blr far above MAE's ImageNet 0.1 to learn in 30 epochs.
+LINEAR = {"epochs": 30, "batch_size": 64, "blr": 30.0, "weight_decay": 0.0, "warmup_epochs": 3}
+
+
+def test_probe_optimizer_is_maes_lars():
+    probe = LinearProbe(3, 2, generator=torch.Generator().manual_seed(0))
+    optimizer = probe_optimizer(probe, lr=0.5, weight_decay=0.0)
+    assert isinstance(optimizer, Lars)
+    weights, vectors = optimizer.param_groups
+    assert weights["params"] == [probe.head.weight] and weights["always_adapt"]
+    assert vectors["params"] == [probe.head.bias] and not vectors["always_adapt"]
+    for group in optimizer.param_groups:
+        assert (group["momentum"], group["trust_coeff"], group["weight_decay"]) == (0.9, 1e-3, 0)
+    # One step by hand, as MAE's util/lars.py takes it: the weight matrix moves by
+    # lr * 0.001 * |W| / |G| * G, the bias (no adaptation) by lr * g.
+    before_w, before_b = probe.head.weight.detach().clone(), probe.head.bias.detach().clone()
+    probe.head.weight.grad = torch.tensor([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0]])
+    probe.head.bias.grad = torch.tensor([0.2, -0.4])
+    optimizer.step()
+    grad_w = probe.head.weight.grad
+    expected_w = before_w - 0.5 * 1e-3 * before_w.norm() / grad_w.norm() * grad_w
+    assert torch.allclose(probe.head.weight, expected_w, atol=1e-7)
+    assert torch.allclose(probe.head.bias, before_b - 0.5 * probe.head.bias.grad)
 
 
 def test_linear_probe_learns_an_easy_task_and_not_shuffled_labels():
@@ -92,8 +124,8 @@ def test_finetune_learns_an_easy_task():
     train_images, train_labels = _colors("train", 256)
     val_images, val_labels = _colors("val", 128)
 
-    def train_epoch():
-        order = torch.randperm(len(train_labels))
+    def train_epoch(epoch):
+        order = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(epoch))
         return _batches(train_images[order], train_labels[order])
 
     settings = {
@@ -154,3 +186,57 @@ def test_load_encoder_takes_the_online_encoder_of_a_method(method_name, prefix):
         assert torch.equal(value, state[f"{prefix}{name}"]), name
     with pytest.raises(ValueError, match="encoder"):
         load_encoder(MODEL, {"decoder.weight": torch.zeros(1)})
+
+
+def test_linear_and_finetune_repeat_exactly_with_their_seed():
+    """Every random draw comes from the spec's seed: head init, feature order, flips. The
+    global torch generator is reseeded between runs so nothing can lean on it."""
+    noise = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (16, 16, 16, 3), dtype=torch.uint8, generator=noise)
+    labels = torch.arange(16) % 4
+    features, val_features = torch.randn(64, 8, generator=noise), torch.randn(16, 8)
+    feature_labels = torch.arange(64) % 4
+    linear = {**LINEAR, "epochs": 3, "batch_size": 16}
+    settings = {
+        "epochs": 2,
+        "blr": 5e-3,
+        "layer_decay": 0.75,
+        "weight_decay": 0.05,
+        "warmup_epochs": 0.5,
+        "label_smoothing": 0.1,
+        "hflip": True,
+    }
+
+    def run_both(seed: int) -> list[float]:
+        torch.manual_seed(torch.seed())  # a fresh global state each time
+        probe = linear_probe(
+            (features, feature_labels), (val_features, labels), 4, linear, seed=seed
+        )
+        losses: list[float] = []
+        finetune(
+            load_encoder(MODEL, None, init_seed=0),
+            lambda epoch: _batches(images, labels, size=8),
+            lambda: [],
+            4,
+            settings,
+            steps_per_epoch=2,
+            global_batch_size=8,
+            device=CPU,
+            seed=seed,
+            on_epoch=lambda e, m: losses.append(m["finetune/train_loss"]),
+        )
+        return [probe["linear/top1"], probe["linear/best_top1"], *losses]
+
+    first = run_both(seed=3)
+    assert run_both(seed=3) == first
+    assert run_both(seed=4) != first  # the seed does reach the draws
+
+
+def test_finetune_flips_are_drawn_from_the_seed():
+    images = torch.arange(4 * 2 * 3 * 3, dtype=torch.uint8).view(4, 2, 3, 3)
+    draws = [random_hflip(images, torch.Generator().manual_seed(7)) for _ in range(2)]
+    assert torch.equal(draws[0], draws[1])
+    pairs = list(zip(draws[0], images, strict=True))
+    flipped = [torch.equal(out, image.flip(1)) for out, image in pairs]
+    kept = [torch.equal(out, image) for out, image in pairs]
+    assert all(f or k for f, k in zip(flipped, kept, strict=True)) and any(flipped)

@@ -37,11 +37,17 @@ class KnnSpec(Section):
 
 
 class LinearSpec(Section):
-    epochs: int = Field(30, ge=1)
+    """MAE's linear probe: LARS on BatchNorm(affine=False) + Linear, MAE's defaults except the
+    batch (sized for CPU runs). blr 0.1 is MAE's ImageNet value, where an epoch is thousands
+    of steps; a dataset of a few thousand images makes a few steps per epoch, so LARS (whose
+    steps are ~lr * 0.001 of each weight's norm) needs a larger blr there: presets for small
+    data set theirs, chosen on a selection split (docs/mae-vs-random-report.md)."""
+
+    epochs: int = Field(90, ge=1)
     batch_size: int = Field(256, ge=2)
-    blr: float = Field(0.1, gt=0, description="SGD lr = blr * batch_size / 256")
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_epochs: float = Field(1.0, ge=0)
+    blr: float = Field(0.1, gt=0, description="LARS lr = blr * batch_size / 256")
+    weight_decay: float = Field(0.0, ge=0, description="on the weight matrix only (MAE: 0)")
+    warmup_epochs: float = Field(10.0, ge=0)
 
 
 class FinetuneSpec(Section):
@@ -53,7 +59,7 @@ class FinetuneSpec(Section):
     warmup_epochs: float = Field(1.0, ge=0)
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     label_fraction: float = Field(1.0, gt=0, le=1, description="share of train labels used")
-    hflip: bool = True
+    hflip: bool = Field(True, description="random horizontal flips, seeded by the spec's seed")
 
 
 class EvalScalingSpec(Section):
@@ -66,7 +72,7 @@ class EvalScalingSpec(Section):
 class EvalSpec(Section):
     protocol: Literal["knn", "linear", "finetune"]
     pool: Literal["mean", "cls"] = Field("mean", description="mean of patch tokens, or cls")
-    seed: int = Field(0, description="head initialisation and data order")
+    seed: int = Field(0, description="every random draw: head initialisation, data order, flips")
     every: int | None = Field(
         None, ge=1, description="chained: also evaluate every N epochs (default: final only)"
     )

@@ -67,13 +67,16 @@ def pool_tokens(latent: Tensor, pool: Pool) -> Tensor:
 
 
 class LinearProbe(nn.Module):
-    """BatchNorm(affine=False) + Linear on frozen features."""
+    """BatchNorm(affine=False) + Linear on frozen features; `generator` draws the head's
+    initial weights (None: torch's global generator)."""
 
-    def __init__(self, dim: int, num_classes: int) -> None:
+    def __init__(
+        self, dim: int, num_classes: int, generator: torch.Generator | None = None
+    ) -> None:
         super().__init__()
         self.norm = nn.BatchNorm1d(dim, affine=False, eps=1e-6)
         self.head = nn.Linear(dim, num_classes)
-        nn.init.trunc_normal_(self.head.weight, std=0.01)
+        nn.init.trunc_normal_(self.head.weight, std=0.01, generator=generator)
         nn.init.zeros_(self.head.bias)
 
     def forward(self, features: Tensor) -> Tensor:
@@ -83,13 +86,19 @@ class LinearProbe(nn.Module):
 class FineTuneClassifier(nn.Module):
     """The whole encoder, pooled, under LayerNorm + Linear (MAE's fine-tuning head)."""
 
-    def __init__(self, encoder: ViTEncoder, num_classes: int, pool: Pool = "mean") -> None:
+    def __init__(
+        self,
+        encoder: ViTEncoder,
+        num_classes: int,
+        pool: Pool = "mean",
+        generator: torch.Generator | None = None,
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.pool = pool
         self.fc_norm = nn.LayerNorm(encoder.embed_dim, eps=1e-6)
         self.head = nn.Linear(encoder.embed_dim, num_classes)
-        nn.init.trunc_normal_(self.head.weight, std=2e-5)
+        nn.init.trunc_normal_(self.head.weight, std=2e-5, generator=generator)
         nn.init.zeros_(self.head.bias)
 
     def forward(self, imgs: Tensor) -> Tensor:

@@ -23,7 +23,8 @@ def knn_predict(
     num_classes: int,
     temperature: float = 0.07,
 ) -> Tensor:
-    """(N, D) bank features, (N,) labels, (Q, D) queries -> (Q,) predicted classes."""
+    """(N, D) bank features, (N,) labels, (Q, D) queries -> (Q,) predicted classes, computed
+    on the device the tensors are on."""
     bank = F.normalize(bank.float(), dim=1)
     k = min(k, bank.shape[0])
     predictions = []
@@ -31,7 +32,7 @@ def knn_predict(
         similarity = F.normalize(chunk, dim=1) @ bank.T  # (q, N) cosine
         top_similarity, top_index = similarity.topk(k, dim=1)  # (q, k)
         weights = (top_similarity / temperature).exp()
-        votes = torch.zeros(chunk.shape[0], num_classes, dtype=weights.dtype)
+        votes = torch.zeros(chunk.shape[0], num_classes, dtype=weights.dtype, device=chunk.device)
         votes.scatter_add_(1, bank_labels[top_index], weights)  # (q, C)
         predictions.append(votes.argmax(dim=1))
     return torch.cat(predictions)
@@ -48,4 +49,4 @@ def knn_top1(
 ) -> float:
     """Share of queries whose kNN prediction is their label."""
     predicted = knn_predict(bank, bank_labels, queries, k, num_classes, temperature)
-    return (predicted == query_labels).float().mean().item()
+    return (predicted == query_labels.to(predicted.device)).float().mean().item()
