@@ -15,6 +15,12 @@ own node with reason DRAIN_NODE_REASON_PREEMPTION (`ray drain-node`, Ray's own C
   interruption, then `{"action": "terminate", "time": "...Z"}`, about two minutes ahead;
 - GCP: `/computeMetadata/v1/instance/preempted` turns `TRUE` about 30 seconds ahead.
 
+The drain's deadline is the moment the node goes, not a fixed span from when the drain is sent:
+the watcher may see a notice up to one poll late and needs seconds more to find its node id,
+and on GCP's 30 s notice those seconds matter. So a notice becomes an absolute deadline when it
+is read (AWS gives the time; on GCP the notice began after the last poll that saw none), and
+the seconds left are counted from that deadline when the drain command is built.
+
     python -m orchestrator.spot_watch aws|gcp
 """
 
@@ -26,7 +32,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import datetime
 
 AWS_IMDS = "http://169.254.169.254/latest"
 GCP_METADATA = "http://metadata.google.internal/computeMetadata/v1/instance/preempted"
@@ -34,20 +41,26 @@ GCP_NOTICE_S = 30  # GCP's documented preemption notice
 POLL_S = 5.0
 
 
-def aws_seconds_left(status: int, body: str, now: datetime) -> int | None:
-    """Seconds until EC2 reclaims this instance, or None while no interruption is scheduled."""
+def aws_deadline(status: int, body: str) -> float | None:
+    """When EC2 reclaims this instance (epoch seconds), or None while nothing is scheduled."""
     if status != 200:
         return None
     notice = json.loads(body)
     if notice.get("action") not in ("terminate", "stop", "hibernate"):
         return None
-    when = datetime.fromisoformat(notice["time"].replace("Z", "+00:00"))
-    return max(0, int((when - now).total_seconds()))
+    return datetime.fromisoformat(notice["time"].replace("Z", "+00:00")).timestamp()
 
 
-def gcp_seconds_left(body: str) -> int | None:
-    """GCP's notice: the metadata value turns TRUE when the VM is being preempted."""
-    return GCP_NOTICE_S if body.strip().upper() == "TRUE" else None
+def gcp_deadline(body: str, last_quiet_poll: float) -> float | None:
+    """When GCP reclaims this VM (epoch seconds), or None while it is not being preempted.
+    The flag turned TRUE after `last_quiet_poll` (the last poll that saw none), so the notice
+    ends at most GCP_NOTICE_S later: the earliest end that may be true, hence the safe one."""
+    return last_quiet_poll + GCP_NOTICE_S if body.strip().upper() == "TRUE" else None
+
+
+def seconds_left(deadline: float, now: float) -> int:
+    """Whole seconds from `now` to `deadline`, never negative (Ray's CLI wants an int >= 0)."""
+    return max(0, int(deadline - now))
 
 
 def drain_command(node_id: str, seconds_left: int, cloud: str) -> list[str]:
@@ -67,6 +80,19 @@ def drain_command(node_id: str, seconds_left: int, cloud: str) -> list[str]:
     ]
 
 
+def drain_on_notice(
+    cloud: str,
+    poll: Callable[[float], float | None],
+    node_id: Callable[[], str],
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[str]:
+    """Wait for the cloud's notice, then the drain command with the seconds really left."""
+    deadline = wait_for_notice(poll, clock, sleep)
+    this_node = node_id()  # takes seconds of its own (ray.init): counted below, not ignored
+    return drain_command(this_node, seconds_left(deadline, clock()), cloud)
+
+
 def _http(url: str, headers: dict[str, str], method: str = "GET") -> tuple[int, str]:
     request = urllib.request.Request(url, headers=headers, method=method)
     try:
@@ -76,18 +102,38 @@ def _http(url: str, headers: dict[str, str], method: str = "GET") -> tuple[int, 
         return err.code, ""
 
 
-def _poll_aws() -> int | None:
+def _poll_aws(last_quiet_poll: float) -> float | None:
     _, token = _http(
         f"{AWS_IMDS}/api/token", {"X-aws-ec2-metadata-token-ttl-seconds": "300"}, method="PUT"
     )
     status, body = _http(
         f"{AWS_IMDS}/meta-data/spot/instance-action", {"X-aws-ec2-metadata-token": token}
     )
-    return aws_seconds_left(status, body, datetime.now(timezone.utc))
+    return aws_deadline(status, body)
 
 
-def _poll_gcp() -> int | None:
-    return gcp_seconds_left(_http(GCP_METADATA, {"Metadata-Flavor": "Google"})[1])
+def _poll_gcp(last_quiet_poll: float) -> float | None:
+    return gcp_deadline(_http(GCP_METADATA, {"Metadata-Flavor": "Google"})[1], last_quiet_poll)
+
+
+def wait_for_notice(
+    poll: Callable[[float], float | None],
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+) -> float:
+    """Poll until the cloud announces the end of this node; that end, in epoch seconds."""
+    last_quiet_poll = clock()  # a notice already up at start began no earlier than this
+    while True:
+        polled_at = clock()
+        try:
+            deadline = poll(last_quiet_poll)
+        except (OSError, ValueError) as err:  # metadata server briefly away: try again
+            print(f"spot_watch: {err}", file=sys.stderr)
+            deadline = None
+        if deadline is not None:
+            return deadline
+        last_quiet_poll = polled_at
+        sleep(POLL_S)
 
 
 def _this_node_id() -> str:
@@ -105,18 +151,9 @@ def main(argv: list[str]) -> int:
         print("usage: python -m orchestrator.spot_watch aws|gcp", file=sys.stderr)
         return 2
     cloud = argv[0]
-    poll = _poll_aws if cloud == "aws" else _poll_gcp
-    while True:
-        try:
-            seconds_left = poll()
-        except (OSError, ValueError) as err:  # metadata server briefly away: try again
-            print(f"spot_watch: {err}", file=sys.stderr)
-            seconds_left = None
-        if seconds_left is not None:
-            command = drain_command(_this_node_id(), seconds_left, cloud)
-            print("spot_watch: " + " ".join(command), flush=True)
-            return subprocess.run(command, check=False).returncode
-        time.sleep(POLL_S)
+    command = drain_on_notice(cloud, _poll_aws if cloud == "aws" else _poll_gcp, _this_node_id)
+    print("spot_watch: " + " ".join(command), flush=True)
+    return subprocess.run(command, check=False).returncode
 
 
 if __name__ == "__main__":
