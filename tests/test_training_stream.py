@@ -25,6 +25,7 @@ from workloads.data import Augmentation, build_dataset
 from workloads.data.decode import augment_pixels
 from workloads.data.decode_stage import BLOCK_BYTES
 from workloads.data.manifest import read_manifest
+from workloads.data.object_store import filesystem_for
 from workloads.data.sources.colors import COLOR_CLASSES
 from workloads.data.stream import batch_shuffle_options
 
@@ -96,14 +97,30 @@ def test_class_sorted_data_reaches_the_worker_mixed_and_reshuffled(
             source = f"s3://{request.getfixturevalue('bucket')}/pushed"
         else:
             source = str(tmp_path / "pushed")
+        # Shards of about 32 rows, half a class: a class-sorted push would give one class each.
+        image_bytes = max(path.stat().st_size for path in folder.rglob("*.png"))
+        shard_mb = f"{BATCH * image_bytes / 2**20:.6f}"
         pushed = CliRunner().invoke(
-            main, ["data", "push", str(folder), source, "--shard-mb", "0.01"]
+            main, ["data", "push", str(folder), source, "--shard-mb", shard_mb]
         )
         assert pushed.exit_code == 0, pushed.output
         # The push itself mixes classes: no shard holds a single class.
-        manifest = read_manifest(source)
-        assert len(manifest.shards) >= 2
+        shards = shard_labels(source)
+        assert len(shards) >= 2 * NUM_CLASSES
+        for labels in shards:
+            assert len(np.unique(labels)) >= 2, labels
     assert_mixed_and_reshuffled(worker_epochs(source))
+
+
+def shard_labels(source: str) -> list[np.ndarray]:
+    """The label column of every pushed shard, in stored row order."""
+    filesystem, root = filesystem_for(source)
+    return [
+        pq.read_table(f"{root}/{shard.path}", filesystem=filesystem, columns=["label"])[
+            "label"
+        ].to_numpy()
+        for shard in read_manifest(source).shards
+    ]
 
 
 def coordinate_image(size: int = 64) -> np.ndarray:
