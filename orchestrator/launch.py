@@ -15,7 +15,6 @@ from typing import Any
 from orchestrator import console_log
 from orchestrator.config import RunSpec, check_name
 from orchestrator.evaluation.chained import run_chained_evaluations
-from orchestrator.local_fit import fit_in_process
 from orchestrator.ray_setup import ensure_ray
 from orchestrator.run_prep import (
     PreparedRun,
@@ -25,7 +24,7 @@ from orchestrator.run_prep import (
     prepare_run,
 )
 from orchestrator.tracking import Tracker, resolve_tracking_uri
-from orchestrator.trainer import build_trainer, runs_in_process
+from orchestrator.trainer import build_trainer
 
 
 @dataclass(frozen=True)
@@ -84,7 +83,8 @@ def execute_run(
         log_training_input(tracker, run.run_id, run.input_at_start)
     tracker.mark_running(run.run_id)
     try:
-        result = _fit(trainer, run)
+        # One CPU worker trains in this process (`local_fit.py`), more in a worker group.
+        result = trainer.fit()
     except SystemExit:
         # Tune stops an in-process trial (ASHA) by exiting its thread at a report: the epochs
         # it reported are checkpointed, and the sweep counts the trial as complete.
@@ -97,20 +97,6 @@ def execute_run(
         raise
     tracker.finish_run(run.run_id)
     return _pretrain_result(run, result)
-
-
-def _fit(trainer: Any, run: PreparedRun) -> Any:
-    """Ray Train's result: in this process for one CPU worker, else from a worker group."""
-    spec = run.spec
-    if not runs_in_process(spec):
-        return trainer.fit()
-    return fit_in_process(
-        trainer,
-        run.run_path,
-        keep=spec.train.keep_checkpoints,
-        max_failures=spec.train.max_failures,
-        cpus=spec.scaling.cpus_per_worker,
-    )
 
 
 def _pretrain_result(run: PreparedRun, result: Any) -> PretrainResult:

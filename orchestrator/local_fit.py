@@ -1,20 +1,16 @@
-"""One-worker runs in the calling process: Ray Train V2's local mode, completed.
+"""One-worker runs in the calling process: the worker loop with an in-process session.
 
-A `TorchTrainer` with `ScalingConfig(num_workers=0)` runs its training function in the
-calling process: no controller, placement group or worker actors, so a one-worker run or Tune
-trial starts in seconds instead of paying a worker group's start-up. Ray's local mode keeps
-reported checkpoints in memory only, invokes no RunConfig callbacks and applies no
-FailureConfig. `fit_in_process` runs the trainer's own training function (the same
-`train_loop_per_worker`, the same config and datasets) under Ray Train's local utilities with
-what a mimray run needs added back:
+A one-worker CPU run (a `mimray pretrain`, a sweep trial, an evaluation) needs no worker
+group: `InProcessTrainer.fit()` calls the loop here with an `InProcessSession`
+(`workloads/session.py`'s interface), on public APIs only:
 
 - each reported checkpoint is persisted where Ray Train would put it,
-  `{storage}/{name}/{checkpoint_dir_name}` (local folder or s3://), older ones pruned to
-  `keep_checkpoints`; the loop then registers it in MLflow as it does under Ray Train;
-- `ray.train.get_checkpoint()` starts at the run's last persisted checkpoint, so re-running a
-  name resumes it, whichever path trained it before;
-- inside a Tune trial every report also goes to Tune (what `TuneReportCallback` does for a
-  Ray Train run), so ASHA sees `loss` and `knn/top1` per epoch; a crash fails the trial and
+  `{storage}/{name}/{dir_name}` (local folder or s3://, through pyarrow), older ones pruned to
+  `keep_checkpoints`; the loop then registers it (MLflow) before anything else happens;
+- the session's latest checkpoint starts at the run's last persisted one, so re-running a name
+  resumes it, whichever path trained it before;
+- inside a Tune trial (a plain function trainable) every report also goes to Tune with
+  `ray.tune.report`, so ASHA sees `loss` and `knn/top1` per epoch; a crash fails the trial and
   Tune's FailureConfig restarts it, which resumes from the last checkpoint the same way;
 - outside Tune, a failed attempt is retried from the last checkpoint up to
   `train.max_failures` times, as Ray Train's FailureConfig would.
@@ -26,15 +22,19 @@ import contextlib
 import pickle
 import posixpath
 import re
+import shutil
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from workloads.checkpoint import CHECKPOINT_FILE  # a folder holding it is a complete checkpoint
+from workloads.session import OnCheckpoint, Session
 
-# Folder names as `workloads.checkpoint.checkpoint_dir_name` writes them.
-CHECKPOINT_DIR = re.compile(r"checkpoint_epoch_(\d+)$")
+# Folder names as `workloads.checkpoint.checkpoint_dir_name` writes them: after N epochs, or
+# N epochs and some steps (a checkpoint taken mid-epoch).
+CHECKPOINT_DIR = re.compile(r"checkpoint_epoch_(\d+)(?:_step_(\d+))?$")
 
 
 @dataclass(frozen=True)
@@ -55,41 +55,41 @@ class CheckpointStore:
         self.fs, self.root = pyarrow.fs.FileSystem.from_uri(self.run_path)
         self.keep = keep
 
-    def _epochs(self) -> dict[int, str]:
-        """Epoch -> folder name of every complete checkpoint."""
+    def _complete(self) -> dict[tuple[int, int], str]:
+        """(epoch, step) -> folder name of every complete checkpoint."""
         import pyarrow.fs
 
         found = self.fs.get_file_info(pyarrow.fs.FileSelector(self.root, allow_not_found=True))
-        epochs = {}
+        folders = {}
         for info in found:
             match = CHECKPOINT_DIR.search(info.base_name)
             if info.type == pyarrow.fs.FileType.Directory and match:
                 state = self.fs.get_file_info(posixpath.join(info.path, CHECKPOINT_FILE))
                 if state.type == pyarrow.fs.FileType.File:  # an interrupted copy has none
-                    epochs[int(match.group(1))] = info.base_name
-        return epochs
+                    folders[(int(match.group(1)), int(match.group(2) or 0))] = info.base_name
+        return folders
 
     def latest(self) -> Any:
         from ray.train import Checkpoint
 
-        epochs = self._epochs()
-        if not epochs:
+        folders = self._complete()
+        if not folders:
             return None
-        return Checkpoint(posixpath.join(self.root, epochs[max(epochs)]), filesystem=self.fs)
+        return Checkpoint(posixpath.join(self.root, folders[max(folders)]), filesystem=self.fs)
 
-    def persist(self, checkpoint: Any, dir_name: str) -> Any:
-        """Copy a reported (local, temporary) checkpoint into the run's storage."""
+    def persist(self, folder: str, dir_name: str) -> Any:
+        """Copy a local checkpoint folder into the run's storage as `dir_name`."""
         import pyarrow.fs
         from ray.train import Checkpoint
 
         target = posixpath.join(self.root, dir_name)
         self.fs.create_dir(target, recursive=True)
         # The state file goes last: a folder holding it is a complete checkpoint.
-        names = sorted(_files(checkpoint.path), key=lambda name: name == CHECKPOINT_FILE)
+        names = sorted(_files(folder), key=lambda name: name == CHECKPOINT_FILE)
         local = pyarrow.fs.LocalFileSystem()
         for name in names:
             pyarrow.fs.copy_files(
-                posixpath.join(checkpoint.path, name),
+                posixpath.join(folder, name),
                 posixpath.join(target, name),
                 source_filesystem=local,
                 destination_filesystem=self.fs,
@@ -100,9 +100,9 @@ class CheckpointStore:
     def _prune(self) -> None:
         if self.keep is None:
             return
-        epochs = self._epochs()
-        for epoch in sorted(epochs)[: -self.keep]:
-            self.fs.delete_dir(posixpath.join(self.root, epochs[epoch]))
+        folders = self._complete()
+        for key in sorted(folders)[: -self.keep]:
+            self.fs.delete_dir(posixpath.join(self.root, folders[key]))
 
 
 def _files(folder: str) -> list[str]:
@@ -115,110 +115,74 @@ def _files(folder: str) -> list[str]:
     ]
 
 
-def _local_utils_class() -> type:
-    """Ray Train's local-mode utilities, extended to persist, resume and report to Tune."""
-    from ray.train.v2._internal.execution.train_fn_utils import LocalTrainFnUtils
+class InProcessSession:
+    """The session of a loop running in this process as the only worker (CPU)."""
 
-    class PersistingLocalTrainFnUtils(LocalTrainFnUtils):
-        def __init__(
-            self,
-            experiment_name: str,
-            datasets: dict[str, Any],
-            store: CheckpointStore,
-            report_to_tune: bool,
-            defer_to_reporter: bool = True,
-        ) -> None:
-            super().__init__(experiment_name=experiment_name, dataset_shards=datasets)
-            self._store = store
-            self._report_to_tune = report_to_tune
-            self._defer = defer_to_reporter
-            self._last_checkpoint = store.latest()
-            self._last_metrics = {}
-            self._pending: dict[str, Any] | None = None
+    rank = 0
+    world_size = 1
 
-        def report(
-            self,
-            metrics: dict[str, Any],
-            checkpoint: Any = None,
-            checkpoint_dir_name: str | None = None,
-            **_: Any,
-        ) -> None:
-            self.send_to_tune()  # one still pending (the loop did not log its checkpoint)
-            if checkpoint is not None:
-                dir_name = checkpoint_dir_name or f"checkpoint_{len(metrics)}"
-                self._last_checkpoint = self._store.persist(checkpoint, dir_name)
-            self._last_metrics = dict(metrics)
-            if self._report_to_tune:
-                # A checkpointed epoch goes to Tune once the loop has recorded it in MLflow
-                # (right after this call): Tune may stop the trial at this report (ASHA),
-                # and nothing of the epoch must be lost to that.
-                self._pending = dict(metrics)
-                if checkpoint is None or not self._defer:
-                    self.send_to_tune()
+    def __init__(
+        self,
+        experiment_name: str,
+        datasets: dict[str, Any],
+        store: CheckpointStore,
+        report_to_tune: bool,
+    ) -> None:
+        import torch
 
-        def send_to_tune(self) -> None:
-            """Report the pending epoch to Tune; raises SystemExit when Tune stops the trial.
+        self.experiment_name = experiment_name
+        self.device = torch.device("cpu")
+        self._datasets = datasets
+        self._store = store
+        self._report_to_tune = report_to_tune
+        self.last_checkpoint = store.latest()
+        self.last_metrics: dict[str, Any] = {}
 
-            The checkpoint stays in Ray storage (a restored trial resumes from it by name);
-            handing it to Tune too would copy the weights a second time."""
-            if self._pending is None:
-                return
+    def latest_checkpoint(self) -> Any:
+        return self.last_checkpoint
+
+    def dataset_shard(self, name: str) -> Any:
+        return self._datasets[name]  # the whole dataset: this is the only worker
+
+    def prepare_model(self, model: Any) -> Any:
+        return model.to(self.device)
+
+    def report(
+        self,
+        metrics: dict[str, Any],
+        checkpoint_folder: str | None = None,
+        dir_name: str | None = None,
+        on_checkpoint: OnCheckpoint | None = None,
+    ) -> None:
+        if checkpoint_folder is not None:
+            try:
+                name = dir_name or f"checkpoint_{len(metrics)}"
+                self.last_checkpoint = self._store.persist(checkpoint_folder, name)
+            finally:
+                shutil.rmtree(checkpoint_folder, ignore_errors=True)
+        self.last_metrics = dict(metrics)
+        # The checkpoint is recorded before Tune sees the report: Tune may stop the trial at
+        # this report (ASHA, by raising SystemExit here), and nothing of it must be lost.
+        if on_checkpoint is not None:
+            on_checkpoint()
+        if self._report_to_tune:
+            # The checkpoint stays in Ray storage (a restored trial resumes from it by name);
+            # handing it to Tune too would copy the weights a second time.
             from ray import tune
 
-            pending, self._pending = self._pending, None
-            tune.report(pending)
+            tune.report(dict(metrics))
 
-    return PersistingLocalTrainFnUtils
-
-
-class TuneAfterCheckpointReporter:
-    """The loop's reporter, sending a checkpointed epoch to Tune once it is recorded (the
-    loop logs a checkpoint right after reporting it to Ray Train)."""
-
-    def __init__(self, inner: Any, utils: Any) -> None:
-        self.inner, self.utils = inner, utils
-
-    def start(self) -> None:
-        self.inner.start()
-
-    def log_metrics(self, metrics: Any, step: int) -> None:
-        self.inner.log_metrics(metrics, step)
-
-    def log_event(self, metrics: Any, step: int) -> None:
-        self.inner.log_event(metrics, step)
-
-    def log_checkpoint(self, uri: str, epoch: int, step: int, metrics: Any) -> str | None:
-        model_id = self.inner.log_checkpoint(uri, epoch, step, metrics)
-        self.utils.send_to_tune()
-        return model_id
-
-    def close(self) -> None:
-        self.inner.close()
+    def preemption_notice(self) -> bool:
+        return False  # a preempted node takes this process with it: Tune restarts the trial
 
 
 def in_tune_trial() -> bool:
-    from ray.tune.trainable.trainable_fn_utils import _in_tune_session
+    """Whether this code runs inside a Tune trial (Tune's context knows its trial id)."""
+    from ray import tune
 
-    return bool(_in_tune_session())
-
-
-@contextlib.contextmanager
-def _train_api_inside_tune(active: bool) -> Iterator[None]:
-    """Ray Train V2 refuses its worker API (`ray.train.report`, `get_context`, ...) inside a
-    Tune function and points at the `ray.tune` equivalents, so Ray's own local mode cannot run
-    in a trial. Here those calls are answered by the local utilities installed above, whose
-    reports reach Tune through `ray.tune.report`; the check is lifted while the loop runs."""
-    if not active:
-        yield
-        return
-    from ray.tune.trainable import trainable_fn_utils
-
-    original = trainable_fn_utils._in_tune_session
-    trainable_fn_utils._in_tune_session = lambda: False
-    try:
-        yield
-    finally:
-        trainable_fn_utils._in_tune_session = original
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # outside Tune it warns that it returns None
+        return tune.get_context().get_trial_id() is not None
 
 
 @contextlib.contextmanager
@@ -235,52 +199,47 @@ def _torch_threads(cpus: float) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def fit_in_process(
-    trainer: Any,
-    run_path: str,
-    keep: int | None,
-    max_failures: int,
-    cpus: float,
-    to_tune: bool = True,
-) -> InProcessResult:
-    """Run a `num_workers=0` TorchTrainer's training function here, with checkpoints in the
-    run's storage, resume from them, Tune reports inside a trial and retries outside one.
+@dataclass
+class InProcessTrainer:
+    """A one-worker fit in this process, with what `TorchTrainer` offers a worker group:
+    `fit()` returns the last report and checkpoint.
 
     `to_tune=False` keeps the reports out of Tune even inside a trial: an evaluation chained
     after a trial's training reports its own metrics, which are not the trial's results."""
-    from ray.train.v2._internal.execution.train_fn_utils import set_train_fn_utils
 
-    utils_class = _local_utils_class()
-    store = CheckpointStore(run_path, keep)
-    inside_trial = in_tune_trial()
-    report_to_tune = to_tune and inside_trial
-    # A fresh copy of the config per attempt, as a restarted worker would unpickle it: the
-    # reporter in it holds per-attempt state.
-    config = pickle.dumps(trainer.train_loop_config)
-    datasets = {k: v() if callable(v) else v for k, v in trainer.datasets.items()}
-    attempt = 0
-    while True:
-        attempt_config = pickle.loads(config)
-        has_reporter = attempt_config.get("reporter") is not None
-        utils = utils_class(trainer.run_config.name, datasets, store, report_to_tune, has_reporter)
-        set_train_fn_utils(utils)
-        try:
-            if has_reporter:
-                attempt_config["reporter"] = TuneAfterCheckpointReporter(
-                    attempt_config["reporter"], utils
+    loop: Callable[[dict[str, Any], Session], None]
+    train_loop_config: dict[str, Any]
+    datasets: dict[str, Any]
+    name: str
+    run_path: str
+    keep: int | None
+    max_failures: int
+    cpus: float
+    to_tune: bool = True
+    # The same loop's Ray Train entry point, for running this fit in a worker group instead.
+    train_loop_per_worker: Callable[[dict[str, Any]], None] | None = field(default=None)
+
+    def fit(self) -> InProcessResult:
+        store = CheckpointStore(self.run_path, self.keep)
+        report_to_tune = self.to_tune and in_tune_trial()
+        # A fresh copy of the config per attempt, as a restarted worker would unpickle it:
+        # the reporter in it holds per-attempt state.
+        config = pickle.dumps(self.train_loop_config)
+        datasets = {k: v() if callable(v) else v for k, v in self.datasets.items()}
+        attempt = 0
+        while True:
+            session = InProcessSession(self.name, datasets, store, report_to_tune)
+            try:
+                with _torch_threads(self.cpus):
+                    self.loop(pickle.loads(config), session)
+                return InProcessResult(session.last_metrics, session.last_checkpoint)
+            except Exception as err:  # not Ctrl-C, and not Tune's stop (SystemExit)
+                if report_to_tune or attempt >= self.max_failures:
+                    raise  # in a trial, Tune's FailureConfig decides
+                attempt += 1
+                sys.stdout.write(
+                    f"[mimray] attempt {attempt} of {self.max_failures + 1} failed "
+                    f"({type(err).__name__}: {str(err)[:200]}); retrying from the last "
+                    "checkpoint\n"
                 )
-            with _torch_threads(cpus), _train_api_inside_tune(inside_trial):
-                trainer.train_loop_per_worker(attempt_config)
-                utils.send_to_tune()
-            return InProcessResult(utils._last_metrics, utils._last_checkpoint)
-        except Exception as err:  # not Ctrl-C, and not Tune's stop (SystemExit)
-            if report_to_tune or attempt >= max_failures:
-                raise  # in a trial, Tune's FailureConfig decides
-            attempt += 1
-            sys.stdout.write(
-                f"[mimray] attempt {attempt} of {max_failures + 1} failed "
-                f"({type(err).__name__}: {str(err)[:200]}); retrying from the last checkpoint\n"
-            )
-            sys.stdout.flush()
-        finally:
-            set_train_fn_utils(None)
+                sys.stdout.flush()

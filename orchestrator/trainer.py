@@ -1,8 +1,8 @@
 """The Ray Train V2 trainer of one pretrain run: its workers, data streams and run config.
 
 A sweep trial builds the same trainer as `mimray pretrain`. One CPU worker trains in the
-calling process (Ray Train's local mode, `local_fit.py`); more workers, or a GPU, get a worker
-group.
+calling process (`local_fit.py`'s in-process session); more workers, or a GPU, get a Ray Train
+worker group. Both run the same loop (`workloads/pretrain.py`) and both fit with `.fit()`.
 """
 
 from __future__ import annotations
@@ -12,33 +12,33 @@ from typing import Any
 
 from orchestrator.config import EvalSpec, RunSpec
 from orchestrator.evaluation.data import describe_eval_data, labelled_dataset
+from orchestrator.local_fit import InProcessTrainer
 from orchestrator.ray_setup import data_config, scaling_config
 from workloads.data import build_dataset
 from workloads.data.stream import PRETRAINING_COLUMNS, order_seed, pretraining_view
 from workloads.methods import train_img_size
 from workloads.optim import Schedule
-from workloads.pretrain import train_loop_per_worker
+from workloads.pretrain import pretrain, train_loop_per_worker
 from workloads.progress import progress_every_s
 
 
 def runs_in_process(spec: RunSpec | EvalSpec) -> bool:
-    """One CPU worker trains (or evaluates) in the calling process (Ray Train's local mode,
-    `local_fit.py`): no worker group to start. Several workers keep Ray Train's TorchTrainer,
-    and so does a GPU worker: the CLI's own process holds no GPU from Ray, so it could not pick
-    its device."""
+    """One CPU worker trains (or evaluates) in the calling process (`local_fit.py`): no worker
+    group to start. Several workers keep Ray Train's TorchTrainer, and so does a GPU worker:
+    the CLI's own process holds no GPU from Ray, so it could not pick its device."""
     return spec.scaling.num_workers == 1 and not spec.scaling.use_gpu
 
 
 def worker_scaling(
     spec: RunSpec | EvalSpec, extra_resources: Mapping[str, float] | None = None
 ) -> Any:
-    """The trainer's ScalingConfig: Ray Train's local mode (no workers) for an in-process run,
-    else the spec's worker group with `extra_resources` per worker."""
-    from ray.train import ScalingConfig
-
-    if runs_in_process(spec):
-        return ScalingConfig(num_workers=0)
+    """The worker group's ScalingConfig, with `extra_resources` per worker."""
     return scaling_config(spec.scaling, extra_resources)
+
+
+def is_remote(storage_path: str) -> bool:
+    """Whether Ray storage is an object store (`s3://`, `gs://`, ...) rather than a folder."""
+    return "://" in storage_path and not storage_path.startswith("file://")
 
 
 def build_trainer(
@@ -49,7 +49,8 @@ def build_trainer(
     reporter: Any,
     callbacks: list[Any] | None = None,
 ) -> Any:
-    """The Ray Train V2 trainer for one pretrain run (a sweep trial builds the same)."""
+    """The trainer of one pretrain run (a sweep trial builds the same): in this process for one
+    CPU worker, else a Ray Train V2 `TorchTrainer`; either is run with `.fit()`."""
     from ray.data import DataContext
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
     from ray.train.torch import TorchTrainer
@@ -59,17 +60,32 @@ def build_trainer(
     DataContext.get_current().enable_progress_bars = False
 
     monitor, monitor_datasets = knn_monitor(spec)
+    run_path = f"{storage_path}/{name}"
+    config = {
+        "knn_monitor": monitor,
+        "spec": spec.model_dump(mode="json"),
+        "schedule": schedule,
+        "reporter": reporter,
+        "run_path": run_path,
+        # Read here: the workers of a running cluster do not see this process' environment.
+        "progress_every_s": progress_every_s(),
+    }
+    datasets = {"train": training_stream(spec), **monitor_datasets}
+    if runs_in_process(spec):
+        return InProcessTrainer(
+            loop=pretrain,
+            train_loop_config=config,
+            datasets=datasets,
+            name=name,
+            run_path=run_path,
+            keep=spec.train.keep_checkpoints,
+            max_failures=spec.train.max_failures,
+            cpus=spec.scaling.cpus_per_worker,
+            train_loop_per_worker=train_loop_per_worker,
+        )
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={
-            "knn_monitor": monitor,
-            "spec": spec.model_dump(mode="json"),
-            "schedule": schedule,
-            "reporter": reporter,
-            "run_path": f"{storage_path}/{name}",
-            # Read here: the workers of a running cluster do not see this process' environment.
-            "progress_every_s": progress_every_s(),
-        },
+        train_loop_config=config,
         scaling_config=worker_scaling(spec, spec.scaling.worker_resources),
         run_config=RunConfig(
             name=name,
@@ -79,9 +95,8 @@ def build_trainer(
             logging_config=LoggingConfig(log_level="WARNING"),
             callbacks=callbacks or None,
         ),
-        datasets={"train": training_stream(spec), **monitor_datasets},
-        # In-process runs reserve nothing beside Ray Data; worker groups do.
-        dataset_config=None if runs_in_process(spec) else data_config(spec.scaling),
+        datasets=datasets,
+        dataset_config=data_config(spec.scaling),
     )
 
 

@@ -1,27 +1,24 @@
-"""The in-process path of one-worker runs, without Ray workers: a training function written
-against Ray Train's API (`ray.train.report`, `get_checkpoint`, `get_context`) has its
-checkpoints persisted to the run's storage, resumes from the last one, and is retried from it
-after a failure."""
+"""The in-process path of one-worker runs, without Ray workers: a loop written against the
+worker session (`workloads/session.py`: report, latest checkpoint, rank) has its checkpoints
+persisted to the run's storage, resumes from the last one, and is retried from it after a
+failure; inside a Tune trial it reports with `ray.tune.report`, on public APIs only."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
-from types import SimpleNamespace
 
 import pytest
 
-from orchestrator.local_fit import CheckpointStore, fit_in_process
+from orchestrator.local_fit import CheckpointStore, InProcessTrainer
 
 
-def epoch_loop(config: dict) -> None:
+def epoch_loop(config: dict, session) -> None:
     """A tiny loop in the shape of workloads/pretrain.py: resume, train epochs, checkpoint."""
-    import ray.train
-
-    context = ray.train.get_context()
-    assert (context.get_world_rank(), context.get_world_size()) == (0, 1)
+    assert (session.rank, session.world_size) == (0, 1)
     start = 0
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = session.latest_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             with open(os.path.join(folder, "checkpoint.pt")) as f:
@@ -31,14 +28,15 @@ def epoch_loop(config: dict) -> None:
         if epoch == config.get("fail_at") and not os.path.exists(config["failed_once"]):
             open(config["failed_once"], "w").close()
             raise RuntimeError(f"worker lost at epoch {epoch}")
-        with tempfile.TemporaryDirectory() as folder:
-            with open(os.path.join(folder, "checkpoint.pt"), "w") as f:
-                f.write(str(epoch))
-            ray.train.report(
-                {"epoch": epoch, "loss": 1.0 / epoch},
-                checkpoint=ray.train.Checkpoint.from_directory(folder),
-                checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}",
-            )
+        folder = tempfile.mkdtemp()
+        with open(os.path.join(folder, "checkpoint.pt"), "w") as f:
+            f.write(str(epoch))
+        session.report(
+            {"epoch": epoch, "loss": 1.0 / epoch},
+            checkpoint_folder=folder,
+            dir_name=f"checkpoint_epoch_{epoch:04d}",
+        )
+        assert not os.path.exists(folder)  # the session owns the folder once reported
 
 
 class SharedLog(list):
@@ -53,12 +51,22 @@ class SharedLog(list):
         return (SharedLog, ())
 
 
+def fit_in_process(trainer, run_path: str, keep, max_failures: int, cpus: float):
+    """The trainer fitted into `run_path` with these settings."""
+    settings = {"run_path": run_path, "keep": keep, "max_failures": max_failures, "cpus": cpus}
+    return dataclasses.replace(trainer, **settings).fit()
+
+
 def fake_trainer(tmp_path, **config):
-    return SimpleNamespace(
-        train_loop_per_worker=epoch_loop,
+    return InProcessTrainer(
+        loop=epoch_loop,
         train_loop_config={"log": SharedLog(), "failed_once": str(tmp_path / "failed"), **config},
         datasets={},
-        run_config=SimpleNamespace(name="run"),
+        name="run",
+        run_path="",
+        keep=None,
+        max_failures=0,
+        cpus=1,
     )
 
 
@@ -118,11 +126,9 @@ def test_tune_restarts_a_crashed_in_process_trial_from_its_last_checkpoint(tmp_p
     crashed, starts = str(tmp_path / "crashed"), str(tmp_path / "starts.txt")
 
     # Defined here so that Ray pickles them by value: the trial process cannot import tests.
-    def loop(config: dict) -> None:
-        import ray.train
-
+    def loop(config: dict, session) -> None:
         start = 0
-        checkpoint = ray.train.get_checkpoint()
+        checkpoint = session.latest_checkpoint()
         if checkpoint is not None:
             with checkpoint.as_directory() as folder:
                 with open(os.path.join(folder, "checkpoint.pt")) as f:
@@ -133,25 +139,28 @@ def test_tune_restarts_a_crashed_in_process_trial_from_its_last_checkpoint(tmp_p
             if epoch == 3 and not os.path.exists(crashed):
                 open(crashed, "w").close()
                 raise RuntimeError("the trial crashed in epoch 3")
-            with tempfile.TemporaryDirectory() as folder:
-                with open(os.path.join(folder, "checkpoint.pt"), "w") as f:
-                    f.write(str(epoch))
-                ray.train.report(
-                    {"epoch": epoch, "loss": 1.0 / epoch},
-                    checkpoint=ray.train.Checkpoint.from_directory(folder),
-                    checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}",
-                )
+            folder = tempfile.mkdtemp()
+            with open(os.path.join(folder, "checkpoint.pt"), "w") as f:
+                f.write(str(epoch))
+            session.report(
+                {"epoch": epoch, "loss": 1.0 / epoch},
+                checkpoint_folder=folder,
+                dir_name=f"checkpoint_epoch_{epoch:04d}",
+            )
 
     def trial(config: dict) -> None:
-        from orchestrator.local_fit import fit_in_process
+        from orchestrator.local_fit import InProcessTrainer
 
-        trainer = SimpleNamespace(
-            train_loop_per_worker=loop,
+        InProcessTrainer(
+            loop=loop,
             train_loop_config={},
             datasets={},
-            run_config=SimpleNamespace(name="trial"),
-        )
-        fit_in_process(trainer, run_path, keep=None, max_failures=0, cpus=1)
+            name="trial",
+            run_path=run_path,
+            keep=None,
+            max_failures=0,
+            cpus=1,
+        ).fit()
 
     tuner = tune.Tuner(
         tune.with_resources(trial, {"CPU": 0.5}),

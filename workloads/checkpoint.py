@@ -1,9 +1,13 @@
 """A pretrain checkpoint: its files, how the loop writes one and resumes from one, and how
 evaluation reads one back from its URI (a local folder or `s3://`).
 
-A checkpoint is a folder `checkpoint_epoch_NNNN` in the run's Ray storage holding
-`checkpoint.pt` (model, optimizer and scaler state, epochs completed, global step, spec) and
-`spec.json` (the spec alone, so an evaluation can size its encoder without loading weights).
+A checkpoint is a folder in the run's Ray storage, `checkpoint_epoch_NNNN` after N epochs or
+`checkpoint_epoch_NNNN_step_SSSSSSSS` when taken mid-epoch (at a preemption notice), holding
+`checkpoint.pt` (model, optimizer and scaler state, epochs completed, global step, spec),
+`spec.json` (the spec alone, so an evaluation can size its encoder without loading weights) and
+one `random_state_rank_RRRR.pt` per worker: the random generators that worker's loop draws
+from (torch's, CUDA's, numpy's, Python's; masks and noise come from torch's), so a resumed
+run draws what the uninterrupted run would have drawn.
 """
 
 from __future__ import annotations
@@ -11,9 +15,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,9 +37,34 @@ SPEC_FILE = "spec.json"
 RESUME_METRIC = "resume/from_epoch"
 
 
-def checkpoint_dir_name(epoch: int) -> str:
-    """The folder of the checkpoint taken after `epoch` epochs (1 -> checkpoint_epoch_0001)."""
-    return f"checkpoint_epoch_{epoch:04d}"
+def checkpoint_dir_name(epoch: int, step: int | None = None) -> str:
+    """The folder of the checkpoint taken after `epoch` epochs (1 -> checkpoint_epoch_0001),
+    or mid-epoch at global step `step` (checkpoint_epoch_0001_step_00000012)."""
+    name = f"checkpoint_epoch_{epoch:04d}"
+    return name if step is None else f"{name}_step_{step:08d}"
+
+
+def random_state_file(rank: int) -> str:
+    return f"random_state_rank_{rank:04d}.pt"
+
+
+def write_random_state(folder: str, rank: int, device: torch.device) -> None:
+    """This worker's random generators, into `folder` (every worker writes its own file)."""
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+    torch.save(state, os.path.join(folder, random_state_file(rank)))
+
+
+def restore_random_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state.get("cuda") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def write_checkpoint(
@@ -68,6 +99,13 @@ class ResumePoint:
     step: int  # global steps taken: the next step's number
     location: str  # the checkpoint folder, as a URI
     state: dict[str, Any]
+    # This worker's random generators when the checkpoint was taken; None in checkpoints
+    # written before they held them, or by a run with fewer workers.
+    random_state: dict[str, Any] | None = None
+
+    def steps_into_epoch(self, steps_per_epoch: int) -> int:
+        """Steps of the unfinished epoch already trained (0 at an epoch boundary)."""
+        return self.step - self.epoch * steps_per_epoch
 
     def restore_weights(self, model: nn.Module, scaler: torch.amp.GradScaler) -> None:
         """Before the model moves to its device and is wrapped (the state holds bare keys)."""
@@ -80,8 +118,9 @@ class ResumePoint:
         optimizer.load_state_dict(self.state["optimizer"])
 
 
-def resume_point(checkpoint: ray.train.Checkpoint | None) -> ResumePoint | None:
-    """The state of the checkpoint Ray Train hands a (re)started worker; None on a fresh run."""
+def resume_point(checkpoint: ray.train.Checkpoint | None, rank: int = 0) -> ResumePoint | None:
+    """The state of the checkpoint a (re)started worker resumes from, with worker `rank`'s
+    random generators; None on a fresh run."""
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as folder:
@@ -89,7 +128,12 @@ def resume_point(checkpoint: ray.train.Checkpoint | None) -> ResumePoint | None:
         state = torch.load(
             os.path.join(folder, CHECKPOINT_FILE), map_location="cpu", weights_only=False
         )
-    return ResumePoint(state["epoch"], state["step"], checkpoint_uri(checkpoint), state)
+        random_path = os.path.join(folder, random_state_file(rank))
+        random_state = (
+            torch.load(random_path, weights_only=False) if os.path.exists(random_path) else None
+        )
+    uri = checkpoint_uri(checkpoint)
+    return ResumePoint(state["epoch"], state["step"], uri, state, random_state)
 
 
 def record_resume(point: ResumePoint, reporter: Reporter, rank: int) -> None:

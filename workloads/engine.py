@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,19 +62,27 @@ def train_one_epoch(
     epoch: int,
     step: int,
     progress: EpochProgress,
+    done_steps: int = 0,
+    after_step: Callable[[EpochStats], None] | None = None,
 ) -> EpochStats:
     """Train on `batches` (this worker's shard, one pass) from global step `step`.
 
-    `epoch` counts from 0. Exactly `schedule.steps_per_epoch` steps are taken on every worker.
+    `epoch` counts from 0. Every worker ends the epoch at `schedule.steps_per_epoch` steps.
+    `done_steps` steps of it were trained before a mid-epoch resume: their batches are read
+    and passed over. `after_step(stats)` runs after every step (the preemption check).
     """
     setup.model.train()
     started = time.perf_counter()
     stats = EpochStats(step=step)
+    to_skip = done_steps
     for wait, batch in _timed(batches):
+        if to_skip:  # trained before the resume
+            to_skip -= 1
+            continue
         stats.seen += len(batch["image"])
         # Workers must take the same number of steps, or DDP's all-reduce hangs;
         # drain surplus batches rather than abandon the shard's iterator mid-stream.
-        if len(stats.losses) == setup.schedule.steps_per_epoch:
+        if len(stats.losses) + done_steps == setup.schedule.steps_per_epoch:
             continue
         stats.data_wait_s += wait
         computing = time.perf_counter()
@@ -92,10 +100,12 @@ def train_one_epoch(
         stats.losses.append(loss)
         stats.step += 1
         setup.live.record_step(wait + time.perf_counter() - computing, wait, len(images))
-        progress.update(len(stats.losses), loss, len(images) * setup.world_size)
+        progress.update(len(stats.losses) + done_steps, loss, len(images) * setup.world_size)
         metrics = {"train/loss": loss, "train/lr": lr}
         metrics.update({f"train/{k}": v for k, v in out.metrics.items()})
         setup.reporter.log_metrics(metrics, stats.step)
+        if after_step is not None:
+            after_step(stats)
     stats.elapsed_s = time.perf_counter() - started
     progress.close()
     return stats

@@ -1,11 +1,15 @@
-"""The pretrain loop: one `train_loop_per_worker` function run by every Ray Train worker.
+"""The pretrain loop: `pretrain(config, session)`, run by every worker.
 
-In the shape of MAE's `main_pretrain.py`: it sets up (seed, model, optimizer, resume from
-`ray.train.get_checkpoint()`, reporter), then iterates epochs. Each epoch trains on the
+In the shape of MAE's `main_pretrain.py`: it sets up (seed, model, optimizer, resume from the
+session's latest checkpoint, reporter), then iterates epochs. Each epoch trains on the
 worker's Ray Data shard (`workloads/engine.py::train_one_epoch`), sums what every worker saw,
-runs the kNN monitor when asked, and reports the epoch's metrics and checkpoint through
-`ray.train.report` (`workloads/checkpoint.py` writes it). Rank 0 also writes to the
-`Reporter` passed in the config (MLflow in production, a recorder in tests).
+runs the kNN monitor when asked, and reports the epoch's metrics and checkpoint through the
+session (`workloads/checkpoint.py` writes it). Rank 0 also writes to the `Reporter` passed in
+the config (MLflow in production, a recorder in tests).
+
+The session (`workloads/session.py`) is where the loop runs: `train_loop_per_worker` is Ray
+Train's entry point (a worker group's worker); the in-process path of one-worker runs calls
+`pretrain` with its own session.
 
 The config is plain data (the resolved spec as a dict), so nothing here depends on the
 orchestrator's spec classes.
@@ -14,10 +18,12 @@ orchestrator's spec classes.
 from __future__ import annotations
 
 import logging
+import random
 import tempfile
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -25,8 +31,10 @@ from workloads.checkpoint import (
     ResumePoint,
     checkpoint_dir_name,
     record_resume,
+    restore_random_state,
     resume_point,
     write_checkpoint,
+    write_random_state,
 )
 from workloads.console import say
 from workloads.data.stream import batch_shuffle_options
@@ -39,6 +47,7 @@ from workloads.model_input import check_skipped_share
 from workloads.optim import Schedule, build_optimizer, make_schedule
 from workloads.progress import EpochProgress
 from workloads.run_reporter import NullReporter, Reporter
+from workloads.session import RayTrainSession, Session
 
 
 def build_model(spec: Mapping[str, Any]) -> nn.Module:
@@ -48,18 +57,29 @@ def build_model(spec: Mapping[str, Any]) -> nn.Module:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    import ray.train
-
+    """Ray Train's entry point: the loop in one worker of a worker group."""
     # Ray hard-sets `ray.train` to INFO inside workers (LoggingConfig cannot lower it): its
     # per-report lines would bury the progress lines. They stay in the session's worker logs.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
+    pretrain(config, RayTrainSession(async_upload=config.get("async_checkpoint_upload", False)))
+
+
+def pretrain(config: dict[str, Any], session: Session) -> None:
+    """Train from the session's latest checkpoint (or from scratch) to `train.epochs`."""
     train: dict[str, Any] = config["spec"]["train"]
-    context = ray.train.get_context()
-    rank = context.get_world_rank()
-    torch.manual_seed(train["seed"] * 1000 + rank)
-    setup, resumed = _set_up(config, rank)
-    start_epoch, step = (resumed.epoch, resumed.step) if resumed else (0, 0)
-    shard = ray.train.get_dataset_shard("train")
+    rank = session.rank
+    _seed_everything(train["seed"] * 1000 + rank)
+    setup, resumed = _set_up(config, session)
+    start_epoch, step, done_steps = 0, 0, 0
+    if resumed:
+        start_epoch, step = resumed.epoch, resumed.step
+        done_steps = resumed.steps_into_epoch(setup.schedule.steps_per_epoch)
+        if resumed.random_state is not None:
+            # Continue the draws (masks, noise) where the checkpoint left them, not from the
+            # start of the run again.
+            restore_random_state(resumed.random_state, setup.device)
+    shard = session.dataset_shard("train")
+    notice = PreemptionNotice(setup, config, session)
     setup.reporter.start()
     try:
         if resumed:
@@ -73,33 +93,67 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 every_s=config.get("progress_every_s"),
             )
             batches = _epoch_batches(shard, config["spec"], epoch, rank, setup)
-            stats = train_one_epoch(setup, batches, epoch, step, progress)
-            step = stats.step
-            metrics = _epoch_metrics(setup, stats, config, epoch)
-            _report_epoch(setup, metrics, config, rank)
+            notice.epoch = epoch
+            stats = train_one_epoch(
+                setup, batches, epoch, step, progress, done_steps, after_step=notice.check
+            )
+            step, done_steps = stats.step, 0
+            metrics = _epoch_metrics(setup, stats, config, epoch, session)
+            _report_epoch(setup, metrics, config, session)
+            notice.last_metrics = metrics
     finally:
         setup.live.close()
         setup.reporter.close()
 
 
-def _set_up(config: Mapping[str, Any], rank: int) -> tuple[WorkerSetup, ResumePoint | None]:
+def _seed_everything(seed: int) -> None:
+    """Seed every generator the loop may draw from (torch's also seeds CUDA's)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+class PreemptionNotice:
+    """After each step, asks the session whether a node of the run is being preempted; at the
+    first notice, saves a checkpoint at that step (mid-epoch), so the restarted run continues
+    from it rather than from the last epoch's checkpoint. Training then goes on: the run is
+    restarted when the node is gone, or finishes if the notice was a false alarm."""
+
+    def __init__(self, setup: WorkerSetup, config: Mapping[str, Any], session: Session) -> None:
+        self.setup, self.config, self.session = setup, config, session
+        self.epoch = 0  # the epoch being trained, from 0
+        self.last_metrics: dict[str, float] = {}  # the last epoch's report
+        self.saved = False
+
+    def check(self, stats: EpochStats) -> None:
+        if self.saved or not self.session.preemption_notice():
+            return
+        self.saved = True
+        step = stats.step
+        if self.session.rank == 0:
+            say(f"preemption notice: checkpoint at step {step} (epoch {self.epoch + 1})")
+        # The last epoch's metrics (what a scheduler already saw) with this step and the
+        # running loss of the unfinished epoch.
+        metrics = {**self.last_metrics, "epoch": self.epoch, "step": step}
+        if stats.losses:
+            metrics["loss"] = sum(stats.losses) / len(stats.losses)
+        _save_checkpoint(self.setup, metrics, self.config, self.session, mid_epoch=True)
+
+
+def _set_up(config: Mapping[str, Any], session: Session) -> tuple[WorkerSetup, ResumePoint | None]:
     """Model, optimizer and AMP scaler (restored from the last checkpoint if there is one),
     wrapped for data-parallel training; rank 0's reporter; the live metrics."""
-    import ray.train
-    import ray.train.torch
-
     spec: dict[str, Any] = config["spec"]
     train, schedule = spec["train"], config["schedule"]
-    context = ray.train.get_context()
-    device = ray.train.torch.get_device()
+    device = session.device
     model = build_model(spec)
     optimizer = build_optimizer(model, lr=schedule.peak_lr, weight_decay=train["weight_decay"])
     amp_dtype = autocast_dtype(train["precision"], device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    resumed = resume_point(ray.train.get_checkpoint())
+    resumed = resume_point(session.latest_checkpoint(), session.rank)
     if resumed:
         resumed.restore_weights(model, scaler)
-    model = ray.train.torch.prepare_model(model)
+    model = session.prepare_model(model)
     if resumed:
         resumed.restore_optimizer(optimizer)
     if train.get("compile"):
@@ -107,8 +161,9 @@ def _set_up(config: Mapping[str, Any], rank: int) -> tuple[WorkerSetup, ResumePo
         # for DDP (its DDPOptimizer splits the graph at gradient buckets so all-reduce
         # overlaps the backward); compiling inside DDP would all-reduce after the backward.
         model = torch.compile(model)
+    rank = session.rank
     reporter: Reporter = (config.get("reporter") if rank == 0 else None) or NullReporter()
-    live = TrainingMetrics(context.get_experiment_name(), spec["method"]["name"], rank)
+    live = TrainingMetrics(session.experiment_name, spec["method"]["name"], rank)
     setup = WorkerSetup(
         model=model,
         optimizer=optimizer,
@@ -118,7 +173,7 @@ def _set_up(config: Mapping[str, Any], rank: int) -> tuple[WorkerSetup, ResumePo
         amp_dtype=amp_dtype,
         reporter=reporter,
         live=live,
-        world_size=context.get_world_size(),
+        world_size=session.world_size,
     )
     return setup, resumed
 
@@ -146,7 +201,7 @@ def _epoch_batches(
 
 
 def _epoch_metrics(
-    setup: WorkerSetup, stats: EpochStats, config: Mapping[str, Any], epoch: int
+    setup: WorkerSetup, stats: EpochStats, config: Mapping[str, Any], epoch: int, session: Session
 ) -> dict[str, float]:
     """The epoch's metrics over every worker (plus kNN accuracy when the monitor is due);
     raises DataQualityError when too many images were undecodable."""
@@ -166,7 +221,9 @@ def _epoch_metrics(
     }
     monitor = config.get("knn_monitor")
     if monitor and (epoch + 1) % monitor["every"] == 0:
-        metrics.update(knn_during_training(unwrap(setup.model), monitor, setup.device))
+        metrics.update(
+            knn_during_training(unwrap(setup.model), monitor, setup.device, session.dataset_shard)
+        )
     setup.live.record_epoch(
         epoch + 1, metrics["loss"], metrics["images_per_s"], stats.data_wait_s, stats.elapsed_s
     )
@@ -174,13 +231,11 @@ def _epoch_metrics(
 
 
 def _report_epoch(
-    setup: WorkerSetup, metrics: dict[str, float], config: Mapping[str, Any], rank: int
+    setup: WorkerSetup, metrics: dict[str, float], config: Mapping[str, Any], session: Session
 ) -> None:
-    """The epoch's metrics to the reporter and to Ray Train, with a checkpoint when due."""
-    import ray.train
-
-    train = config["spec"]["train"]
-    epoch, step = int(metrics["epoch"]), int(metrics["step"])
+    """The epoch's metrics to the reporter and to the session, with a checkpoint when due."""
+    train, rank = config["spec"]["train"], session.rank
+    epoch = int(metrics["epoch"])
     setup.reporter.log_metrics(
         {k if "/" in k else f"epoch/{k}": v for k, v in metrics.items() if k != "epoch"}, epoch
     )
@@ -190,24 +245,44 @@ def _report_epoch(
             f"{metrics['images_per_s']:.0f} img/s  ({metrics['epoch_time_s']:.1f}s)"
         )
     if epoch % train["checkpoint_every"] and epoch != train["epochs"]:
-        ray.train.report(metrics)
+        session.report(metrics)
         return
-    dir_name = checkpoint_dir_name(epoch)
-    with tempfile.TemporaryDirectory() as folder:
-        checkpoint = None
-        if rank == 0:  # DDP keeps replicas identical: one copy of the state is enough
-            write_checkpoint(
-                folder,
-                setup.model,
-                setup.optimizer,
-                setup.scaler,
-                epoch=epoch,
-                step=step,
-                spec=config["spec"],
-            )
-            checkpoint = ray.train.Checkpoint.from_directory(folder)
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=dir_name)
-    setup.reporter.log_checkpoint(f"{config['run_path']}/{dir_name}", epoch, step, metrics)
+    _save_checkpoint(setup, metrics, config, session, mid_epoch=False)
+
+
+def _save_checkpoint(
+    setup: WorkerSetup,
+    metrics: dict[str, float],
+    config: Mapping[str, Any],
+    session: Session,
+    *,
+    mid_epoch: bool,
+) -> None:
+    """Report `metrics` with a checkpoint of the training state after `metrics["epoch"]`
+    epochs and `metrics["step"]` steps. An epoch's checkpoint is also recorded by the
+    reporter (a model to evaluate); a mid-epoch one only serves a resume."""
+    epoch, step = int(metrics["epoch"]), int(metrics["step"])
+    dir_name = checkpoint_dir_name(epoch, step if mid_epoch else None)
+    folder = tempfile.mkdtemp(prefix="mimray-checkpoint-")
+    # Every worker keeps its own random generators; the rest is rank 0's, since DDP keeps
+    # replicas identical and one copy of the state is enough.
+    write_random_state(folder, session.rank, setup.device)
+    if session.rank == 0:
+        write_checkpoint(
+            folder,
+            setup.model,
+            setup.optimizer,
+            setup.scaler,
+            epoch=epoch,
+            step=step,
+            spec=config["spec"],
+        )
+
+    def record() -> None:
+        if not mid_epoch:
+            setup.reporter.log_checkpoint(f"{config['run_path']}/{dir_name}", epoch, step, metrics)
+
+    session.report(metrics, checkpoint_folder=folder, dir_name=dir_name, on_checkpoint=record)
 
 
 def _per_worker_batch(train: Mapping[str, Any], world_size: int) -> int:

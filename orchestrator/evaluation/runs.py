@@ -15,7 +15,7 @@ from typing import Any
 from orchestrator.config import ConfigError, EvalSpec, flatten
 from orchestrator.evaluation.checkpoints import Checkpoint
 from orchestrator.evaluation.data import EvalData, describe_eval_data, labelled_dataset
-from orchestrator.local_fit import fit_in_process
+from orchestrator.local_fit import InProcessTrainer
 from orchestrator.lookup import is_result_metric
 from orchestrator.provenance import commit_tags
 from orchestrator.ray_setup import ensure_ray
@@ -31,8 +31,7 @@ from orchestrator.tracking import (
 )
 from orchestrator.trainer import runs_in_process, worker_scaling
 from workloads.checkpoint import read_checkpoint_spec
-from workloads.data.decode import random_hflip
-from workloads.evaluation.loop import eval_loop_per_worker
+from workloads.evaluation.loop import eval_loop_per_worker, evaluate
 
 
 @dataclass(frozen=True)
@@ -70,7 +69,7 @@ def evaluate_checkpoint(
     trainer = _build_trainer(checkpoint, spec, data, pretrain_spec, reporter)
     tracker.mark_running(run_id)
     try:
-        result = _fit(trainer, spec)
+        result = trainer.fit()
     except BaseException as err:
         tracker.finish_run(run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
@@ -157,45 +156,46 @@ def _build_trainer(
     if spec.protocol == "finetune":
         train_rows = round(train_rows * spec.finetune.label_fraction)
         datasets["train"] = datasets["train"].limit(train_rows)  # a fixed subset of labels
-        if spec.finetune.hflip:
-            datasets["train"] = datasets["train"].map_batches(random_hflip, batch_format="numpy")
+        # Flips are drawn in the worker from the eval seed (`protocols.finetune`), so a rerun
+        # flips the same images.
     # Ray storage next to the pretrain run's: <storage>/<pretrain run>/checkpoint_epoch_N
     storage_path = checkpoint.uri.rsplit("/", 2)[0]
+    name = f"eval-{spec.protocol}-{checkpoint.model_id}-{spec.fingerprint()}"
+    config = {
+        "eval": spec.model_dump(mode="json"),
+        "model": pretrain_spec["model"],
+        "checkpoint_uri": checkpoint.uri,
+        "num_classes": data.train.num_classes,
+        "steps_per_epoch": train_rows // spec.finetune.batch_size,
+        "reporter": reporter,
+    }
+    if runs_in_process(spec):
+        # One CPU worker evaluates in this process, as a one-worker pretrain run trains: no
+        # worker group to start (the most of a small evaluation's wall time), and never a
+        # report to Tune when this runs after a trial's training.
+        return InProcessTrainer(
+            loop=evaluate,
+            train_loop_config=config,
+            datasets=datasets,
+            name=name,
+            run_path=f"{storage_path}/{name}",
+            keep=None,
+            max_failures=1,
+            cpus=spec.scaling.cpus_per_worker,
+            to_tune=False,
+            train_loop_per_worker=eval_loop_per_worker,
+        )
     return TorchTrainer(
         eval_loop_per_worker,
-        train_loop_config={
-            "eval": spec.model_dump(mode="json"),
-            "model": pretrain_spec["model"],
-            "checkpoint_uri": checkpoint.uri,
-            "num_classes": data.train.num_classes,
-            "steps_per_epoch": train_rows // spec.finetune.batch_size,
-            "reporter": reporter,
-        },
+        train_loop_config=config,
         scaling_config=worker_scaling(spec),
         run_config=RunConfig(
-            name=f"eval-{spec.protocol}-{checkpoint.model_id}-{spec.fingerprint()}",
+            name=name,
             storage_path=storage_path,
             failure_config=FailureConfig(max_failures=1),
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
         datasets=datasets,
-    )
-
-
-def _fit(trainer: Any, spec: EvalSpec) -> Any:
-    """One CPU worker evaluates in this process, as a one-worker pretrain run trains: no
-    worker group to start (the most of a small evaluation's wall time), and never a report
-    to Tune when this runs after a trial's training."""
-    if not runs_in_process(spec):
-        return trainer.fit()
-    config = trainer.run_config
-    return fit_in_process(
-        trainer,
-        f"{config.storage_path}/{config.name}",
-        keep=None,
-        max_failures=config.failure_config.max_failures,
-        cpus=spec.scaling.cpus_per_worker,
-        to_tune=False,
     )
 
 

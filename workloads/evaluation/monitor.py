@@ -1,20 +1,21 @@
 """kNN accuracy during pretraining: a per-epoch metric that Tune schedulers (ASHA) can act on.
 
 Runs on every worker at the chosen epochs: each extracts features of its shards of the
-labelled `knn_train`/`knn_val` datasets with the online encoder, the features are gathered,
-and every rank computes the same top-1.
+labelled `knn_train`/`knn_val` datasets with the online encoder; rank 0 gathers them, scores
+them once on its device and shares the top-1 with every rank (`knn_once.py`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from workloads.evaluation.loop import gather_everywhere, labelled_batches
-from workloads.evaluation.protocols import extract_features, knn_metrics
+from workloads.evaluation.knn_once import knn_once
+from workloads.evaluation.loop import labelled_batches
+from workloads.evaluation.protocols import extract_features
 
 TRAIN_SPLIT, VAL_SPLIT = "knn_train", "knn_val"
 
@@ -25,19 +26,20 @@ def online_encoder(model: nn.Module) -> nn.Module:
 
 
 def knn_during_training(
-    model: nn.Module, monitor: Mapping[str, Any], device: torch.device
+    model: nn.Module,
+    monitor: Mapping[str, Any],
+    device: torch.device,
+    dataset_shard: Callable[[str], Any],
 ) -> dict[str, float]:
-    """{"knn/top1", "knn/top1_1nn"} of the model's current encoder."""
-    import ray.train
-
+    """{"knn/top1", "knn/top1_1nn"} of the model's current encoder; `dataset_shard(name)` is
+    the worker session's shard of a labelled split."""
     encoder = online_encoder(model)
     batch, pool = monitor["batch_size"], monitor["pool"]
-    splits = [
-        gather_everywhere(
-            *extract_features(
-                encoder, labelled_batches(ray.train.get_dataset_shard(name), batch), pool, device
-            )
-        )
+    train, val = (
+        extract_features(encoder, labelled_batches(dataset_shard(name), batch), pool, device)
         for name in (TRAIN_SPLIT, VAL_SPLIT)
-    ]
-    return knn_metrics(*splits, monitor["num_classes"], monitor["k"], monitor["temperature"])
+    )
+    metrics = knn_once(
+        train, val, monitor["num_classes"], monitor["k"], monitor["temperature"], device
+    )
+    return {key: value for key, value in metrics.items() if key.startswith("knn/")}
