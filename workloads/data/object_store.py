@@ -7,12 +7,17 @@ reader and writer in `workloads.data` treats local folders and buckets the same 
 Settings are read once on the driver and travel inside the filesystem object to Ray tasks:
 the worker processes of a long-lived Ray instance do not see environment variables set after
 they started, so they must never read the AWS environment themselves.
+
+The region pyarrow signs with is the bucket's own when the store says it (HeadBucket's
+`x-amz-bucket-region`, the answer pyarrow's `resolve_s3_region` reads too, which asks AWS
+only), else the configured one: AWS_REGION, AWS_DEFAULT_REGION, the boto3 profile's region,
+then us-east-1. pyarrow does not follow S3's wrong-region redirects by itself.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 import pyarrow.fs
@@ -63,7 +68,12 @@ class S3Settings:
         """Settings from the standard AWS variables, falling back to the boto3 profile."""
         environ = os.environ
         endpoint_url = environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL")
-        region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
+        region = (
+            environ.get("AWS_REGION")
+            or environ.get("AWS_DEFAULT_REGION")
+            or _profile_region()
+            or DEFAULT_REGION
+        )
         access_key = environ.get("AWS_ACCESS_KEY_ID")
         secret_key = environ.get("AWS_SECRET_ACCESS_KEY")
         session_token = environ.get("AWS_SESSION_TOKEN")
@@ -104,7 +114,9 @@ def filesystem_for(
     """
     if is_s3_uri(uri):
         bucket, key = split_s3_uri(uri)
-        return _s3_filesystem(settings or S3Settings.from_env()), f"{bucket}/{key}".rstrip("/")
+        settings = settings or S3Settings.from_env()
+        region = bucket_region(bucket, settings)
+        return _s3_filesystem(replace(settings, region=region)), f"{bucket}/{key}".rstrip("/")
     if "://" in uri and not uri.startswith("file://"):
         scheme = uri.split("://", 1)[0]
         raise DataSourceError(
@@ -153,6 +165,33 @@ def check_reachable(
             f"data source {uri!r}: cannot reach the S3 endpoint {where} "
             f"({type(error).__name__}); check AWS_ENDPOINT_URL and the network"
         ) from None
+
+
+# (endpoint, bucket) -> the region the store reported, or None when it reported none: asked
+# once per process, not once per shard.
+_BUCKET_REGIONS: dict[tuple[str | None, str], str | None] = {}
+
+
+def bucket_region(bucket: str, settings: S3Settings) -> str:
+    """The region `bucket` lives in, as its store reports it; else the configured region."""
+    key = (settings.endpoint_url, bucket)
+    if key not in _BUCKET_REGIONS:
+        _BUCKET_REGIONS[key] = _reported_region(bucket, settings)
+    return _BUCKET_REGIONS[key] or settings.region or DEFAULT_REGION
+
+
+def _reported_region(bucket: str, settings: S3Settings) -> str | None:
+    import botocore.exceptions
+
+    try:
+        response = _check_client(settings).head_bucket(Bucket=bucket)
+    except botocore.exceptions.ClientError as error:
+        # AWS names the bucket's region on a redirect or a refusal too.
+        response = getattr(error, "response", None) or {}
+    except botocore.exceptions.BotoCoreError:  # unreachable, no credentials: the reader says
+        return None
+    headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    return headers.get("x-amz-bucket-region") or None
 
 
 def _s3_filesystem(settings: S3Settings) -> pyarrow.fs.S3FileSystem:
@@ -234,6 +273,16 @@ def _check_local(uri: str, require_data: bool) -> None:
         raise DataSourceError(f"data source {uri!r}: path {path!r} does not exist")
     if os.path.isdir(path) and not any(os.scandir(path)):
         raise DataSourceError(f"data source {uri!r}: folder {path!r} is empty")
+
+
+def _profile_region() -> str | None:
+    """The region of the boto3 profile (AWS_PROFILE or default, from ~/.aws/config)."""
+    try:
+        import boto3
+
+        return boto3.session.Session().region_name
+    except Exception:  # a broken profile must not break local runs that never touch S3
+        return None
 
 
 def _profile_credentials() -> tuple[str | None, str | None, str | None]:
