@@ -51,8 +51,11 @@ def check_storage_path(path: str) -> str:
         return path
     allowed = ", ".join(f"{s}://bucket/prefix" for s in STORAGE_SCHEMES)
     if scheme.lower() not in STORAGE_SCHEMES:
+        # GCS has no filesystem of its own here; its S3-compatible API serves s3:// paths.
+        gcs = " (GCS: s3:// with AWS_ENDPOINT_URL=https://storage.googleapis.com and an HMAC key)"
         raise ValueError(
             f"scheme {scheme}:// is not supported; allowed: a local folder or {allowed}"
+            + (gcs if scheme.lower() == "gs" else "")
         )
     if not rest.strip("/"):
         raise ValueError(f"no bucket after {scheme}://; allowed: a local folder or {allowed}")
