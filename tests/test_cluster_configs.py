@@ -173,6 +173,42 @@ def test_every_gcp_worker_runs_as_the_worker_service_account():
         assert "https://www.googleapis.com/auth/cloud-platform" in account["scopes"]
 
 
+def test_gcp_head_runs_as_mimray_head_which_the_readme_sets_up_before_ray_up():
+    """Ray's GCP bootstrap puts its own ray-autoscaler-sa-v1 (no Artifact Registry read, made
+    during the first `ray up`) into `head_node`; `ray up` lays the head type's node_config over
+    it (commands.py, read in Ray 2.60), so the account named here is the one the head runs as."""
+    config = load("gcp.yaml")
+    head = config["available_node_types"][config["head_node_type"]]["node_config"]
+    accounts = head.get("serviceAccounts", [{"email": "ray-autoscaler-sa-v1 (Ray's own)"}])
+    assert [a["email"] for a in accounts] == ["mimray-head@PROJECT_ID.iam.gserviceaccount.com"]
+    readme = (CLUSTER / "README.md").read_text()
+    gcp = readme[readme.index("## GCP details") :]
+    steps = [
+        "gcloud iam service-accounts create mimray-head",
+        "--role roles/compute.instanceAdmin.v1",
+        "--role roles/iam.serviceAccountUser",
+        "--role roles/artifactregistry.reader",
+        "docker push",
+        "ray up -y cluster/gcp.yaml",
+    ]
+    _assert_in_order(gcp, steps)
+    # The worker account gets no GCS role: mimray's storage reaches GCS through s3:// only.
+    assert "roles/storage" not in gcp.split("ray up -y cluster/gcp.yaml")[0]
+
+
+def test_aws_readme_runs_the_one_time_setup_before_ray_up():
+    readme = (CLUSTER / "README.md").read_text()
+    aws = readme[readme.index("## 8 spot GPUs on AWS tonight") : readme.index("Watch it:")]
+    steps = ["aws s3 mb", "cluster/aws-iam.sh BUCKET", "docker push", "s/ACCOUNT_ID/", "ray up"]
+    _assert_in_order(aws, steps)
+
+
+def _assert_in_order(text: str, steps: list[str]) -> None:
+    positions = {step: text.find(step) for step in steps}
+    assert -1 not in positions.values(), positions
+    assert list(positions.values()) == sorted(positions.values()), positions
+
+
 def _driver_needed() -> int:
     """The NVIDIA driver the CUDA of torch's wheel needs (CUDA 13: 580, CUDA 12: 525)."""
     import torch
