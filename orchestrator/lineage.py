@@ -19,7 +19,6 @@ from orchestrator.lookup import (
     find_named_run,
     find_sweep,
     get_checkpoint_model,
-    get_run,
     is_result_metric,
     open_reader,
     prefetch_sweep,
@@ -32,87 +31,78 @@ from orchestrator.tracking import (
     MODEL_ID_TAG,
     PRETRAIN_RUN_TAG,
 )
+from orchestrator.tracking.records import TrackedModel, TrackedRun
 
 
 def lineage(tracking_uri: str, target: str) -> dict[str, Any]:
     """The tree around TARGET: a run id (sweep, trial, pretrain or eval), a checkpoint model
     id, or a sweep name. A checkpoint or eval narrows the tree to that checkpoint."""
-    client = open_reader(tracking_uri)
+    reader = open_reader(tracking_uri)
     only_model: str | None = None
-    model = get_checkpoint_model(client, target)
-    run = get_run(client, target)
+    model = get_checkpoint_model(reader, target)
+    run = reader.run(target)
     if model is not None:
-        only_model, run = model.model_id, client.get_run(model.source_run_id)
-    elif run is not None and run.data.tags.get(KIND_TAG) == "eval":
-        only_model = run.data.tags.get(MODEL_ID_TAG)
-        run = get_run(client, run.data.tags.get(PRETRAIN_RUN_TAG, ""))
+        only_model, run = model.model_id, reader.run(model.source_run_id or "")
+        if run is None:
+            raise ConfigError(f"target {target}: the run that logged it no longer exists")
+    elif run is not None and run.tags.get(KIND_TAG) == "eval":
+        only_model = run.tags.get(MODEL_ID_TAG)
+        run = reader.run(run.tags.get(PRETRAIN_RUN_TAG, ""))
         if run is None:
             raise ConfigError(f"target {target}: the run it evaluated no longer exists")
     elif run is None:
-        run = find_sweep(client, target) or find_named_run(client, target)
+        run = find_sweep(reader, target) or find_named_run(reader, target)
         if run is None:
             raise ConfigError(
                 f"target {target!r}: not a run id, a checkpoint model id (m-...), a run name "
                 f"or a sweep name in {tracking_uri}"
             )
 
-    if run.data.tags.get(KIND_TAG) == "sweep":
-        prefetch_sweep(client, run, "trial", "eval")  # from a server: both under way at once
-        sweep, pretrain_runs = run, sweep_trials(client, run)
-        evals = sweep_eval_runs(client, run)
-        models = checkpoint_models_of(
-            client, run.info.experiment_id, [r.info.run_id for r in pretrain_runs]
-        )
+    if run.tags.get(KIND_TAG) == "sweep":
+        prefetch_sweep(reader, run, "trial", "eval")  # from a server: both under way at once
+        sweep, pretrain_runs = run, sweep_trials(reader, run)
+        evals = sweep_eval_runs(reader, run)
+        models = checkpoint_models_of(reader, run.experiment_id, [r.run_id for r in pretrain_runs])
     else:
-        parent_id = run.data.tags.get("mlflow.parentRunId")
-        parent = get_run(client, parent_id) if parent_id else None
-        is_sweep = parent is not None and parent.data.tags.get(KIND_TAG) == "sweep"
+        parent_id = run.tags.get("mlflow.parentRunId")
+        parent = reader.run(parent_id) if parent_id else None
+        is_sweep = parent is not None and parent.tags.get(KIND_TAG) == "sweep"
         sweep, pretrain_runs = (parent if is_sweep else None), [run]
-        evals = {run.info.run_id: eval_runs_of(client, run)}
-        models = {run.info.run_id: checkpoint_models(client, run)}
+        evals = {run.run_id: eval_runs_of(reader, run)}
+        models = {run.run_id: checkpoint_models(reader, run)}
     return {
         "tracking_uri": tracking_uri,
         "sweep": _run_summary(sweep) if sweep is not None else None,
         "runs": [
-            _pretrain_node(r, evals.get(r.info.run_id, []), models[r.info.run_id], only_model)
+            _pretrain_node(r, evals.get(r.run_id, []), models[r.run_id], only_model)
             for r in pretrain_runs
         ],
     }
 
 
-def _run_summary(run: Any) -> dict[str, Any]:
+def _run_summary(run: TrackedRun) -> dict[str, Any]:
     return {
-        "run_id": run.info.run_id,
-        "name": run.info.run_name,
-        "status": run.info.status,
-        "datasets": _datasets(run),
+        "run_id": run.run_id,
+        "name": run.name,
+        "status": run.status,
+        "datasets": [
+            {"name": d.name, "digest": d.digest, "context": d.context} for d in run.datasets
+        ],
     }
 
 
-def _datasets(run: Any) -> list[dict[str, str]]:
-    inputs = run.inputs.dataset_inputs if run.inputs else []
-    return [
-        {
-            "name": item.dataset.name,
-            "digest": item.dataset.digest,
-            "context": next((t.value for t in item.tags if t.key == "mlflow.data.context"), ""),
-        }
-        for item in inputs
-    ]
-
-
 def _pretrain_node(
-    run: Any, evals: list[Any], models: list[Any], only_model: str | None
+    run: TrackedRun, evals: list[TrackedRun], models: list[TrackedModel], only_model: str | None
 ) -> dict[str, Any]:
     """The run with its checkpoints (`models`, oldest first), each with its `evals`."""
     evals_by_model: dict[str, list[dict[str, Any]]] = {}
     for evaluation in evals:
-        evals_by_model.setdefault(evaluation.data.tags.get(MODEL_ID_TAG, ""), []).append(
+        evals_by_model.setdefault(evaluation.tags.get(MODEL_ID_TAG, ""), []).append(
             {
                 **_run_summary(evaluation),
-                "protocol": evaluation.data.tags.get(EVAL_PROTOCOL_TAG),
+                "protocol": evaluation.tags.get(EVAL_PROTOCOL_TAG),
                 "metrics": {
-                    k: v for k, v in sorted(evaluation.data.metrics.items()) if is_result_metric(k)
+                    k: v for k, v in sorted(evaluation.metrics.items()) if is_result_metric(k)
                 },
             }
         )
@@ -128,8 +118,8 @@ def _pretrain_node(
     ]
     return {
         **_run_summary(run),
-        "method": run.data.tags.get("mimray.method"),
-        "kind": run.data.tags.get(KIND_TAG, "run"),
+        "method": run.tags.get("mimray.method"),
+        "kind": run.tags.get(KIND_TAG, "run"),
         "checkpoints": checkpoints,
     }
 

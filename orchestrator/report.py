@@ -17,18 +17,17 @@ import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from orchestrator.errors import ConfigError
 from orchestrator.lookup import (
-    metric_histories,
+    RunReader,
+    TrackedRun,
     open_reader,
     prefetch_sweep,
-    search_all,
     sweep_runs,
     sweep_trials,
 )
-from orchestrator.tracking.artifacts import attach_files, read_text_artifact
+from orchestrator.tracking.artifacts import attach_files
 from orchestrator.tracking.names import (
     CHECKPOINT_EPOCH_TAG,
     EVAL_PROTOCOL_TAG,
@@ -134,30 +133,30 @@ def build_report(tracking_uri: str, experiment: str | None, sweep_name: str) -> 
     """Read the sweep `sweep_name` (its parent, trials and their eval runs) into a Report.
 
     `experiment=None` looks for the sweep in every experiment of the store."""
-    client = _open_store(tracking_uri)
-    experiments = _experiments(client, experiment)
+    reader = _open_reader(tracking_uri)
+    experiments = _experiments(reader, experiment)
     if not SWEEP_NAME.match(sweep_name):
         raise ReportError(f"{sweep_name!r} is not a sweep name (letters, digits, _ . -)")
-    parents = search_all(client, list(experiments), f"tags.`{RUN_KEY_TAG}` = 'sweep:{sweep_name}'")
+    parents = reader.tagged(list(experiments), {RUN_KEY_TAG: f"sweep:{sweep_name}"})
     where = f"experiment {experiment!r}" if experiment else "any experiment"
     if not parents:
-        known = _sweep_names(client, list(experiments))
+        known = _sweep_names(reader, list(experiments))
         hint = f"; sweeps there: {', '.join(known)}" if known else "; no sweeps recorded there"
         raise ReportError(f"no sweep {sweep_name!r} in {where} at {tracking_uri}{hint}")
-    if len({p.info.experiment_id for p in parents}) > 1:
-        names = sorted(experiments[p.info.experiment_id] for p in parents)
+    if len({p.experiment_id for p in parents}) > 1:
+        names = sorted(experiments[p.experiment_id] for p in parents)
         raise ReportError(
             f"sweep {sweep_name!r} is in several experiments ({', '.join(names)}); "
             "pick one with --experiment"
         )
     parent = parents[0]
-    prefetch_sweep(client, parent, "trial", "eval")  # from a server: both under way meanwhile
-    knob_keys = _knob_keys(client, parent)
-    trial_runs = sweep_trials(client, parent)
-    losses = metric_histories(client, [run.info.run_id for run in trial_runs], LOSS_METRIC)
-    trials = [_trial_record(run, losses[run.info.run_id], knob_keys) for run in trial_runs]
+    prefetch_sweep(reader, parent, "trial", "eval")  # from a server: both under way meanwhile
+    knob_keys = _knob_keys(reader, parent)
+    trial_runs = sweep_trials(reader, parent)
+    losses = reader.metric_histories([run.run_id for run in trial_runs], LOSS_METRIC)
+    trials = [_trial_record(run, losses[run.run_id], knob_keys) for run in trial_runs]
     columns, cells_by_trial, used = _eval_cells(
-        sweep_runs(client, parent, "eval"), {t.run_id for t in trials}
+        sweep_runs(reader, parent, "eval"), {t.run_id for t in trials}
     )
     loss = Column("loss", LOSS_METRIC, higher_is_better=False)
     rows = _rows(trials, knob_keys)
@@ -172,9 +171,9 @@ def build_report(tracking_uri: str, experiment: str | None, sweep_name: str) -> 
                 row.cells[column.key] = Cell(tuple(present))
     return Report(
         sweep=sweep_name,
-        experiment=experiments[parent.info.experiment_id],
+        experiment=experiments[parent.experiment_id],
         tracking_uri=tracking_uri,
-        parent_run_id=parent.info.run_id,
+        parent_run_id=parent.run_id,
         knob_keys=knob_keys,
         columns=[loss, *columns],
         rows=rows,
@@ -188,62 +187,60 @@ def attach_report(report: Report, paths: Iterable[Path]) -> list[str]:
     return attach_files(report.tracking_uri, report.parent_run_id, paths, "report")
 
 
-def _open_store(tracking_uri: str) -> Any:
+def _open_reader(tracking_uri: str) -> RunReader:
     try:
         return open_reader(tracking_uri)
     except ConfigError as err:
         raise ReportError(str(err)) from None
 
 
-def _experiments(client: Any, name: str | None) -> dict[str, str]:
+def _experiments(reader: RunReader, name: str | None) -> dict[str, str]:
     """experiment id -> name: the one named, or all active ones."""
     if name is not None:
-        found = client.get_experiment_by_name(name)
+        found = reader.experiment_id(name)
         if found is None:
             raise ReportError(f"no experiment {name!r} in the MLflow store")
-        return {found.experiment_id: found.name}
-    return {e.experiment_id: e.name for e in client.search_experiments()}
+        return {found: name}
+    return reader.experiments()
 
 
-def _sweep_names(client: Any, experiment_ids: list[str]) -> list[str]:
-    parents = search_all(client, experiment_ids, f"tags.`{KIND_TAG}` = 'sweep'")
-    return sorted({p.data.tags.get(SWEEP_TAG, "?") for p in parents})
+def _sweep_names(reader: RunReader, experiment_ids: list[str]) -> list[str]:
+    parents = reader.tagged(experiment_ids, {KIND_TAG: "sweep"})
+    return sorted({p.tags.get(SWEEP_TAG, "?") for p in parents})
 
 
-def _knob_keys(client: Any, parent: Any) -> list[str]:
+def _knob_keys(reader: RunReader, parent: TrackedRun) -> list[str]:
     """The dotted keys the sweep varies: its points' keys and grid keys, in spec order."""
-    try:
-        spec = read_text_artifact(client, parent.info.run_id, "sweep_spec.json")
+    spec = reader.text_artifact(parent.run_id, "sweep_spec.json")
+    if spec is not None:
         section = json.loads(spec).get("sweep", {})
         keys = [k for point in section.get("points", []) for k in point]
         keys += list(section.get("grid", {}))
-    except Exception:  # noqa: BLE001 - an older parent without the artifact: use its params
-        keys = [
-            k.removeprefix("sweep.grid.") for k in parent.data.params if k.startswith("sweep.grid.")
-        ]
+    else:  # an older parent without the artifact: its params
+        keys = [k.removeprefix("sweep.grid.") for k in parent.params if k.startswith("sweep.grid.")]
     return [k for k in dict.fromkeys(keys) if k != SEED_KEY]
 
 
 def _trial_record(
-    run: Any, history: list[tuple[int, int, float]], knob_keys: list[str]
+    run: TrackedRun, history: list[tuple[int, int, float]], knob_keys: list[str]
 ) -> TrialRecord:
     """`history`: the run's (step, timestamp, value) points of the loss metric."""
     # Sorted by (step, time): a resumed epoch logged twice keeps its last value below.
     curve = [(step, value) for step, _, value in sorted(history, key=lambda p: (p[0], p[1]))]
-    params = run.data.params
+    params = run.params
     return TrialRecord(
-        run_id=run.info.run_id,
-        name=run.info.run_name,
-        index=int(run.data.tags.get(TRIAL_INDEX_TAG, 0)),
+        run_id=run.run_id,
+        name=run.name,
+        index=int(run.tags.get(TRIAL_INDEX_TAG, 0)),
         seed=params.get(SEED_KEY),
         knobs=tuple(params.get(k) for k in knob_keys),
-        status=run.info.status,
+        status=run.status,
         loss_curve=tuple(dict(curve).items()),
     )
 
 
 def _eval_cells(
-    runs: list[Any], trial_ids: set[str]
+    runs: list[TrackedRun], trial_ids: set[str]
 ) -> tuple[list[Column], dict[tuple[str, str], float | None], int]:
     """Columns found among the sweep's eval `runs`, and each (trial, column) value.
 
@@ -252,18 +249,18 @@ def _eval_cells(
     latest: dict[tuple[str, str], tuple[int, float]] = {}
     columns: dict[str, Column] = {}
     for run in runs:
-        tags = run.data.tags
+        tags = run.tags
         protocol = tags.get(EVAL_PROTOCOL_TAG)
         trial = tags.get(PRETRAIN_RUN_TAG)
         metric = f"{protocol}/top1"
-        if trial not in trial_ids or metric not in run.data.metrics:
+        if trial not in trial_ids or metric not in run.metrics:
             continue
         epoch = int(tags.get(CHECKPOINT_EPOCH_TAG, -1))
         key = f"{protocol}@e{epoch}" if epoch >= 0 else protocol
         columns.setdefault(key, Column(key, metric, True, protocol, epoch if epoch >= 0 else None))
-        started = run.info.start_time or 0
+        started = run.start_time or 0
         if (trial, key) not in latest or started >= latest[(trial, key)][0]:
-            latest[(trial, key)] = (started, run.data.metrics[metric])
+            latest[(trial, key)] = (started, run.metrics[metric])
     order = sorted(
         columns.values(),
         key=lambda c: (

@@ -19,7 +19,7 @@ from orchestrator.evaluation.baseline import (
 )
 from orchestrator.evaluation.chained import chained_evaluations
 from orchestrator.evaluation.checkpoints import Checkpoint, run_checkpoints
-from orchestrator.lookup import open_store
+from orchestrator.lookup import open_reader
 from orchestrator.tracking import Tracker
 from workloads.checkpoint import read_checkpoint_spec, read_checkpoint_state
 from workloads.evaluation.heads import load_encoder
@@ -87,8 +87,8 @@ def store(tmp_path):
 
 def test_baseline_is_recorded_once_as_the_runs_epoch_0_model(store):
     uri, tracker, run_id, tmp_path = store
-    client = open_store(uri)
-    run = client.get_run(run_id)
+    client = open_reader(uri)
+    run = client.run(run_id)
     spec = tiny_spec(seed=0)
     for _ in range(2):  # the second call finds it: no duplicate model, nothing rewritten
         ensure_baseline_model(client, tracker, run, spec, run_path=f"{tmp_path}/pretrain-a")

@@ -6,6 +6,7 @@
   (`tracker_golden.py`), on a 50-trial sweep laid out with the real sweep and tracker code.
 - A sweep set-up killed half-way (SIGKILL, in a real process) and run again finds every run it
   had made by its key: nothing is duplicated, and the runs it had made are the ones kept.
+- The same golden report, lineage and eval targets come back through a real `mlflow server`.
 - `mimray --help` lists the lazily imported commands by their own one-line help (what it
   imports: `test_cli_startup.py`).
 """
@@ -25,7 +26,7 @@ from recorded_sweep import load_trials
 from tracker_golden import TRIALS, record_and_snapshot
 
 from orchestrator.sweep import open_sweep_runs
-from orchestrator.tracking import KIND_TAG, RUN_KEY_TAG, SWEEP_TAG, Tracker, resolve_tracking_uri
+from orchestrator.tracking import KIND_TAG, RUN_KEY_TAG, SWEEP_TAG, Tracker
 from orchestrator.tracking import TRIAL_INDEX_TAG as TRIAL
 
 GOLDEN = Path(__file__).parent / "data" / f"tracker_golden_{TRIALS}.json"
@@ -83,7 +84,7 @@ sys.path.insert(0, {tests!r})
 from recorded_sweep import load_trials
 from pathlib import Path
 from orchestrator.sweep import open_sweep_runs
-from orchestrator.tracking import Tracker, pending_runs, tracker as tracker_module
+from orchestrator.tracking import Tracker
 
 tracker = Tracker({uri!r}, "restore")
 spec, trials = load_trials(Path({folder!r}), "killed", "restore", 20)
@@ -98,30 +99,19 @@ def then_die(write):
         return write(*args, **kwargs)
     return wrapped
 
-if {batched!r}:
-    # The parent alone (its artifacts need it), then chunks of 4 trials per transaction: the
-    # kill comes while the third chunk's rows are being added, before its commit.
-    pending_runs.RUNS_PER_TRANSACTION = 4
-    pending_runs._rows = then_die(pending_runs._rows)
-else:
-    # One run per create_run call, 8 at once (a server store): dies as the 15th run is created.
-    # Calls 2-9 start together; each later call comes from a thread whose previous run is
-    # whole, so at least 6 trial runs are; runs in flight then may lack their params.
-    tracker_module.sql_store = lambda client: None
-    tracker.client.create_run = then_die(tracker.client.create_run)
+# One run per create_run call, 8 at once: dies as the 15th run is created. Calls 2-9 start
+# together; each later call comes from a thread whose previous run is whole, so at least 6
+# trial runs are; runs in flight then may lack their params.
+tracker.client.create_run = then_die(tracker.client.create_run)
 open_sweep_runs(spec, trials, tracker, "killed")
 """
 
 
-@pytest.mark.parametrize(
-    ("batched", "die_at", "made"),
-    [(True, 4, {9}), (False, 15, set(range(7, 15)))],
-    ids=["sql-transactions", "one-call-per-run"],
-)
-def test_restore_after_killed_setup_duplicates_nothing(tmp_path, batched, die_at, made):
+def test_restore_after_killed_setup_duplicates_nothing(tmp_path):
+    die_at, made = 15, set(range(7, 15))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     script = KILLED_SETUP.format(
-        tests=str(REPO / "tests"), uri=uri, folder=str(tmp_path), batched=batched, die_at=die_at
+        tests=str(REPO / "tests"), uri=uri, folder=str(tmp_path), die_at=die_at
     )
     killed = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=tmp_path)
     assert killed.returncode == -9
@@ -152,27 +142,6 @@ def test_restore_after_killed_setup_duplicates_nothing(tmp_path, batched, die_at
             assert run.inputs.dataset_inputs == []  # declared when the trial starts
 
 
-def test_a_run_opened_in_a_setup_is_usable_before_the_setup_ends(tmp_path):
-    """On an SQL store a set-up's new runs wait to be written together; using one before
-    then (closing it, declaring its data) writes it first, and opening a key twice makes one
-    run."""
-    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "pending")
-    tracker.prefetch_runs(SWEEP_TAG, "s")
-    first = tracker.open_run("a", params={"x": 1}, tags={SWEEP_TAG: "s"})
-    assert tracker.client.search_runs([tracker.experiment_id]) == []  # not written yet
-    tracker.finish_run(first.run_id, status="KILLED")
-    again = tracker.open_run("a", params={"x": 1, "y": 2}, tags={SWEEP_TAG: "s", "t": "1"})
-    second = tracker.open_run("b", params={}, tags={SWEEP_TAG: "s"})
-    tracker.log_dataset(second.run_id, "d", uri="d", digest="x", num_rows=1, context="training")
-    tracker.end_prefetch()
-    found = tracker.client.search_runs([tracker.experiment_id])
-    runs = {r.data.tags[RUN_KEY_TAG]: r for r in found}
-    assert sorted(runs) == ["a", "b"] and again.run_id == first.run_id
-    assert [i.dataset.name for i in runs["b"].inputs.dataset_inputs] == ["d"]
-    assert runs["a"].info.status == "KILLED"
-    assert runs["a"].data.params == {"x": "1", "y": "2"} and runs["a"].data.tags["t"] == "1"
-
-
 def test_lazy_commands_list_their_own_one_line_help():
     """`mimray --help` shows the lazily registered commands' help without importing them; it
     must be what each command says of itself once imported."""
@@ -192,47 +161,6 @@ def test_lazy_commands_list_their_own_one_line_help():
     assert "Ablation table of SWEEP" in listed
 
 
-def test_bulk_reads_over_a_real_mlflow_server_match_per_run_reads(workdir):
-    """Against `mlflow server` (what a team shares) the bulk reads use the server's endpoints
-    and give what one read per run gives."""
-    from conftest import serve_mlflow_ui
-
-    from orchestrator.lookup import (
-        _bulk_history,
-        checkpoint_models,
-        checkpoint_models_of,
-        metric_histories,
-    )
-
-    Tracker(resolve_tracking_uri(), "bulk")  # the store `mimray ui` serves
-    with serve_mlflow_ui() as url:
-        tracker = Tracker(url, "bulk")
-        ids = []
-        for index in range(3):
-            run_id = tracker.open_run(f"bulk-{index}", params={}, tags={}).run_id
-            for epoch in (1, 2, 3):
-                tracker.client.log_metric(run_id, "epoch/loss", 1 / (epoch + index), step=epoch)
-            if index:  # the first run has no checkpoint
-                reporter = tracker.reporter(run_id, system_metrics=False)
-                reporter.start()
-                for epoch in (1, 2):
-                    reporter.log_checkpoint(f"file:///c/{index}/{epoch}", epoch, epoch, {})
-                reporter.close()
-            ids.append(run_id)
-
-        assert _bulk_history(tracker.client, ids, "epoch/loss") is not None  # no fallback
-        histories = metric_histories(tracker.client, ids, "epoch/loss")
-        models = checkpoint_models_of(tracker.client, tracker.experiment_id, ids)
-        for run_id in ids:
-            one = tracker.client.get_metric_history(run_id, "epoch/loss")
-            assert sorted(histories[run_id]) == sorted((m.step, m.timestamp, m.value) for m in one)
-            run = tracker.client.get_run(run_id)
-            assert [m.model_id for m in models[run_id]] == [
-                m.model_id for m in checkpoint_models(tracker.client, run)
-            ]
-        assert [len(models[run_id]) for run_id in ids] == [0, 2, 2]
-
-
 def test_setup_through_a_real_mlflow_server_makes_each_run_once(tmp_path):
     """Through `mlflow server` a set-up creates runs several at a time (no bulk endpoint): every
     trial gets its params and tags once (its data set when it starts: `test_sweep_e2e.py`), and
@@ -242,7 +170,6 @@ def test_setup_through_a_real_mlflow_server_makes_each_run_once(tmp_path):
     spec, trials = load_trials(tmp_path, "served", "served", 20)
     with mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", str(tmp_path / "art")) as url:
         tracker = Tracker(url, "served")
-        assert not tracker.writes_in_batches
         parent_id, runs = open_sweep_runs(spec, trials, tracker, "served")
         again_parent, again = open_sweep_runs(spec, trials, tracker, "served")
         every = tracker.client.search_runs([tracker.experiment_id], max_results=1000)
@@ -262,17 +189,16 @@ def test_reads_through_a_real_mlflow_server_are_unchanged(golden_store, monkeypa
     from servers import mlflow_server
     from tracker_golden import EXPERIMENT, snapshot
 
-    from orchestrator import lookup
     from orchestrator.lookup import open_reader
-    from orchestrator.tracking.rest_reads import RestReader
+    from orchestrator.tracking import rest_reads
 
     if partitioned:
-        monkeypatch.setattr(lookup, "PARTITION_FROM_TRIALS", 1)
+        monkeypatch.setattr(rest_reads, "PARTITION_FROM", 1)
 
     folder, _ = golden_store
     golden = json.loads(GOLDEN.read_text())
     with mlflow_server(f"sqlite:///{folder / 'mlflow.db'}", str(folder / "served")) as url:
-        assert isinstance(open_reader(url), RestReader)
+        assert isinstance(open_reader(url), rest_reads.RestReader)
         tracker = Tracker(url, EXPERIMENT)
         trials = tracker.client.search_runs(
             [tracker.experiment_id], filter_string="tags.`mimray.kind` = 'trial'"
@@ -283,20 +209,3 @@ def test_reads_through_a_real_mlflow_server_are_unchanged(golden_store, monkeypa
     for target in ("sweep", "trial_by_name", "checkpoint", "eval_run"):
         assert served["lineage"][target] == golden["lineage"][target], target
     assert served["eval_targets"] == golden["eval_targets"]
-
-
-def test_another_mlflow_release_goes_through_mlflows_api_with_the_same_output(
-    tmp_path, monkeypatch
-):
-    """The bulk inserts and plain SELECTs follow MLflow 3.17's tables; with any other release
-    (pyproject allows mlflow>=3.1) set-up and reads use MLflow's API, and show the same."""
-    from orchestrator.tracking import pending_runs
-
-    monkeypatch.setattr(pending_runs, "SQL_LAYOUT_RELEASES", ("3.1",))
-    tracker = Tracker(f"sqlite:///{tmp_path / 'probe.db'}", "probe")
-    assert pending_runs.sql_store(tracker.client) is None and not tracker.writes_in_batches
-    golden = json.loads(GOLDEN.read_text())
-    through_api = json.loads(json.dumps(record_and_snapshot(tmp_path)))
-    assert through_api["report"] == golden["report"]
-    assert through_api["lineage"] == golden["lineage"]
-    assert through_api["eval_targets"] == golden["eval_targets"]

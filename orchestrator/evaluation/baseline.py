@@ -67,7 +67,7 @@ def ensure_baseline_model(
     ):
         return
     uri = write_baseline_checkpoint(spec, run_path)
-    reporter = tracker.reporter(run.info.run_id, system_metrics=False)
+    reporter = tracker.reporter(run.run_id, system_metrics=False)
     reporter.start()
     try:
         reporter.log_checkpoint(uri, BASELINE_EPOCH, 0, {})

@@ -9,7 +9,7 @@ from orchestrator.config import EvalSpec
 from orchestrator.evaluation.baseline import ensure_baseline_model
 from orchestrator.evaluation.checkpoints import Checkpoint, run_checkpoints
 from orchestrator.evaluation.runs import EvalResult, evaluate_checkpoint, print_result
-from orchestrator.lookup import open_store
+from orchestrator.lookup import open_reader
 from orchestrator.tracking import Tracker
 from workloads.checkpoint import read_checkpoint_spec
 
@@ -43,8 +43,8 @@ def run_chained_evaluations(
     """Evaluate a finished pretrain run as its spec's `eval:` list says."""
     if not spec_evals:
         return []
-    client = open_store(tracking_uri)
-    run = client.get_run(run_id)
+    client = open_reader(tracking_uri)
+    run = client.run(run_id)
     checkpoints = run_checkpoints(client, run)
     if checkpoints and any(spec.baseline for spec in spec_evals):
         _record_baseline(client, tracking_uri, run, checkpoints[-1])
@@ -59,6 +59,6 @@ def run_chained_evaluations(
 
 def _record_baseline(client: Any, tracking_uri: str, run: Any, last: Checkpoint) -> None:
     """The run's untrained encoder as its epoch-0 checkpoint (see `baseline.py`)."""
-    tracker = Tracker.for_experiment_id(tracking_uri, run.info.experiment_id)
+    tracker = Tracker.for_experiment_id(tracking_uri, run.experiment_id)
     spec = read_checkpoint_spec(last.uri)
     ensure_baseline_model(client, tracker, run, spec, run_path=last.uri.rsplit("/", 1)[0])

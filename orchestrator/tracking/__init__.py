@@ -3,13 +3,15 @@ span runs, sweeps and checkpoints) that imports MLflow.
 
 - `names.py`: the tags by which runs, sweeps, evaluations and checkpoints are found.
 - `store.py`: where the store is (`./mimray-runs/` or MLFLOW_TRACKING_URI) and how SQLite commits.
-- `tracker.py`: the driver's writes; each run found or created by a deterministic key.
-- `pending_runs.py`: a sweep set-up's new runs written a few hundred per transaction.
+- `tracker.py`: the driver's writes, all through `MlflowClient`; each run found or created by a
+  deterministic key.
 - `reporter.py`: what rank 0 writes while a run trains (`MlflowReporter`).
+- `reader.py`: the one interface every read goes through (`RunReader`) and its reference
+  implementation on `MlflowClient`; `records.py`: the records it returns.
+- `sql_reads.py`, `rest_reads.py`: the same reads by plain SELECTs on an SQLite store whose tables
+  are the expected ones, and over a tracking server's REST API.
 - `checkpoints.py`: runs' checkpoints (LoggedModels), found in one search per 100 runs.
-- `run_rows.py`: a sweep's runs and loss curves read from an SQL store with plain SELECTs.
-- `rest_reads.py`, `rest_rows.py`: the readers' reads of a tracking server, over plain HTTP.
-- `artifacts.py`: small files attached to runs (a sweep's spec, its report).
+- `artifacts.py`: small files attached to runs (a sweep's report).
 
 Nothing here imports MLflow at import time: the CLI names a store before it pays for MLflow.
 """

@@ -1,58 +1,40 @@
-"""A tracking server's runs, checkpoints and loss curves read over its REST API with plain HTTP.
+"""A tracking server read over its REST API with plain HTTP (`RestReader`, a `RunReader`).
 
-Against `mlflow server` (1,000 trials, profiled: benchmarks/README.md) `report` and `lineage`
-spent ~3 s waiting on the server's searches, ~1.3 s importing MLflow before the first request
-and ~1 s turning JSON pages into protobuf messages and MLflow entities, one after the other.
-`RestReader` asks the same endpoints `MlflowClient` asks and reads their JSON straight into the
-shapes of `run_rows.py` (MLflow's attribute names: `info`, `data`, `inputs`; `model_id`,
-`params`, ...), without importing MLflow, and runs independent requests at once (`submit`), so
-the client's own work overlaps the server's. Reads only. It honours MLflow's client settings
-for reaching a server (MLFLOW_TRACKING_TOKEN, _USERNAME/_PASSWORD, _INSECURE_TLS,
-_SERVER_CERT_PATH, _CLIENT_CERT_PATH); where others are set (an auth plugin, Databricks), or the
-URI is not http(s), `lookup.open_reader` uses `MlflowClient` instead.
+Against `mlflow server` at 1,000 trials `MlflowClient` waits on one search page after another,
+has no bulk metric history (one request per trial), and imports MLflow before the first request.
+`RestReader` asks the same endpoints (plus the bulk metric-history endpoint the server's UI
+uses), reads their JSON straight into mimray's records and keeps several requests in flight.
+It honours MLflow's settings for reaching a server (MLFLOW_TRACKING_TOKEN, _USERNAME/_PASSWORD,
+_INSECURE_TLS, _SERVER_CERT_PATH, _CLIENT_CERT_PATH); with others set (an auth plugin, SigV4)
+`usable` says no and the readers use `ClientReader`.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from orchestrator.tracking.rest_rows import (
-    ExperimentRow,
-    MetricPoint,
-    ModelRow,
-    metric_point,
-    model_row,
-    point_fields,
-    run_row,
-)
-from orchestrator.tracking.run_rows import RunRow
+from orchestrator.tracking.reader import PAGE, RUN_ID_PATTERN, chunks, source_run_filter, tag_filter
+from orchestrator.tracking.records import MetricPoint, TrackedModel, TrackedRun, dataset_uses
 
-# Requests in flight at once: a default `mlflow server` runs 4 workers.
-CONCURRENT_REQUESTS = 4
-# HTTP statuses MLflow's client retries (mlflow.utils.request_utils).
-TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
-# MLflow client settings this reader does not implement: with one of them set, MlflowClient.
+CONCURRENT_REQUESTS = 4  # a default `mlflow server` runs 4 workers
+TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)  # what MLflow's client retries
 UNSUPPORTED_SETTINGS = ("MLFLOW_TRACKING_AUTH", "MLFLOW_TRACKING_AWS_SIGV4")
+HISTORY_POINTS_CAP = 25_000  # the bulk history endpoint's cap (it takes 100 runs)
+# Searches of this many runs or more are made in 16 parts at once (by the run id's first
+# digit): one search's pages come one after the other, parts let the server's workers share.
+PARTITION_FROM = 2000
 
 
 class ServerError(Exception):
     """The server refused a request (its error code and message)."""
 
 
-class Page(list):
-    """One page of results and the token of the next (None on the last), as MLflow's PagedList."""
-
-    def __init__(self, items: list[Any], token: str | None) -> None:
-        super().__init__(items)
-        self.token = token
-
-
 def usable(tracking_uri: str) -> bool:
-    """Whether this reader can stand in for MlflowClient at `tracking_uri`."""
+    """Whether `RestReader` can read the store at `tracking_uri`."""
     is_http = tracking_uri.startswith(("http://", "https://"))
     return is_http and not any(os.environ.get(name) for name in UNSUPPORTED_SETTINGS)
 
@@ -68,8 +50,7 @@ class RestReader:
         self.tracking_uri = tracking_uri
         self._base = tracking_uri.rstrip("/")
         self._session = requests.Session()
-        # Transient failures are retried with backoff, as MLflow's client does (a busy
-        # server answered one search of 32 with HTTP 500 here); every request is a read.
+        # Transient failures are retried with backoff, as MLflow's client does; all are reads.
         retry = Retry(
             total=5,
             backoff_factor=0.5,
@@ -100,125 +81,152 @@ class RestReader:
         self._lock = threading.Lock()
         self._started: dict[Any, Future] = {}
 
-    def submit(self, call: Callable[..., Any], *args: Any) -> Future:
-        """Run `call(*args)` (a read of this reader) beside the caller's next requests."""
-        return self._pool.submit(call, *args)
-
-    def once(self, key: Any, call: Callable[..., Any], *args: Any) -> Future:
-        """`submit(call, *args)` the first time `key` is asked for; that same read after."""
+    def _once(self, key: Any, call: Callable[..., Any], *args: Any) -> Future:
+        """`call(*args)` in the background the first time `key` is asked for; that read after."""
         with self._lock:
             if key not in self._started:
-                self._started[key] = self.submit(call, *args)
+                self._started[key] = self._pool.submit(call, *args)
             return self._started[key]
 
-    # Runs
+    def _all(self, call: Callable[..., Any], items: Sequence[Any]) -> list[Any]:
+        """`call(item)` for every item, all in flight at once; results in order."""
+        return [read.result() for read in [self._pool.submit(call, item) for item in items]]
 
-    def search_runs(
-        self,
-        experiment_ids: Sequence[str],
-        filter_string: str = "",
-        max_results: int = 1000,
-        page_token: str | None = None,
-    ) -> Page:
-        """One page of active runs, in MLflow's default order (newest first, then run id)."""
-        body: dict[str, Any] = {
-            "experiment_ids": [str(e) for e in experiment_ids],
-            "filter": filter_string,
-            "max_results": max_results,
-            "run_view_type": "ACTIVE_ONLY",
-        }
-        if page_token:
-            body["page_token"] = page_token
-        found = self._call("POST", "runs/search", json=body)
-        return Page([run_row(r) for r in found.get("runs", [])], found.get("next_page_token"))
-
-    def get_run(self, run_id: str) -> RunRow | None:
-        """The run, or None when the server has no run with this id."""
-        found = self._call("GET", "runs/get", params={"run_id": run_id}, missing_ok=True)
-        return run_row(found["run"]) if found else None
-
-    def get_metric_history(self, run_id: str, key: str) -> list[MetricPoint]:
-        points: list[MetricPoint] = []
-        token = None
-        while True:
-            params = {"run_id": run_id, "metric_key": key, "max_results": 25_000}
-            if token:
-                params["page_token"] = token
-            found = self._call("GET", "metrics/get-history", params=params)
-            points += [metric_point(m) for m in found.get("metrics", [])]
-            token = found.get("next_page_token")
-            if not token:
-                return points
-
-    def metric_history_bulk(
-        self, run_ids: Sequence[str], key: str, max_results: int
-    ) -> list[tuple[str, int, int, float]]:
-        """(run id, step, timestamp, value) of metric `key` of up to 100 runs, in one request."""
-        found = self._call(
-            "GET",
-            "metrics/get-history-bulk",
-            params={"run_id": list(run_ids), "metric_key": key, "max_results": max_results},
-            api="ajax-api",
+    def experiments(self) -> dict[str, str]:
+        found = self._pages(
+            "POST", "experiments/search", {"view_type": "ACTIVE_ONLY"}, "experiments"
         )
-        return [(m["run_id"], *point_fields(m)) for m in found.get("metrics", [])]
+        return {e["experiment_id"]: e["name"] for e in found}
 
-    # Experiments
-
-    def search_experiments(self) -> list[ExperimentRow]:
-        """Every active experiment."""
-        found: list[ExperimentRow] = []
-        token = None
-        while True:
-            body: dict[str, Any] = {"max_results": 1000, "view_type": "ACTIVE_ONLY"}
-            if token:
-                body["page_token"] = token
-            page = self._call("POST", "experiments/search", json=body)
-            found += [
-                ExperimentRow(e["experiment_id"], e["name"]) for e in page.get("experiments", [])
-            ]
-            token = page.get("next_page_token")
-            if not token:
-                return found
-
-    def get_experiment_by_name(self, name: str) -> ExperimentRow | None:
+    def experiment_id(self, name: str) -> str | None:
         found = self._call(
             "GET", "experiments/get-by-name", params={"experiment_name": name}, missing_ok=True
         )
-        if not found:
-            return None
-        return ExperimentRow(found["experiment"]["experiment_id"], found["experiment"]["name"])
+        return found["experiment"]["experiment_id"] if found else None
 
-    # Checkpoints (LoggedModels)
-
-    def search_logged_models(
-        self,
-        experiment_ids: Sequence[str],
-        filter_string: str = "",
-        max_results: int = 1000,
-        page_token: str | None = None,
-    ) -> Page:
-        body: dict[str, Any] = {
+    def search(self, experiment_ids: Sequence[str], filter_string: str) -> list[TrackedRun]:
+        body = {
             "experiment_ids": [str(e) for e in experiment_ids],
             "filter": filter_string,
-            "max_results": max_results,
+            "run_view_type": "ACTIVE_ONLY",
         }
-        if page_token:
-            body["page_token"] = page_token
-        found = self._call("POST", "logged-models/search", json=body)
-        return Page([model_row(m) for m in found.get("models", [])], found.get("next_page_token"))
+        return [run_record(r) for r in self._pages("POST", "runs/search", body, "runs")]
 
-    def get_logged_model(self, model_id: str) -> ModelRow | None:
+    def prefetch(
+        self, experiment_ids: Sequence[str], tags: Mapping[str, str], expected: int = 0
+    ) -> None:
+        self._tagged_parts(experiment_ids, tags, expected)
+
+    def tagged(
+        self, experiment_ids: Sequence[str], tags: Mapping[str, str], expected: int = 0
+    ) -> list[TrackedRun]:
+        parts = self._tagged_parts(experiment_ids, tags, expected)
+        found = [run for part in parts for run in part.result()]
+        # MLflow's default order: newest first, then run id.
+        return (
+            found
+            if len(parts) == 1
+            else sorted(found, key=lambda r: (-(r.start_time or 0), r.run_id))
+        )
+
+    def _tagged_parts(
+        self, experiment_ids: Sequence[str], tags: Mapping[str, str], expected: int
+    ) -> list[Future]:
+        where = tag_filter(tags)
+        parts = [""] if expected < PARTITION_FROM else [f"{digit:x}" for digit in range(16)]
+        key = (tuple(experiment_ids), where, len(parts))
+        return [
+            self._once(
+                (key, part),
+                self.search,
+                experiment_ids,
+                where + (f" and attributes.run_id LIKE '{part}%'" if part else ""),
+            )
+            for part in parts
+        ]
+
+    def run(self, run_id: str) -> TrackedRun | None:
+        if not RUN_ID_PATTERN.fullmatch(run_id):
+            return None
+        found = self._call("GET", "runs/get", params={"run_id": run_id}, missing_ok=True)
+        return run_record(found["run"]) if found else None
+
+    def model(self, model_id: str) -> TrackedModel | None:
+        if not model_id.startswith("m-"):
+            return None
         found = self._call("GET", f"logged-models/{model_id}", missing_ok=True)
-        return model_row(found["model"]) if found else None
+        return model_record(found["model"]) if found else None
 
-    # Artifacts
+    def models_of(self, experiment_id: str, run_ids: Sequence[str]) -> list[TrackedModel]:
+        def search(chunk: list[str]) -> list[dict[str, Any]]:
+            where = source_run_filter(chunk)
+            body = {"experiment_ids": [experiment_id], "filter": where}
+            return self._pages("POST", "logged-models/search", body, "models") if where else []
 
-    def read_artifact(self, run_id: str, path: str) -> str | None:
-        """A small artifact of the run as text, served by the server; None when it cannot."""
+        return [
+            model_record(m) for found in self._all(search, list(chunks(run_ids))) for m in found
+        ]
+
+    def metric_histories(self, run_ids: Sequence[str], key: str) -> dict[str, list[MetricPoint]]:
+        """One read of the bulk endpoint per 100 runs, all at once; one read per run only where
+        the server refuses it or its answer hits the cap."""
+        histories: dict[str, list[MetricPoint]] = {run_id: [] for run_id in run_ids}
+        chunked = list(chunks(run_ids))
+        for chunk, points in zip(chunked, self._all(self._bulk_history(key), chunked), strict=True):
+            if points is None:
+                points = [(run_id, *p) for run_id in chunk for p in self._history(run_id, key)]
+            for run_id, step, timestamp, value in points:
+                histories[run_id].append((step, timestamp, value))
+        for points in histories.values():
+            points.sort()
+        return histories
+
+    def _bulk_history(self, key: str) -> Callable[[list[str]], list | None]:
+        def read(chunk: list[str]) -> list[tuple[str, int, int, float]] | None:
+            params = {"run_id": chunk, "metric_key": key, "max_results": HISTORY_POINTS_CAP}
+            try:
+                found = self._call("GET", "metrics/get-history-bulk", params=params, api="ajax-api")
+            except ServerError:
+                return None  # a server without the endpoint: run by run
+            rows = found.get("metrics", [])
+            if len(rows) >= HISTORY_POINTS_CAP:
+                return None
+            return [(m["run_id"], *_point(m)) for m in rows]
+
+        return read
+
+    def _history(self, run_id: str, key: str) -> list[MetricPoint]:
+        params = {"run_id": run_id, "metric_key": key, "max_results": HISTORY_POINTS_CAP}
+        return [_point(m) for m in self._pages("GET", "metrics/get-history", params, "metrics")]
+
+    def text_artifact(self, run_id: str, path: str) -> str | None:
         response = self._session.get(
             f"{self._base}/get-artifact", params={"run_uuid": run_id, "path": path}, timeout=120
         )
-        return response.text if response.status_code == 200 else None
+        if response.status_code == 200:
+            return response.text
+        # A server that does not serve artifacts (they live in S3, say): MLflow's client
+        # downloads them from where the run says they are.
+        from orchestrator.tracking.reader import ClientReader
+
+        return ClientReader(self.tracking_uri).text_artifact(run_id, path)
+
+    def _pages(
+        self, method: str, endpoint: str, request: dict[str, Any], field: str
+    ) -> list[dict[str, Any]]:
+        """Every item of `field` over all pages of a search (POST: a body; GET: parameters)."""
+        items: list[dict[str, Any]] = []
+        token = None
+        while True:
+            ask = {**request, "max_results": request.get("max_results", PAGE)}
+            if token:
+                ask["page_token"] = token
+            where = {"json": ask} if method == "POST" else {"params": ask}
+            found = self._call(method, endpoint, **where)
+            items += found.get(field, [])
+            token = found.get("next_page_token")
+            if not token:
+                return items
 
     def _call(
         self,
@@ -243,3 +251,48 @@ class RestReader:
             f"{method} {url}: HTTP {response.status_code} "
             f"{error.get('error_code', '')} {error.get('message', '')}".strip()
         )
+
+
+def run_record(run: dict[str, Any]) -> TrackedRun:
+    """A run of MLflow's REST JSON as mimray's record."""
+    info, data = run["info"], run.get("data", {})
+    inputs = run.get("inputs", {}).get("dataset_inputs", [])
+    return TrackedRun(
+        run_id=info["run_id"],
+        name=info.get("run_name", ""),
+        experiment_id=info["experiment_id"],
+        status=info.get("status", ""),
+        start_time=int(info["start_time"]) if "start_time" in info else None,
+        end_time=int(info["end_time"]) if "end_time" in info else None,
+        tags=_key_values(data.get("tags", [])),
+        params=_key_values(data.get("params", [])),
+        # float() reads the "NaN" and "Infinity" that protobuf's JSON writes for such values.
+        metrics={m["key"]: float(m["value"]) for m in data.get("metrics", [])},
+        datasets=dataset_uses(
+            [
+                (i["dataset"]["name"], i["dataset"]["digest"], _key_values(i.get("tags", [])))
+                for i in inputs
+            ]
+        ),
+    )
+
+
+def model_record(model: dict[str, Any]) -> TrackedModel:
+    info, data = model["info"], model.get("data", {})
+    return TrackedModel(
+        model_id=info["model_id"],
+        name=info.get("name", ""),
+        experiment_id=info["experiment_id"],
+        model_type=info.get("model_type"),
+        source_run_id=info.get("source_run_id"),
+        params=_key_values(data.get("params", [])),
+        tags=_key_values(info.get("tags", [])),
+    )
+
+
+def _key_values(items: list[dict[str, str]]) -> dict[str, str]:
+    return {item["key"]: item.get("value", "") for item in items}
+
+
+def _point(m: dict[str, Any]) -> MetricPoint:
+    return int(m.get("step", 0)), int(m["timestamp"]), float(m["value"])

@@ -2,25 +2,27 @@
 
 `Tracker` creates the store and experiment (before any worker starts: many workers creating a
 fresh SQLite database at once fail), and finds or creates each run by a deterministic key tag,
-so re-running the same name continues the same run. A sweep's runs are found in one search
-(`prefetch_runs`) and, on an SQL store, its new runs are written a few hundred per transaction
-(`pending_runs.py`): creating 1,000 trial runs was 71 s with a search and three writes per
-trial.
+so re-running the same name continues the same run. Every write is a call of MLflow's public
+client (`MlflowClient`); a run gets its key tag in the call that creates it, so a process
+killed half-way leaves a run that is found again by its key, or no run.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from orchestrator.tracking.checkpoints import checkpoint_models_of
 from orchestrator.tracking.names import EXPERIMENT_KIND_TAG, FINGERPRINT_TAG, RUN_KEY_TAG
-from orchestrator.tracking.pending_runs import KnownRun, PendingRun, sql_store, write_runs
+from orchestrator.tracking.reader import ClientReader, tag_filter, tracked_run
+from orchestrator.tracking.records import DATA_CONTEXT_TAG, TrackedModel, TrackedRun
 from orchestrator.tracking.reporter import MlflowReporter
 from orchestrator.tracking.store import use_wal
+
+PLANNED_TRIALS_FILE = "planned_trials.json"
 
 
 @dataclass(frozen=True)
@@ -44,12 +46,10 @@ class Tracker:
         if tracking_uri.startswith("sqlite:///"):
             use_wal(Path(tracking_uri.removeprefix("sqlite:///")))
         self.client = MlflowClient(tracking_uri)
-        # Runs of one sweep found in one search, by key (see `prefetch_runs`).
+        self.reader = ClientReader(tracking_uri)
+        # Runs of one set-up found in one search, by key (`prefetch_runs`).
         self._scope: tuple[str, str] | None = None
-        self._scoped: dict[str, KnownRun] = {}
-        self._scoped_ids: dict[str, KnownRun] = {}  # the same runs by run id
-        # New runs of that sweep not written yet (SQL stores: see `write_pending_runs`).
-        self._pending: dict[str, PendingRun] = {}
+        self._scoped: dict[str, TrackedRun] = {}
         found = self.client.get_experiment_by_name(experiment)
         if found is not None:
             self.experiment_id = found.experiment_id
@@ -74,71 +74,47 @@ class Tracker:
         return (db.parent / "artifacts" / experiment).resolve().as_uri()
 
     def find_run(self, key: str) -> Any | None:
+        """The MLflow run recorded under `key`, or None."""
         runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'",
-            max_results=2,
+            [self.experiment_id], filter_string=tag_filter({RUN_KEY_TAG: key}), max_results=2
         )
         return runs[0] if runs else None
 
+    def known_runs(self, tag: str, value: str) -> dict[str, RunHandle]:
+        """Key -> handle of every run of the experiment tagged `tag` = `value` (a sweep's
+        parent and trials), in one paginated search; creates nothing."""
+        found = self.reader.tagged([self.experiment_id], {tag: value})
+        return {
+            run.tags[RUN_KEY_TAG]: _handle(run, self.experiment_id)
+            for run in found
+            if RUN_KEY_TAG in run.tags
+        }
+
     def prefetch_runs(self, tag: str, value: str) -> int:
-        """Find every run of the experiment tagged `tag` = `value` (a sweep's parent and
-        trials) in one paginated search; returns how many.
-
-        Until `end_prefetch`, `open_run` finds a run whose tags carry `tag` = `value` among
-        them by its key, without a query of its own, and creates it when it is not there. That
-        is exact because a run gets its tags in the call that creates it: a set-up killed
-        half-way leaves runs that carry the tag, or no run at all. It is meant for one set-up:
-        runs other processes make later are not seen.
-
-        On an SQL store the new runs (tags and params) wait until `end_prefetch` or the first
-        other use of one of them, and are written a few hundred per transaction
-        (`pending_runs.write_runs`): MLflow's API took three calls per run with the dataset
-        input, ~25 ms of CPU (1,000 trials: ~25 s). A killed set-up leaves whole runs or none."""
-        self._scope, self._scoped, self._scoped_ids = (tag, value), {}, {}
-        token = None
-        while True:
-            page = self.client.search_runs(
-                [self.experiment_id],
-                filter_string=f"tags.`{tag}` = '{value}'",
-                max_results=1000,
-                page_token=token,
-            )
-            for run in page:
-                key = run.data.tags.get(RUN_KEY_TAG)
-                if key is not None and key not in self._scoped:
-                    self._remember(key, KnownRun.of(run))
-            token = page.token
-            if not token:
-                return len(self._scoped)
+        """Find every run tagged `tag` = `value` in one search; until `end_prefetch`,
+        `open_run` finds such a run by its key among them instead of asking the store. It is
+        meant for one set-up: runs other processes make meanwhile are not seen."""
+        found = self.reader.tagged([self.experiment_id], {tag: value})
+        self._scope = (tag, value)
+        self._scoped = {run.tags[RUN_KEY_TAG]: run for run in found if RUN_KEY_TAG in run.tags}
+        return len(self._scoped)
 
     def end_prefetch(self) -> None:
-        self.write_pending_runs()
-        self._scope, self._scoped, self._scoped_ids = None, {}, {}
-
-    def _remember(self, key: str, run: KnownRun) -> None:
-        self._scoped[key] = run
-        self._scoped_ids[run.run_id] = run
-
-    def write_pending_runs(self) -> None:
-        if self._pending:
-            pending, self._pending = list(self._pending.values()), {}
-            write_runs(self.client, self.experiment_id, pending)
+        self._scope, self._scoped = None, {}
 
     @property
     def writes_in_batches(self) -> bool:
-        """Whether a set-up's new runs wait and are written together (an SQL store)."""
-        return sql_store(self.client) is not None
+        """Always False: every write is a call of MLflow's client (kept while callers ask)."""
+        return False
 
-    def _batches_new_runs(self, tags: Mapping[str, str]) -> bool:
-        in_scope = self._scope is not None and tags.get(self._scope[0]) == self._scope[1]
-        return in_scope and self.writes_in_batches
+    def _in_scope(self, tags: Mapping[str, str]) -> bool:
+        return self._scope is not None and tags.get(self._scope[0]) == self._scope[1]
 
-    def _existing(self, key: str, tags: Mapping[str, str]) -> KnownRun | None:
-        if self._scope is not None and tags.get(self._scope[0]) == self._scope[1]:
+    def _existing(self, key: str, tags: Mapping[str, str]) -> TrackedRun | None:
+        if self._in_scope(tags):
             return self._scoped.get(key)
         found = self.find_run(key)
-        return KnownRun.of(found) if found is not None else None
+        return tracked_run(found) if found is not None else None
 
     def open_run(
         self,
@@ -148,44 +124,35 @@ class Tracker:
         run_name: str | None = None,
         parent_run_id: str | None = None,
     ) -> RunHandle:
-        """The run recorded under `key`, reopened; or a new one with `params` logged."""
+        """The run recorded under `key`, reopened; or a new one with `params` logged.
+
+        Two processes opening the same new key at the same moment would each create a run:
+        a key is opened by one process at a time (the driver, or the trial that owns it)."""
         from mlflow.entities import Param, RunTag
 
         existing = self._existing(key, tags)
         run_tags = {**{k: str(v) for k, v in tags.items()}, RUN_KEY_TAG: key}
         if parent_run_id:
             run_tags["mlflow.parentRunId"] = parent_run_id
+        items = {k: _param_value(v) for k, v in params.items()}
         if existing is not None:
-            self._written(existing.run_id)  # opened twice in one set-up: write it, then update
             # The status stays as it was until training really starts (`mark_running`):
             # a finished sweep trial that is not run again must not look RUNNING. Only what
-            # changed is written: tags that differ, and params a killed set-up never logged
+            # changed is written: tags that differ, and params a killed process never logged
             # (a logged param cannot change in MLflow).
             self._log_batch(
                 existing.run_id,
-                params=[
-                    Param(k, _param_value(v)) for k, v in params.items() if k not in existing.params
-                ],
+                params=[Param(k, v) for k, v in items.items() if k not in existing.params],
                 tags=[RunTag(k, v) for k, v in run_tags.items() if existing.tags.get(k) != v],
             )
-            return RunHandle(
-                existing.run_id,
-                self.experiment_id,
-                resumed=True,
-                previous_fingerprint=existing.tags.get(FINGERPRINT_TAG),
-                previous_status=existing.status,
-            )
-        items = {k: _param_value(v) for k, v in params.items()}
-        if self._batches_new_runs(run_tags):
-            pending = PendingRun.new(run_name or key, run_tags, items)
-            self._pending[pending.run_id] = pending
-            self._remember(key, KnownRun(pending.run_id, "RUNNING", run_tags, items, frozenset()))
-            return RunHandle(pending.run_id, self.experiment_id, resumed=False)
+            if self._in_scope(run_tags):
+                self._scoped[key] = _updated(existing, run_tags, items)
+            return _handle(existing, self.experiment_id)
         run = self.client.create_run(self.experiment_id, run_name=run_name or key, tags=run_tags)
         run_id = run.info.run_id
         self._log_batch(run_id, params=[Param(k, v) for k, v in items.items()])
-        if self._scope is not None and run_tags.get(self._scope[0]) == self._scope[1]:
-            self._remember(key, KnownRun(run_id, run.info.status, run_tags, items, frozenset()))
+        if self._in_scope(run_tags):
+            self._scoped[key] = _updated(tracked_run(run), run_tags, items)
         return RunHandle(run_id, self.experiment_id, resumed=False)
 
     def _log_batch(self, run_id: str, params: list[Any], tags: list[Any] | None = None) -> None:
@@ -196,22 +163,18 @@ class Tracker:
                 self.client.log_batch(run_id, params=batch, tags=tags)
             tags = []
 
-    def _written(self, run_id: str) -> str:
-        """`run_id`, once the store holds it (a pending run is written first, with the rest)."""
-        if run_id in self._pending:
-            self.write_pending_runs()
-        return run_id
+    def log_planned_trials(self, run_id: str, trials: Sequence[Mapping[str, Any]]) -> None:
+        """List a sweep's planned trials on its parent run (`planned_trials.json`), before
+        any of them has a run of its own."""
+        self.client.log_text(run_id, json.dumps(list(trials), indent=1), PLANNED_TRIALS_FILE)
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
-        self.client.log_text(self._written(run_id), text, artifact_file)
+        self.client.log_text(run_id, text, artifact_file)
 
     def log_dataset(
         self, run_id: str, name: str, uri: str, digest: str, num_rows: int, context: str
     ) -> None:
-        """Declare the data a run read (MLflow dataset input): lineage from run to data.
-
-        Within a prefetch, a run that already holds this input is not written to again, and a
-        pending run is written first."""
+        """Declare the data a run read (MLflow dataset input): lineage from run to data."""
         from mlflow.entities import Dataset, DatasetInput, InputTag
         from mlflow.exceptions import MlflowException
 
@@ -222,13 +185,7 @@ class Tracker:
             source=json.dumps({"uri": uri}),
             profile=json.dumps({"num_rows": num_rows, "digest": digest}),
         )
-        tags = [InputTag("mlflow.data.context", context)]
-        run_id = self._written(run_id)
-        # By id, not a scan of every run: set-up threads add runs meanwhile (a scan then failed
-        # with "dictionary changed size during iteration" at 5,000 trials) and it was O(N).
-        known = self._scoped_ids.get(run_id)
-        if known is not None and (dataset.name, dataset.digest, context) in known.datasets:
-            return
+        tags = [InputTag(DATA_CONTEXT_TAG, context)]
         try:  # MLflow keeps one input of a data set per run: logged again, it stays one
             self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags)])
         except MlflowException:
@@ -241,31 +198,28 @@ class Tracker:
         """Declare the checkpoint (LoggedModel) a run consumed: lineage from eval to model."""
         from mlflow.entities import LoggedModelInput
 
-        self.client.log_inputs(self._written(run_id), models=[LoggedModelInput(model_id)])
+        self.client.log_inputs(run_id, models=[LoggedModelInput(model_id)])
 
     def log_model_metrics(
         self, run_id: str, model_id: str, metrics: Mapping[str, float], step: int
     ) -> None:
         """Metrics of `run_id` that also belong to the model: its page lists them."""
         for key, value in metrics.items():
-            self.client.log_metric(
-                self._written(run_id), key, float(value), step=step, model_id=model_id
-            )
+            self.client.log_metric(run_id, key, float(value), step=step, model_id=model_id)
 
     def mark_running(self, run_id: str) -> None:
-        self.client.update_run(self._written(run_id), status="RUNNING")
+        self.client.update_run(run_id, status="RUNNING")
 
     def finish_run(self, run_id: str, status: str = "FINISHED") -> None:
-        self.client.set_terminated(self._written(run_id), status=status)
+        self.client.set_terminated(run_id, status=status)
 
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
-        history = self.client.get_metric_history(self._written(run_id), key)
-        return [(m.step, m.value) for m in sorted(history, key=lambda m: (m.step, m.timestamp))]
+        points = self.reader.metric_histories([run_id], key)[run_id]
+        return [(step, value) for step, _, value in points]
 
-    def checkpoint_models(self, run_id: str) -> list[Any]:
+    def checkpoint_models(self, run_id: str) -> list[TrackedModel]:
         """The run's checkpoints (LoggedModels), oldest epoch first."""
-        models = checkpoint_models_of(self.client, self.experiment_id, [self._written(run_id)])
-        return models[run_id]
+        return checkpoint_models_of(self.reader, self.experiment_id, [run_id])[run_id]
 
     def reporter(
         self,
@@ -276,12 +230,27 @@ class Tracker:
     ) -> MlflowReporter:
         return MlflowReporter(
             tracking_uri=self.tracking_uri,
-            run_id=self._written(run_id),
+            run_id=run_id,
             experiment_id=self.experiment_id,
             system_metrics=system_metrics,
             system_metrics_interval_s=system_metrics_interval_s,
             commit_on_checkpoint=commit_on_checkpoint,
         )
+
+
+def _handle(run: TrackedRun, experiment_id: str) -> RunHandle:
+    return RunHandle(
+        run.run_id,
+        experiment_id,
+        resumed=True,
+        previous_fingerprint=run.tags.get(FINGERPRINT_TAG),
+        previous_status=run.status,
+    )
+
+
+def _updated(run: TrackedRun, tags: Mapping[str, str], params: Mapping[str, str]) -> TrackedRun:
+    """`run` as the store holds it after `open_run` wrote `tags` and new `params`."""
+    return replace(run, tags={**run.tags, **tags}, params={**params, **run.params})
 
 
 def _param_value(value: Any) -> str:
