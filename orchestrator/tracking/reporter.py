@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.tracking.names import CHECKPOINT_URI_TAG, MODEL_TYPE
+from orchestrator.tracking.names import CHECKPOINT_URI_TAG, MODEL_TYPE, SWEEP_TAG
 from orchestrator.tracking.store import commit_without_fsync
 
 # MLflow's tags for where something came from, copied from the run onto its checkpoints (its UI
@@ -175,7 +175,10 @@ class MlflowReporter:
             run = self._client.get_run(self.run_id)
             tags = run.data.tags
             source = {key: tags[key] for key in SOURCE_TAGS if key in tags}
-            source.setdefault(SOURCE_TAGS[0], "mimray")  # a run recorded before it had them
+            # A run opened where the command is not known (a Ray worker) or recorded before
+            # runs had these tags: name what mimray can tell.
+            sweep = tags.get(SWEEP_TAG)
+            source.setdefault(SOURCE_TAGS[0], f"mimray sweep {sweep}" if sweep else "mimray")
             inputs = run.inputs.dataset_inputs if run.inputs is not None else []
             training = [
                 (d.dataset.name, d.dataset.digest)
