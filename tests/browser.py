@@ -9,10 +9,15 @@ passes with an unchecked page.
 
 from __future__ import annotations
 
+import html
 import os
+import re
 import shutil
 import subprocess
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -74,3 +79,39 @@ def screenshot(
     if not out.is_file():
         raise AssertionError(f"chromium wrote no screenshot at {out}")
     return out
+
+
+def page_text(dom: str) -> str:
+    """The visible text of a dumped DOM, one ` | ` between elements: what a reader sees, in
+    page order, so a test can look at what stands under a heading (scripts and styles left out).
+    """
+    dom = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.DOTALL | re.IGNORECASE)
+    text = html.unescape(re.sub(r"<[^>]+>", " | ", dom))
+    return re.sub(r"(\s*\|\s*)+", " | ", re.sub(r"\s+", " ", text)).strip(" |")
+
+
+def section(text: str, heading: str, next_heading: str) -> str:
+    """What `page_text` shows between `heading` and `next_heading` (empty when either is
+    missing): the value of one labelled field of a details pane."""
+    start = text.find(f"| {heading} |")
+    end = text.find(f"| {next_heading} |", start + 1) if start >= 0 else -1
+    return text[start + len(heading) + 4 : end].strip(" |") if start >= 0 and end > 0 else ""
+
+
+# Where a failing browser test copies its screenshots: pytest keeps only the last three
+# sessions' tmp_path, and on a machine shared by several test sessions that is minutes.
+KEPT_ROOT = Path(tempfile.gettempdir()) / "mimray-browser-artifacts"
+
+
+@contextmanager
+def screenshots_kept_on_failure(folder: Path) -> Iterator[None]:
+    """On an assertion failure inside, copy `folder`'s screenshots to a folder of their own
+    under KEPT_ROOT and name it in the failure."""
+    try:
+        yield
+    except AssertionError as err:
+        kept = KEPT_ROOT / f"{folder.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        kept.mkdir(parents=True, exist_ok=True)
+        for png in folder.glob("*.png"):
+            shutil.copy2(png, kept / png.name)
+        raise AssertionError(f"{err}\n(screenshots: {kept})") from err
