@@ -71,8 +71,14 @@ def pretrain_columns(pretrain_spec: dict[str, Any]) -> Columns:
 def labelled_dataset(
     info: DatasetInfo, img_size: int, seed: int, columns: Columns = FIND_COLUMNS
 ) -> Any:
-    """The split as image, label and ok columns, never augmented, in stored order."""
-    return build_dataset(
+    """The split as image, label and ok columns, never augmented, in stored order.
+
+    Stored order is kept even with several read or decode tasks in flight (Ray Data's
+    `preserve_order`): which images a `limit` keeps, the probe's feature order and the
+    fine-tune shuffle's input then repeat from run to run (a one-worker evaluation gives the
+    same numbers twice; a worker group's split among workers is Ray Data's, not repeatable).
+    """
+    dataset = build_dataset(
         info.source,
         img_size=img_size,
         split=info.split,
@@ -81,3 +87,5 @@ def labelled_dataset(
         columns=columns,
         keep=("image", "label", "ok"),
     )
+    dataset.context.execution_options.preserve_order = True  # this stream's own context
+    return dataset
