@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import json
 import os
 import re
 import subprocess
@@ -57,35 +58,50 @@ def test_the_documented_rule_gives_the_published_parameter_names():
     ).endswith("/arm64/arm64-base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id")
 
 
-@pytest.fixture
-def moto_aws(tmp_path, monkeypatch):
-    """moto on 127.0.0.1 (in this process, so the test can publish AWS's own SSM parameter),
-    and the standard AWS environment pointing at it; HOME in tmp_path for Ray's SSH key."""
+def _forget_cached_clients() -> None:
+    """Ray caches its boto clients per (service, region) and boto3's default session caches
+    the credentials it first found: neither may outlive a server or a change of identity."""
     from ray.autoscaler._private.aws import utils as ray_aws_utils
 
+    ray_aws_utils.client_cache.cache_clear()
+    ray_aws_utils.resource_cache.cache_clear()
+    boto3.DEFAULT_SESSION = None
+
+
+@pytest.fixture(scope="module")
+def aws_account(tmp_path_factory):
+    """An empty AWS account on moto (127.0.0.1, in this process, so the test can publish AWS's
+    own SSM parameter) after the user ran cluster/aws-iam.sh in it, twice; the environment
+    points the AWS CLI, boto3 and Ray at it; HOME is a temporary folder for Ray's SSH key."""
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_REGION"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    # The AWS CLI from this venv first on PATH, as `pip install awscli` puts it.
-    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    # Ray caches its boto clients per (service, region): none may outlive this server.
-    ray_aws_utils.client_cache.cache_clear()
-    ray_aws_utils.resource_cache.cache_clear()
-    try:
-        yield endpoint
-    finally:
-        ray_aws_utils.client_cache.cache_clear()
-        ray_aws_utils.resource_cache.cache_clear()
-        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"))
-        server.stop()
+    with pytest.MonkeyPatch.context() as env:
+        for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_REGION"):
+            env.delenv(name, raising=False)
+        env.setenv("AWS_ENDPOINT_URL", endpoint)
+        env.setenv("AWS_ACCESS_KEY_ID", "testing")
+        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        env.setenv("AWS_DEFAULT_REGION", REGION)
+        env.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+        # The AWS CLI from this venv first on PATH, as `pip install awscli` puts it.
+        env.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+        _forget_cached_clients()
+        try:
+            # AWS publishes the DLAMI's parameter in every region; moto publishes none: put it
+            # there, under the name AWS's documented rule gives, naming an image EC2 has.
+            ec2 = boto3.client("ec2", region_name=REGION)
+            some_image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+            publish_public_parameter(documented_dlami_parameter(DLAMI_NAME), some_image)
+            first = run_aws_iam_script()
+            assert run_aws_iam_script() == first  # a second run creates nothing twice
+            yield endpoint
+        finally:
+            _forget_cached_clients()
+            reset = urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")
+            urllib.request.urlopen(reset, timeout=10).read()
+            server.stop()
 
 
 def publish_public_parameter(name: str, value: str) -> None:
@@ -120,72 +136,74 @@ def run_aws_iam_script() -> str:
     return result.stdout
 
 
-def ray_up_launches(config: dict) -> None:
-    """What `ray up` and then the head's autoscaler (v2) ask of AWS: bootstrap, the head
-    (`commands.get_or_create_head_node`), one worker of every type (v2's NodeProviderAdapter)."""
+def bootstrapped(config: dict) -> dict:
+    """What `ray up` makes of the YAML before launching: Ray's defaults, then Ray's AWS
+    bootstrap (key pair, subnets, security group, the head's profile)."""
     from ray.autoscaler._private.aws.config import bootstrap_aws
-    from ray.autoscaler._private.aws.node_provider import AWSNodeProvider
     from ray.autoscaler._private.util import prepare_config
-    from ray.autoscaler.tags import (
-        NODE_KIND_HEAD,
-        NODE_KIND_WORKER,
-        TAG_RAY_NODE_KIND,
-        TAG_RAY_NODE_NAME,
-        TAG_RAY_USER_NODE_TYPE,
-    )
 
-    config = bootstrap_aws(prepare_config(copy.deepcopy(config)))
+    return bootstrap_aws(prepare_config(copy.deepcopy(config)))
+
+
+def launch(config: dict, node_type: str, kind: str):
+    """One node of `node_type` through Ray's AWS node provider, as `ray up` launches the head
+    (`commands.get_or_create_head_node`: Ray's `head_node` settings under the type's own
+    node_config) and autoscaler v2 a worker (`NodeProviderAdapter`); the provider."""
+    from ray.autoscaler._private.aws.node_provider import AWSNodeProvider
+    from ray.autoscaler.tags import TAG_RAY_NODE_KIND, TAG_RAY_NODE_NAME, TAG_RAY_USER_NODE_TYPE
+
     provider = AWSNodeProvider(config["provider"], config["cluster_name"])
-    head_type = config["head_node_type"]
-    head_node = config["available_node_types"][head_type]
-    head_config = {**copy.deepcopy(config.get("head_node", {})), **head_node["node_config"]}
-    provider.create_node(
-        head_config,
-        {
-            TAG_RAY_NODE_KIND: NODE_KIND_HEAD,
-            TAG_RAY_NODE_NAME: f"ray-{config['cluster_name']}-head",
-            TAG_RAY_USER_NODE_TYPE: head_type,
-        },
-        1,
-    )
-    for name, node_type in config["available_node_types"].items():
-        if name == head_type:
-            continue
+    spec = config["available_node_types"][node_type]
+    tags = {
+        TAG_RAY_NODE_KIND: kind,
+        TAG_RAY_NODE_NAME: f"ray-{config['cluster_name']}-{kind}",
+        TAG_RAY_USER_NODE_TYPE: node_type,
+    }
+    if kind == "head":
+        node_config = {**copy.deepcopy(config.get("head_node", {})), **spec["node_config"]}
+        provider.create_node(node_config, tags, 1)
+    else:
         provider.create_node_with_resources_and_labels(
-            node_type["node_config"],
-            {
-                TAG_RAY_NODE_KIND: NODE_KIND_WORKER,
-                TAG_RAY_NODE_NAME: f"ray-{config['cluster_name']}-worker",
-                TAG_RAY_USER_NODE_TYPE: name,
-            },
-            1,
-            node_type["resources"],
-            {},
+            spec["node_config"], tags, 1, spec["resources"], {}
         )
+    return provider
+
+
+def ray_up_launches(config: dict) -> None:
+    """The head, then one worker of every type."""
+    config = bootstrapped(config)
+    launch(config, config["head_node_type"], "head")
+    for name in config["available_node_types"]:
+        if name != config["head_node_type"]:
+            launch(config, name, "worker")
 
 
 def launched_instances() -> dict[str, dict]:
-    """Every instance EC2 recorded, by the node type Ray tagged it with."""
-    ec2 = boto3.client("ec2", region_name=REGION)
+    """Every live instance EC2 recorded, by the node type Ray tagged it with."""
     instances = {}
-    for reservation in ec2.describe_instances()["Reservations"]:
-        for instance in reservation["Instances"]:
-            tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
-            instances[tags["ray-user-node-type"]] = instance
+    for instance in live_instances():
+        tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+        instances[tags["ray-user-node-type"]] = instance
     return instances
 
 
-def test_ray_up_on_an_empty_account_launches_every_node_type_as_configured(moto_aws):
+def live_instances() -> list[dict]:
+    ec2 = boto3.client("ec2", region_name=REGION)
+    live = [{"Name": "instance-state-name", "Values": ["pending", "running"]}]
+    return [
+        instance
+        for reservation in ec2.describe_instances(Filters=live)["Reservations"]
+        for instance in reservation["Instances"]
+    ]
+
+
+def launched_ids() -> set[str]:
+    return {instance["InstanceId"] for instance in live_instances()}
+
+
+def test_ray_up_on_an_empty_account_launches_every_node_type_as_configured(aws_account):
     config = yaml.safe_load((CLUSTER / "aws.yaml").read_text())
     ec2 = boto3.client("ec2", region_name=REGION)
-    # AWS publishes the DLAMI's parameter in every region; moto publishes none: put it there,
-    # under the name AWS's documented rule gives, pointing at an image this EC2 has.
-    some_image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-    publish_public_parameter(documented_dlami_parameter(DLAMI_NAME), some_image)
-
-    first = run_aws_iam_script()
-    assert run_aws_iam_script() == first  # a second run creates nothing twice and succeeds
-
     ray_up_launches(config)
 
     types = config["available_node_types"]
@@ -220,3 +238,58 @@ def test_ray_up_on_an_empty_account_launches_every_node_type_as_configured(moto_
     assert spot_roles, "no EC2 Spot service-linked role: spot launches are refused"
     (statement,) = spot_roles[0]["AssumeRolePolicyDocument"]["Statement"]
     assert statement["Principal"]["Service"] in ("spot.amazonaws.com", ["spot.amazonaws.com"])
+
+
+def _user_with_the_policy_of(role: str) -> tuple[str, str]:
+    """Access keys of a user holding `role`'s policy as aws-iam.sh wrote it: moto checks a
+    request's action against the caller's policies, not an instance profile's."""
+    iam = boto3.client("iam", region_name=REGION)
+    document = iam.get_role_policy(RoleName=role, PolicyName=role)["PolicyDocument"]
+    user = f"{role}-as-user"
+    iam.create_user(UserName=user)
+    iam.put_user_policy(UserName=user, PolicyName=role, PolicyDocument=json.dumps(document))
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    return key["AccessKeyId"], key["SecretAccessKey"]
+
+
+def _act_as(monkeypatch, keys: tuple[str, str]) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", keys[0])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", keys[1])
+    _forget_cached_clients()
+
+
+def _moto_checks_permissions(endpoint: str, on: bool) -> None:
+    request = urllib.request.Request(
+        f"{endpoint}/moto-api/reset-auth",
+        data=b"0" if on else b"inf",
+        method="POST",
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    urllib.request.urlopen(request, timeout=10).read()
+
+
+def test_the_heads_policy_lets_ray_launch_tag_and_end_a_spot_worker(aws_account, monkeypatch):
+    """What the head's autoscaler does with its own credentials, checked by moto against the
+    policy aws-iam.sh gave mimray-head (actions only: moto checks no iam:PassRole here)."""
+    from ray.autoscaler.node_launch_exception import NodeLaunchException
+
+    config = bootstrapped(yaml.safe_load((CLUSTER / "aws.yaml").read_text()))
+    identities = {role: _user_with_the_policy_of(role) for role in ("mimray-head", "mimray-worker")}
+    spot = "gpu_1x.spot"
+    _moto_checks_permissions(aws_account, on=True)
+    try:
+        _act_as(monkeypatch, identities["mimray-head"])
+        before = launched_ids()
+        provider = launch(config, spot, "worker")
+        # As the autoscaler does every round: list the nodes (the provider caches their tags).
+        (new,) = set(provider.non_terminated_nodes({})) - before
+        provider.set_node_tags(new, {"ray-node-status": "up-to-date"})
+        provider.terminate_node(new)
+        assert new not in launched_ids()
+        # The check is live: the workers' policy may launch nothing.
+        _act_as(monkeypatch, identities["mimray-worker"])
+        with pytest.raises(NodeLaunchException, match="AccessDenied"):
+            launch(config, spot, "worker")
+    finally:
+        _moto_checks_permissions(aws_account, on=False)
+        _forget_cached_clients()
