@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from orchestrator.lookup import checkpoint_models
+from orchestrator.lookup import RunReader, TrackedRun, checkpoint_models
 from orchestrator.tracking import Tracker
 from workloads.checkpoint import CHECKPOINT_FILE, SPEC_FILE
 from workloads.data.object_store import filesystem_for
@@ -59,11 +59,11 @@ def write_baseline_checkpoint(spec: dict[str, Any], run_path: str) -> str:
 
 
 def ensure_baseline_model(
-    client: Any, tracker: Tracker, run: Any, spec: dict[str, Any], run_path: str
+    reader: RunReader, tracker: Tracker, run: TrackedRun, spec: dict[str, Any], run_path: str
 ) -> None:
     """Record the run's epoch-0 checkpoint (write it and its LoggedModel) unless it exists."""
     if any(
-        int(m.params.get("epoch", -1)) == BASELINE_EPOCH for m in checkpoint_models(client, run)
+        int(m.params.get("epoch", -1)) == BASELINE_EPOCH for m in checkpoint_models(reader, run)
     ):
         return
     uri = write_baseline_checkpoint(spec, run_path)

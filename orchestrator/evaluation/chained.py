@@ -3,13 +3,11 @@ has trained (the final one, every N epochs, and the random-init baseline where a
 
 from __future__ import annotations
 
-from typing import Any
-
-from orchestrator.config import EvalSpec
+from orchestrator.config import ConfigError, EvalSpec
 from orchestrator.evaluation.baseline import ensure_baseline_model
 from orchestrator.evaluation.checkpoints import Checkpoint, run_checkpoints
 from orchestrator.evaluation.runs import EvalResult, evaluate_checkpoint, print_result
-from orchestrator.lookup import open_reader
+from orchestrator.lookup import RunReader, TrackedRun, open_reader
 from orchestrator.tracking import Tracker
 from workloads.checkpoint import read_checkpoint_spec
 
@@ -43,12 +41,14 @@ def run_chained_evaluations(
     """Evaluate a finished pretrain run as its spec's `eval:` list says."""
     if not spec_evals:
         return []
-    client = open_reader(tracking_uri)
-    run = client.run(run_id)
-    checkpoints = run_checkpoints(client, run)
+    reader = open_reader(tracking_uri)
+    run = reader.run(run_id)
+    if run is None:
+        raise ConfigError(f"run {run_id}: not in the MLflow store at {tracking_uri}")
+    checkpoints = run_checkpoints(reader, run)
     if checkpoints and any(spec.baseline for spec in spec_evals):
-        _record_baseline(client, tracking_uri, run, checkpoints[-1])
-        checkpoints = run_checkpoints(client, run)
+        _record_baseline(reader, tracking_uri, run, checkpoints[-1])
+        checkpoints = run_checkpoints(reader, run)
     results = []
     for checkpoint, spec in chained_evaluations(spec_evals, checkpoints, final_epoch):
         result = evaluate_checkpoint(checkpoint, spec, tracking_uri, address)
@@ -57,8 +57,10 @@ def run_chained_evaluations(
     return results
 
 
-def _record_baseline(client: Any, tracking_uri: str, run: Any, last: Checkpoint) -> None:
+def _record_baseline(
+    reader: RunReader, tracking_uri: str, run: TrackedRun, last: Checkpoint
+) -> None:
     """The run's untrained encoder as its epoch-0 checkpoint (see `baseline.py`)."""
     tracker = Tracker.for_experiment_id(tracking_uri, run.experiment_id)
     spec = read_checkpoint_spec(last.uri)
-    ensure_baseline_model(client, tracker, run, spec, run_path=last.uri.rsplit("/", 1)[0])
+    ensure_baseline_model(reader, tracker, run, spec, run_path=last.uri.rsplit("/", 1)[0])
