@@ -16,6 +16,7 @@ import math
 import numpy as np
 
 from workloads.data.base import CROP_RATIO, DEFAULT_CROP_SCALE, Augmentation
+from workloads.data.jpeg_decode import decode_jpeg_crop
 
 _CROP_ATTEMPTS = 10
 
@@ -26,28 +27,58 @@ def decode_images(
     *,
     augmentation: Augmentation | None,
     rng: np.random.Generator,
+    scaled_jpeg: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode to uint8 (n, img_size, img_size, 3) plus an ok flag per image.
 
     With an augmentation, the crop is taken from the full-resolution image before resizing
     (as torchvision's RandomResizedCrop does); without, the whole image is resized
-    bilinearly (deterministic, for evaluation).
+    bilinearly (deterministic, for evaluation). `scaled_jpeg` lets JPEGs decode at a reduced
+    scale that still covers the output size (`jpeg_decode.py`); False decodes every image
+    whole, the reference the scaled path is checked against.
     """
-    from PIL import Image
-
     images = np.zeros((len(encoded), img_size, img_size, 3), dtype=np.uint8)
     ok = np.zeros(len(encoded), dtype=bool)
     for row, data in enumerate(encoded):
         if not data:
             continue
-        try:
-            with Image.open(io.BytesIO(data)) as opened:
-                image = opened.convert("RGB")  # forces the full decode inside the try
-        except Exception:  # noqa: BLE001 - any decoder failure means "corrupt", never a crash
-            continue
-        images[row] = _to_model_size(image, img_size, augmentation, rng)
-        ok[row] = True
+        pixels = _decode_one(data, img_size, augmentation, rng, scaled_jpeg)
+        if pixels is not None:
+            images[row] = _maybe_flipped(pixels, augmentation, rng)
+            ok[row] = True
     return images, ok
+
+
+def _decode_one(
+    data: bytes,
+    img_size: int,
+    augmentation: Augmentation | None,
+    rng: np.random.Generator,
+    scaled_jpeg: bool,
+) -> np.ndarray | None:
+    """One image at the model's size, or None when it cannot be decoded. The crop box is
+    drawn from the header's size first, so a JPEG decoder can be asked for the smallest
+    scale that keeps the box at least `img_size` across."""
+    from PIL import Image
+
+    def pick_box(width: int, height: int) -> tuple[int, int, int, int]:
+        if augmentation is None or augmentation.crop_scale is None:
+            return 0, 0, width, height
+        return random_resized_crop_box(
+            width, height, rng, augmentation.crop_scale, augmentation.crop_ratio
+        )
+
+    try:
+        if scaled_jpeg:
+            resample = "bilinear" if augmentation is None else "bicubic"
+            fast = decode_jpeg_crop(data, img_size, pick_box, resample)
+            if fast is not None:
+                return fast.pixels
+        with Image.open(io.BytesIO(data)) as opened:
+            image = opened.convert("RGB")  # forces the full decode inside the try
+    except Exception:  # noqa: BLE001 - any decoder failure means "corrupt", never a crash
+        return None
+    return _resize_box(image, pick_box(image.width, image.height), img_size, augmentation)
 
 
 def augment_pixels(
@@ -64,22 +95,35 @@ def augment_pixels(
 
 
 def _to_model_size(image, img_size: int, augmentation: Augmentation | None, rng) -> np.ndarray:
-    from PIL import Image
-
-    if augmentation is None:
-        if image.size != (img_size, img_size):
-            image = image.resize((img_size, img_size), Image.Resampling.BILINEAR)
-        return np.asarray(image, dtype=np.uint8)
-    if augmentation.crop_scale is not None:
+    if augmentation is None or augmentation.crop_scale is None:
+        box: tuple[float, ...] = (0, 0, image.width, image.height)
+    else:
         box = random_resized_crop_box(
             image.width, image.height, rng, augmentation.crop_scale, augmentation.crop_ratio
         )
-        image = image.resize((img_size, img_size), Image.Resampling.BICUBIC, box=box)
-    elif image.size != (img_size, img_size):
-        image = image.resize((img_size, img_size), Image.Resampling.BICUBIC)
-    pixels = np.asarray(image, dtype=np.uint8)
-    if augmentation.hflip and rng.random() < 0.5:
-        pixels = pixels[:, ::-1]
+    return _maybe_flipped(_resize_box(image, box, img_size, augmentation), augmentation, rng)
+
+
+def _resize_box(
+    image, box: tuple[float, ...], img_size: int, augmentation: Augmentation | None
+) -> np.ndarray:
+    """`box` of `image` resized to (img_size, img_size): bilinear for evaluation (no
+    augmentation), bicubic for training crops."""
+    from PIL import Image
+
+    whole = tuple(box) == (0, 0, image.width, image.height)
+    if augmentation is None:
+        resample = Image.Resampling.BILINEAR
+    else:
+        resample = Image.Resampling.BICUBIC
+    if not (whole and image.size == (img_size, img_size)):
+        image = image.resize((img_size, img_size), resample, box=None if whole else box)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def _maybe_flipped(pixels: np.ndarray, augmentation: Augmentation | None, rng) -> np.ndarray:
+    if augmentation is not None and augmentation.hflip and rng.random() < 0.5:
+        return pixels[:, ::-1]
     return pixels
 
 
