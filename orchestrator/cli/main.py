@@ -257,6 +257,10 @@ LAZY_COMMANDS = {
         "orchestrator.cli.promote:promote",
         "Register TARGET's best checkpoint as a model version with an alias (models:/NAME@ALIAS).",
     ),
+    "export": (
+        "orchestrator.cli.export:export",
+        "Write MODEL's pretrained encoder for another library, and print how to load it.",
+    ),
 }
 for _name, (_target, _short_help) in LAZY_COMMANDS.items():
     main.add_lazy_command(_name, _target, _short_help)
