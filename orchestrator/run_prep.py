@@ -44,11 +44,12 @@ class TrainingInput:
     uri: str
     digest: str
     num_rows: int
+    max_side: int | None = None  # pushed with `--max-side`: the stored images' bound
 
     @classmethod
     def of(cls, spec: RunSpec, info: DatasetInfo) -> TrainingInput:
         name = f"{spec.data.source.rstrip('/').rsplit('/', 1)[-1]}-train"
-        return cls(name, spec.data.source, info.digest, info.num_rows)
+        return cls(name, spec.data.source, info.digest, info.num_rows, info.max_side)
 
 
 def log_training_input(tracker: Tracker, run_id: str, data: TrainingInput) -> None:
@@ -60,6 +61,7 @@ def log_training_input(tracker: Tracker, run_id: str, data: TrainingInput) -> No
         digest=data.digest,
         num_rows=data.num_rows,
         context="training",
+        profile={"max_side": data.max_side} if data.max_side else None,
     )
 
 

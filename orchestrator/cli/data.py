@@ -31,6 +31,14 @@ def data() -> None:
     type=click.Choice(["png", "jpeg"]),
     help="Re-encode every image (default: keep each image's bytes; built-ins as PNG).",
 )
+@click.option(
+    "--max-side",
+    type=int,
+    help="Store images no larger than this on their longer side (larger ones shrunk, as JPEG).",
+)
+@click.option(
+    "--quality", type=int, help="JPEG quality of re-encoded images (with --max-side: 90)."
+)
 @click.option("--image-column", help="Parquet SRC: the image column (default: find it).")
 @click.option("--label-column", help="Parquet SRC: the label column (default: label).")
 def data_push(
@@ -42,6 +50,8 @@ def data_push(
     split: str,
     seed: int,
     image_format: str | None,
+    max_side: int | None,
+    quality: int | None,
     image_column: str | None,
     label_column: str | None,
 ) -> None:
@@ -55,7 +65,7 @@ def data_push(
 
     from workloads.data import Columns, validate_source
     from workloads.data.object_store import DataSourceError
-    from workloads.data.push import push_dataset
+    from workloads.data.push import check_bounds, push_dataset
     from workloads.data.sources.stored import validate_location
 
     try:  # what can be checked without reading anything: exit 2, nothing written
@@ -63,6 +73,7 @@ def data_push(
         validate_location(dest, what="push destination")
         if num_images is not None and num_images < 1:
             raise ValueError(f"--num-images: {num_images}; allowed: a positive number")
+        check_bounds(max_side, quality, image_format)
     except ValueError as err:
         fail(str(err))
     with Progress(console=console, transient=True) as bar:
@@ -77,14 +88,17 @@ def data_push(
                 split=split,
                 seed=seed,
                 image_format=image_format,
+                max_side=max_side,
+                quality=quality,
                 columns=Columns(image=image_column, label=label_column),
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
             )
         except (DataSourceError, ValueError, OSError) as err:
             fail(str(err) or type(err).__name__, code=1)
+    bound = f", longer side <= {manifest.max_side} px" if manifest.max_side else ""
     console.print(
         f"pushed {manifest.num_rows} images in {len(manifest.shards)} shards to {dest} "
-        f"({len(manifest.class_names)} classes); manifest digest {manifest.digest}"
+        f"({len(manifest.class_names)} classes{bound}); manifest digest {manifest.digest}"
     )
 
 
@@ -113,6 +127,8 @@ def data_inspect(uri: str, samples: int) -> None:
     if manifest is not None:
         table.add_row("format", "mimray Parquet shards (manifest.json)")
         table.add_row("digest", manifest.digest)
+        if manifest.max_side is not None:
+            table.add_row("max side", f"{manifest.max_side} px (JPEG quality {manifest.quality})")
         for shard in manifest.shards:
             table.add_row(
                 shard.path, f"{shard.rows} rows, {shard.bytes} bytes, sha256 {shard.sha256[:16]}"

@@ -172,9 +172,17 @@ class Tracker:
         self.client.log_text(run_id, text, artifact_file)
 
     def log_dataset(
-        self, run_id: str, name: str, uri: str, digest: str, num_rows: int, context: str
+        self,
+        run_id: str,
+        name: str,
+        uri: str,
+        digest: str,
+        num_rows: int,
+        context: str,
+        profile: Mapping[str, Any] | None = None,
     ) -> None:
-        """Declare the data a run read (MLflow dataset input): lineage from run to data."""
+        """Declare the data a run read (MLflow dataset input): lineage from run to data.
+        `profile`: more facts about the data for its MLflow profile (e.g. `max_side`)."""
         from mlflow.entities import Dataset, DatasetInput, InputTag
         from mlflow.exceptions import MlflowException
 
@@ -183,7 +191,7 @@ class Tracker:
             digest=digest[:36],  # MLflow's limit; the profile keeps the whole digest
             source_type="s3" if uri.startswith("s3://") else "mimray",
             source=json.dumps({"uri": uri}),
-            profile=json.dumps({"num_rows": num_rows, "digest": digest}),
+            profile=json.dumps({"num_rows": num_rows, "digest": digest, **(profile or {})}),
         )
         tags = [InputTag(DATA_CONTEXT_TAG, context)]
         try:  # MLflow keeps one input of a data set per run: logged again, it stays one

@@ -48,6 +48,8 @@ class DatasetInfo:
     # Identifies the exact data: generation parameters for built-ins, file list for folders,
     # the manifest digest for pushed shards. Recorded with every run that reads it.
     digest: str = ""
+    # Pushed with `--max-side`: no stored image is larger than this on its longer side.
+    max_side: int | None = None
 
     @property
     def num_classes(self) -> int:

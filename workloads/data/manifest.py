@@ -2,7 +2,11 @@
 
     DEST/part-00000.parquet   columns image (binary, encoded file bytes), label (int64), id
     DEST/part-00001.parquet   ...
-    DEST/manifest.json        {"format", "num_rows", "class_names", "shards", "digest"}
+    DEST/manifest.json        {"format", "num_rows", "class_names", "shards", "digest",
+                               "max_side", "quality"}
+
+`max_side` and `quality` are there when the push bounded the images' longer side (`mimray
+data push --max-side N --quality Q`); a manifest without them holds the images as given.
 
 The manifest is written last, so its presence marks a complete push; readers use exactly the
 shards it lists, and its digest (sha256 over the shards' sha256s) names the data a run used.
@@ -39,6 +43,8 @@ class Manifest:
     class_names: list[str]
     shards: list[ShardInfo] = field(default_factory=list)
     format: str = MANIFEST_FORMAT
+    max_side: int | None = None  # longer side of every stored image at most this (pixels)
+    quality: int | None = None  # JPEG quality of the images the bound re-encoded
 
     @property
     def digest(self) -> str:
@@ -53,6 +59,8 @@ class Manifest:
             "shards": [shard.__dict__ for shard in self.shards],
             "digest": self.digest,
         }
+        if self.max_side is not None:
+            document.update(max_side=self.max_side, quality=self.quality)
         return json.dumps(document, indent=2) + "\n"
 
     @classmethod
@@ -69,6 +77,8 @@ class Manifest:
                 num_rows=int(document["num_rows"]),
                 class_names=[str(name) for name in document["class_names"]],
                 shards=[ShardInfo(**shard) for shard in document["shards"]],
+                max_side=_optional_int(document.get("max_side")),
+                quality=_optional_int(document.get("quality")),
             )
         except (ValueError, KeyError, TypeError) as error:
             if isinstance(error, DataSourceError):
@@ -79,6 +89,10 @@ class Manifest:
         if sum(shard.rows for shard in manifest.shards) != manifest.num_rows:
             raise DataSourceError(f"manifest {source!r}: shard rows do not add up to num_rows")
         return manifest
+
+
+def _optional_int(value: object) -> int | None:
+    return None if value is None else int(value)
 
 
 def read_manifest(uri: str, settings: S3Settings | None = None) -> Manifest | None:

@@ -6,6 +6,12 @@ encoded bytes (a JPEG stays that JPEG); built-ins, which only have pixels, are e
 unless `image_format` asks otherwise, and `image_format` re-encodes every image when given.
 Packing many images per object matters on object storage, where a request per image costs
 more than the image.
+
+`max_side` stores images no larger than that on their longer side (FFCV's and DailyMAE's
+practice: the loader then decodes a few times fewer pixels per image): a larger image is
+shrunk (Lanczos, aspect kept) and stored as a JPEG of `quality` (PNG if `image_format` says
+so); an image that fits keeps its bytes. The manifest records both, and so does every run
+that reads the data (`DatasetInfo.max_side`).
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from workloads.data.stored_layout import validate_location
 DEFAULT_SHARD_BYTES = 128 * 2**20
 IMAGE_FORMATS = ("png", "jpeg")
 _JPEG_QUALITY = 95
+DEFAULT_BOUNDED_QUALITY = 90  # with max_side: FFCV's and DailyMAE's choice
+MIN_MAX_SIDE = 8
 _SHARD_NAME = re.compile(r"^part-\d{5}\.parquet$")
 _ENCODE_BATCH_ROWS = 64  # rows read and encoded at a time: bounds memory, paces progress
 _ROW_GROUP_BYTES = 16 * 2**20  # row groups small enough that a reader streams a shard in parts
@@ -53,13 +61,16 @@ def push_dataset(
     columns: Columns = FIND_COLUMNS,
     settings: S3Settings | None = None,
     progress: Progress | None = None,
+    max_side: int | None = None,
+    quality: int | None = None,
 ) -> Manifest:
     """Write `src` (any data source: built-in name, image folder, Parquet, a stored prefix) as
     Parquet shards plus a manifest under `dest` (s3:// or a local path).
 
-    Built-ins are rendered at `img_size`. `seed` fixes the row order. `progress(rows_done,
-    rows_total)` is called as rows are written. A failed push leaves no manifest and removes
-    its shards.
+    Built-ins are rendered at `img_size`. `seed` fixes the row order. `max_side` bounds
+    the images' longer side, `quality` is the JPEG quality of images it re-encodes (default
+    90). `progress(rows_done, rows_total)` is called as rows are written. A failed push
+    leaves no manifest and removes its shards.
     """
     if shard_bytes < 1:
         raise ValueError(f"shard_bytes must be positive, got {shard_bytes}")
@@ -67,6 +78,9 @@ def push_dataset(
         raise ValueError(
             f"image format {image_format!r}: allowed: {', '.join(IMAGE_FORMATS)} (or none: keep)"
         )
+    check_bounds(max_side, quality, image_format)
+    if max_side is not None and quality is None:
+        quality = DEFAULT_BOUNDED_QUALITY
     validate_location(dest, what="push destination")
     if settings is None and is_s3_uri(dest):
         settings = S3Settings.from_env()  # once: it may consult the boto3 profile chain
@@ -86,11 +100,17 @@ def push_dataset(
     try:
         for start in range(0, rows.num_rows, _ENCODE_BATCH_ROWS):
             images, labels, ids = rows.read(order[start : start + _ENCODE_BATCH_ROWS])
-            writer.add(_record_batch(_encoded(images, image_format), labels, ids))
+            if max_side is not None:
+                encoded = [bounded_image(i, max_side, quality, image_format) for i in images]
+            else:
+                encoded = _encoded(images, image_format, quality)
+            writer.add(_record_batch(encoded, labels, ids))
             if progress is not None:
                 progress(min(start + _ENCODE_BATCH_ROWS, rows.num_rows), rows.num_rows)
         writer.flush()
-        manifest = Manifest(rows.num_rows, rows.class_names, writer.shards)
+        manifest = Manifest(
+            rows.num_rows, rows.class_names, writer.shards, max_side=max_side, quality=quality
+        )
         _write_atomically(filesystem, manifest_path, manifest.to_json().encode())
     except BaseException:
         for shard in writer.shards:
@@ -100,26 +120,77 @@ def push_dataset(
     return manifest
 
 
-def _encoded(images: list[bytes | None] | np.ndarray, image_format: str | None) -> list[bytes]:
+def check_bounds(max_side: int | None, quality: int | None, image_format: str | None) -> None:
+    """Raise ValueError with one line (in the CLI's terms) when `max_side` / `quality`
+    cannot be used."""
+    if max_side is not None and max_side < MIN_MAX_SIDE:
+        raise ValueError(f"--max-side {max_side}: allowed: an integer >= {MIN_MAX_SIDE} (pixels)")
+    if quality is None:
+        return
+    if not 1 <= quality <= 100:
+        raise ValueError(f"--quality {quality}: allowed: 1 to 100 (JPEG quality)")
+    if image_format == "png" or (image_format is None and max_side is None):
+        raise ValueError(
+            "--quality sets the JPEG quality of re-encoded images: allowed with --max-side "
+            "or --format jpeg"
+        )
+
+
+def _encoded(
+    images: list[bytes | None] | np.ndarray, image_format: str | None, quality: int | None
+) -> list[bytes]:
     """Encoded bytes: pixels are encoded (PNG by default); bytes are kept unless a format is
     asked for, then re-encoded (an undecodable image is kept as it is, to be counted later)."""
     if isinstance(images, np.ndarray):
-        return [_encode(pixels, image_format or "png") for pixels in images]
+        return [_encode(pixels, image_format or "png", quality) for pixels in images]
     if image_format is None:
         return [data or b"" for data in images]
-    return [_reencode(data, image_format) for data in images]
+    return [_reencode(data, image_format, quality) for data in images]
 
 
-def _encode(pixels: np.ndarray, image_format: str) -> bytes:
+def bounded_image(
+    image: bytes | np.ndarray | None,
+    max_side: int,
+    quality: int = DEFAULT_BOUNDED_QUALITY,
+    image_format: str | None = None,
+) -> bytes:
+    """`image` (encoded bytes or uint8 pixels) with its longer side at most `max_side`: a
+    larger one shrunk (Lanczos) and encoded as JPEG of `quality` (or `image_format`); one
+    that fits keeps its bytes unless `image_format` asks for another encoding. Undecodable
+    bytes are kept as they are, to be counted by the reader."""
+    from PIL import Image
+
+    if isinstance(image, np.ndarray):
+        if max(image.shape[:2]) <= max_side:  # as a push without the bound encodes pixels
+            return _encode(image, image_format or "png", quality)
+        opened = Image.fromarray(image)
+    else:
+        try:
+            opened = Image.open(io.BytesIO(image or b""))
+            opened.load()
+        except Exception:  # noqa: BLE001 - corrupt stays corrupt; the reader counts it
+            return image or b""
+        fits = max(opened.size) <= max_side
+        if fits and (image_format is None or image_format == opened.format.lower()):
+            return image
+    if max(opened.size) > max_side:
+        # thumbnail keeps the aspect, shrinks with the JPEG decoder's draft first when the
+        # image is far larger, then Lanczos.
+        opened = opened.convert("RGB")
+        opened.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return _encode(np.asarray(opened.convert("RGB")), image_format or "jpeg", quality)
+
+
+def _encode(pixels: np.ndarray, image_format: str, quality: int | None = None) -> bytes:
     from PIL import Image
 
     buffer = io.BytesIO()
-    options = {"quality": _JPEG_QUALITY} if image_format == "jpeg" else {}
+    options = {"quality": quality or _JPEG_QUALITY} if image_format == "jpeg" else {}
     Image.fromarray(pixels).save(buffer, format=image_format.upper(), **options)
     return buffer.getvalue()
 
 
-def _reencode(data: bytes | None, image_format: str) -> bytes:
+def _reencode(data: bytes | None, image_format: str, quality: int | None) -> bytes:
     from PIL import Image
 
     try:
@@ -127,7 +198,7 @@ def _reencode(data: bytes | None, image_format: str) -> bytes:
             pixels = np.asarray(opened.convert("RGB"))
     except Exception:  # noqa: BLE001 - corrupt stays corrupt; the reader counts it
         return data or b""
-    return _encode(pixels, image_format)
+    return _encode(pixels, image_format, quality)
 
 
 def _record_batch(encoded: list[bytes], labels: np.ndarray, ids: list[str]) -> pa.RecordBatch:

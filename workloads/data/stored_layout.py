@@ -76,6 +76,7 @@ def describe_layout(
             list(manifest.class_names),
             kind="shards",
             digest=manifest.digest,
+            max_side=manifest.max_side,
         )
     if layout.kind == "image-files":
         return DatasetInfo(

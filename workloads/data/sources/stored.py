@@ -79,7 +79,9 @@ class StoredSource(DataSource):
         check_num_images(num_images)
         info = describe_stored(source, columns=columns)
         num_rows = min(info.num_rows, num_images) if num_images else info.num_rows
-        return DatasetInfo(source, num_rows, info.class_names, split, self.kind, info.digest)
+        return DatasetInfo(
+            source, num_rows, info.class_names, split, self.kind, info.digest, info.max_side
+        )
 
     def build(
         self,
