@@ -3,7 +3,8 @@ accounts on every node, pinned images, mimray's own container, no duplicate or e
 firewall rules, Prometheus discovery visible on the host), and nothing under cluster/ looks
 like a credential. Offline and fast: no cloud, no cluster. KubeRay: test_kuberay_manifests.py;
 `ray up`'s calls to AWS on moto: test_cluster_aws_launch.py; the host's /tmp/ray as the
-container's user sees it: test_cluster_host_mounts.py."""
+container's user sees it: test_cluster_host_mounts.py; what autoscaler v2 launches:
+test_cluster_autoscaler_v2.py."""
 
 from __future__ import annotations
 
