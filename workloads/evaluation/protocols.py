@@ -11,7 +11,9 @@ MAE augments every probe epoch (RandomResizedCrop + flip) and so runs the frozen
 every image every epoch; here each image's features are extracted once, un-augmented (resize
 only, as MAE's val transform), and the head trains on those cached features. A probe epoch
 then costs a pass of the head alone, so many epochs are cheap; the price is that the head
-never sees augmented views, which MAE reports as a small effect for a linear head.
+never sees augmented views. MAE's blr 0.1 is calibrated for ImageNet's thousands of steps per
+epoch: on a small set LARS at 0.1 barely moves the head, so small-data presets set a larger
+blr, chosen on a selection split (`benchmarks/linear_probe_recipe.py`).
 
 Repeatable: every random draw (head initialisation, the probe's feature order, fine-tuning's
 flips) comes from generators seeded with the eval spec's `seed`; the batch order of
