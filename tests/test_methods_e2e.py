@@ -57,8 +57,12 @@ def assert_workers_used_the_knobs(method: str, tracker: Tracker, run_id: str) ->
         expected = [w + 0.5 * c for w, c in zip(whole, consistency, strict=True)]
         assert total == pytest.approx(expected, rel=1e-4)
     elif method == "sbam":
-        # AMR: R = gamma - delta_r + 2 delta_r * share, so R stays within gamma +- delta_r.
-        assert all(0.4 - 1e-6 <= r <= 0.6 + 1e-6 for r in ratios), ratios
+        # AMR: each step's R = gamma - delta_r + 2 delta_r * share, where share is the batch's
+        # mean(1[S > delta]) the worker logs beside it; AMR switched off would leave R = gamma.
+        shares = _steps(tracker, run_id, "train/salient_share")
+        expected = [0.5 - 0.1 + 2 * 0.1 * share for share in shares]
+        assert ratios == pytest.approx(expected, abs=1e-6), (ratios, shares)
+        assert any(abs(r - 0.5) > 1e-3 for r in ratios), ratios
     elif method == "latent_mim":
         # round(0.8 * 64) = 51 of 64 cells masked.
         assert ratios == pytest.approx([51 / PATCHES] * len(ratios), abs=1 / PATCHES)
