@@ -26,7 +26,7 @@ from workloads.data.base import (
     rows_per_batch,
 )
 from workloads.data.decode import augment_pixels
-from workloads.data.decode_stage import tasks_in_flight
+from workloads.data.decode_stage import cluster_decode_plan
 
 if TYPE_CHECKING:
     import ray.data
@@ -117,7 +117,7 @@ class BuiltinSource(DataSource):
             },
             batch_format="numpy",
             batch_size=batch_size,
-            concurrency=tasks_in_flight(),  # the memory bound, see decode_stage.py
+            concurrency=cluster_decode_plan().tasks,  # the memory bound, see decode_stage.py
         )
 
     def push_rows(

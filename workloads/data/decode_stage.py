@@ -27,6 +27,12 @@ same task, into blocks of about 16 MiB of pixels. Each choice here was measured 
   two by default): a task pauses when that many of its blocks wait for the executor, which
   runs in the consumer's process and, on a busy node, takes them late. 1,430 -> 1,580
   images/s for JPEG 224 px; first batch 2.2 -> 0.7 s.
+- **Those buffers bounded by memory, not only by CPUs** (`decode_plan`): tasks × blocks ×
+  16 MiB stays under `OBJECT_STORE_SHARE` of the cluster's object store. Two tasks per CPU
+  with eight blocks each would be 48 GiB at 192 vCPUs; a node's store (30% of its memory by
+  Ray's default, at most 200 GB) holds that on an 8-GPU machine with 1-2 TiB, not on a
+  smaller one. Where it does not fit, each task keeps fewer blocks first (down to one),
+  then fewer tasks run (memory, not CPUs, is then what bounds the stage).
 - **Tasks, not a pool of decoder actors.** A pool's actors start in every epoch (1.5-2 s
   here before the first batch); with the two settings above tasks have no gaps left to save.
 - **Columns are chosen inside the stage.** A `select_columns` after a task stage merges the
@@ -37,6 +43,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from workloads.data.base import ROW_COLUMNS
@@ -52,8 +59,45 @@ BLOCK_BYTES = 16 * 2**20
 TASK_OUTPUT_BUFFER_BLOCKS = 8
 # Decode tasks in flight per cluster CPU: one running, one queued.
 TASKS_PER_CPU = 2
+# The share of the cluster's object store that decode tasks' waiting blocks may fill: the
+# rest is for the blocks the consumers hold (prefetched batches, the workers' split) and for
+# everything else on the node.
+OBJECT_STORE_SHARE = 0.25
 
 DecodeBlock = Callable[..., Iterator[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class DecodePlan:
+    """How many decode tasks run at once and how many blocks each may have waiting."""
+
+    tasks: int
+    buffer_blocks: int
+
+    @property
+    def buffer_bytes(self) -> int:
+        """The most the tasks' waiting blocks hold in the object store."""
+        return self.tasks * self.buffer_blocks * BLOCK_BYTES
+
+
+def decode_plan(cpus: float, object_store_bytes: float) -> DecodePlan:
+    """`TASKS_PER_CPU` tasks per CPU with `TASK_OUTPUT_BUFFER_BLOCKS` blocks each, unless that
+    exceeds `OBJECT_STORE_SHARE` of `object_store_bytes`: then fewer blocks per task, down
+    to one, then fewer tasks (at least one)."""
+    budget_blocks = math.floor(OBJECT_STORE_SHARE * object_store_bytes / BLOCK_BYTES)
+    tasks = TASKS_PER_CPU * max(1, math.floor(cpus))
+    blocks = min(TASK_OUTPUT_BUFFER_BLOCKS, budget_blocks // tasks)
+    if blocks >= 1:
+        return DecodePlan(tasks, blocks)
+    return DecodePlan(max(1, budget_blocks), 1)
+
+
+def cluster_decode_plan() -> DecodePlan:
+    """`decode_plan` for the cluster as it is when the stream is built."""
+    import ray
+
+    resources = ray.cluster_resources()
+    return decode_plan(resources.get("CPU", 1.0), resources.get("object_store_memory", 0.0))
 
 
 class KeepColumns:
@@ -100,16 +144,8 @@ def decode_in_tasks(
     return dataset.map_batches(
         KeepColumns(decode, keep, options or {}),
         batch_format="pyarrow",
-        concurrency=tasks_in_flight(),
+        concurrency=cluster_decode_plan().tasks,
     )
-
-
-def tasks_in_flight() -> int:
-    """The cap on a stream's decode tasks in flight: `TASKS_PER_CPU` per CPU of the cluster
-    as it is when the stream is built."""
-    import ray
-
-    return TASKS_PER_CPU * max(1, math.floor(ray.cluster_resources().get("CPU", 1.0)))
 
 
 def stream_settings(dataset: ray.data.Dataset) -> ray.data.Dataset:
@@ -120,7 +156,7 @@ def stream_settings(dataset: ray.data.Dataset) -> ray.data.Dataset:
     context.op_resource_reservation_enabled = False
     # Private in Ray 2.60 (no public knob); a Ray without it keeps its default.
     if hasattr(context, "_max_num_blocks_in_streaming_gen_buffer"):
-        context._max_num_blocks_in_streaming_gen_buffer = TASK_OUTPUT_BUFFER_BLOCKS
+        context._max_num_blocks_in_streaming_gen_buffer = cluster_decode_plan().buffer_blocks
     return dataset
 
 
