@@ -1,22 +1,22 @@
-"""Preparing a pretrain run before Ray starts: its name, storage, data check and MLflow record.
+"""Preparing a pretrain run before it trains: its name, storage, data check and MLflow record.
 
 The run name is deterministic (the `--name`, or one derived from the spec's fingerprint), and
 Ray Train resumes a `RunConfig(name, storage_path)` it has seen before; the MLflow run is
 found again by the same name. So re-running a name continues the run: same checkpoints, same
 MLflow run, never a duplicate.
 
-The data check reaches object storage (an S3 listing), so it runs once per run: the caller
-checks before the store is touched and hands the result to `prepare_run`. The run's training
-data is declared (an MLflow dataset input) when it is prepared, or, for a sweep's trials, when
-each starts training (`log_training_input`): a planned trial has read nothing yet, and through
-a tracking server that input was a third request per trial at set-up.
+The data check reaches object storage (an S3 listing), so it runs once per data set: the
+caller checks before the store is touched and hands the result to `prepare_run`, and a sweep
+hands its trials what its driver described (`described_data`), so a trial lists nothing
+again. The run's training data is declared (an MLflow dataset input) when it is prepared: a
+sweep trial prepares its run when it starts.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -104,26 +104,26 @@ def resolve_storage_path(spec: RunSpec) -> str:
     return str(Path(path).resolve())
 
 
-def check_trainable(spec: RunSpec) -> TrainableData:
+def check_trainable(
+    spec: RunSpec, described: Mapping[str, DatasetInfo] | None = None
+) -> TrainableData:
     """The training data and step schedule, or a ValueError: reaches object storage, so a
     missing bucket, bad credentials or a batch larger than the data fail here, in seconds,
-    before anything is recorded."""
-    info = describe_training_data(spec)
+    before anything is recorded. A data set in `described` (`described_data`, by
+    `data_identity`) is not listed again."""
+    info = (described or {}).get(data_identity(spec)) or describe_training_data(spec)
     return TrainableData(info, make_schedule(spec.train.model_dump(), info.num_rows))
 
 
-def check_trainables(specs: Iterable[RunSpec]) -> list[TrainableData]:
-    """`check_trainable` for each spec of a sweep, describing each distinct data set once: a
+def described_data(specs: Iterable[RunSpec]) -> dict[str, DatasetInfo]:
+    """Each distinct training data set of `specs`, described once (by `data_identity`): a
     grid over method knobs reads one listing, not one per trial."""
     described: dict[str, DatasetInfo] = {}
-    checked = []
     for spec in specs:
-        key = _data_identity(spec)
+        key = data_identity(spec)
         if key not in described:
             described[key] = describe_training_data(spec)
-        info = described[key]
-        checked.append(TrainableData(info, make_schedule(spec.train.model_dump(), info.num_rows)))
-    return checked
+    return described
 
 
 def describe_training_data(spec: RunSpec) -> DatasetInfo:
@@ -140,7 +140,7 @@ def describe_training_data(spec: RunSpec) -> DatasetInfo:
     return info
 
 
-def _data_identity(spec: RunSpec) -> str:
+def data_identity(spec: RunSpec) -> str:
     """Everything `describe_training_data` reads from a spec: equal keys, equal answers."""
     dumped = spec.model_dump(mode="json")
     return json.dumps([dumped["data"], dumped["eval"], dumped["model"]], sort_keys=True)
@@ -154,11 +154,15 @@ def prepare_run(
     extra_tags: dict[str, str] | None = None,
     parent_run_id: str | None = None,
     input_at_start: bool = False,
+    storage_path: str | None = None,
 ) -> PreparedRun:
     """Find or create the run's MLflow record for data `check_trainable` already checked (no
     Ray, no second listing). `input_at_start`: leave the training input for the run's start
-    (`PreparedRun.input_at_start`) instead of declaring it now."""
-    storage_path = resolve_storage_path(spec)
+    (`PreparedRun.input_at_start`) instead of declaring it now. `storage_path`: the
+    resolved Ray storage, when the caller resolved it already."""
+    # Given by a sweep's driver: a trial's process runs in Tune's trial folder, where the
+    # default (a path under the working folder) would point elsewhere.
+    storage_path = storage_path or resolve_storage_path(spec)
     handle: RunHandle = tracker.open_run(
         key=name,
         params=spec.flat_params(),

@@ -1,11 +1,12 @@
 """Ablation sweeps on Ray Tune: one Tune trial = one pretrain run (a Ray Train V2 fit).
 
-The driver creates every trial's MLflow run up front, as a child of the sweep's parent run,
-keyed by the trial's deterministic name, with its params and tags, and hands each Tune trial
-its prepared run; a trial declares its training data (dataset input) when it starts. A Tune
-trial is a small function that fits a `TorchTrainer` with `TuneReportCallback`; its Train run
-name is the trial name, so a restored trial resumes from its own last checkpoint, and the
-MLflow runs are found again by key instead of duplicated.
+The driver opens the sweep's parent run, which lists the planned trials, and starts Tune.
+Each trial builds its run spec from Tune's config and opens its own MLflow run when it starts
+(`sweep_trial.py`): a child of the parent run, keyed by the trial's deterministic name, so a
+retried trial or a restored sweep finds its run again instead of making a duplicate. A trial's
+Train run name is its trial name, so a restored trial resumes from its own last checkpoint.
+Grid and random trials are known before Tune starts; Optuna suggests its trials as they start
+(`sweep_space.py`). Trial drivers stay off spot capacity (`sweep_placement.py`).
 """
 
 from __future__ import annotations
@@ -14,15 +15,21 @@ import json
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 from ray.tune import PlacementGroupFactory
 
 from orchestrator import console_log
-from orchestrator.config import RunSpec, SweepSpec, Trial
-from orchestrator.launch import evaluate_after, execute_run
+from orchestrator.config import ConfigError, SweepSpec, Trial
 from orchestrator.ray_setup import ensure_ray
-from orchestrator.run_prep import PreparedRun, TrainableData, check_trainables, prepare_run
+from orchestrator.run_prep import (
+    PreparedRun,
+    TrainableData,
+    check_trainable,
+    described_data,
+    resolve_storage_path,
+)
 from orchestrator.sweep_outcomes import (  # noqa: F401 - TrialOutcome, summary_table re-exported
     SweepResult,
     TrialOutcome,
@@ -32,31 +39,43 @@ from orchestrator.sweep_outcomes import (  # noqa: F401 - TrialOutcome, summary_
     summary_table,
     trial_table_markdown,
 )
+from orchestrator.sweep_placement import ON_DEMAND, driver_resources, trial_resources
 from orchestrator.sweep_progress import SweepProgress, ray_log_dir
-from orchestrator.sweep_space import param_space, searcher
-from orchestrator.tracking import (
-    KIND_TAG,
-    SWEEP_TAG,
-    TRIAL_INDEX_TAG,
-    Tracker,
-    resolve_tracking_uri,
-)
+from orchestrator.sweep_space import TRIAL_KEY, param_space, searcher
+from orchestrator.sweep_trial import SweepContext, knob_values, open_trial_run, run_trial
+from orchestrator.tracking import KIND_TAG, SWEEP_TAG, Tracker, resolve_tracking_uri
 from orchestrator.trainer import runs_in_process
 
-# A trial's own driver only waits on its Train workers. A whole CPU per trial deadlocks small
-# machines, and Tune refuses zero, so it reserves a sliver.
-TRIAL_DRIVER_CPU = 0.01
-# Runs created at once through a tracking server at set-up.
+# Trial runs opened at once through a tracking server by `open_sweep_runs`.
 SETUP_THREADS = 8
 
 
-def run_trial(config: dict[str, Any], runs: list[PreparedRun]) -> None:
-    """The Tune trainable: fit one prepared run, reporting epochs to Tune as they come."""
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    run = runs[config["trial"]]
-    result = execute_run(run, callbacks=[TuneReportCallback()])
-    evaluate_after(run, result.epochs_done)
+def open_sweep_parent(sweep: SweepSpec, trials: list[Trial], tracker: Tracker, name: str) -> str:
+    """The sweep's parent run (found again on a re-run), listing its planned trials: each
+    trial's name and knob values (Optuna's: their names; the values come as they start)."""
+    section = sweep.sweep
+    params: dict[str, Any] = {
+        "sweep.trials": len(trials),
+        "sweep.search": section.search,
+        "sweep.seeds": section.seeds,
+        "sweep.max_concurrent_trials": section.max_concurrent_trials,
+        **{f"sweep.grid.{k}": v for k, v in section.grid.items()},
+    }
+    if not section.planned:
+        params |= {"sweep.objective.metric": section.goal().metric}
+        params |= {"sweep.objective.mode": section.goal().mode}
+    parent = tracker.open_run(
+        key=f"sweep:{name}",
+        params=params,
+        tags={SWEEP_TAG: name, KIND_TAG: "sweep"},
+        run_name=name,
+    )
+    tracker.log_text(parent.run_id, sweep.model_dump_json(indent=2), "sweep_spec.json")
+    tracker.log_text(parent.run_id, trial_table_markdown(trials), "trials.md")
+    tracker.log_planned_trials(
+        parent.run_id, [{"index": t.index, "name": t.name, "values": t.values} for t in trials]
+    )
+    return parent.run_id
 
 
 def open_sweep_runs(
@@ -66,54 +85,38 @@ def open_sweep_runs(
     name: str,
     checked: list[TrainableData] | None = None,
 ) -> tuple[str, list[PreparedRun]]:
-    """The sweep's parent run and one child run per trial (found again on a re-run).
+    """The sweep's whole record as it stands once every trial has started, laid out without
+    Tune: the parent run, and each trial's run opened as the trial opens it
+    (`sweep_trial.open_trial_run`), its training input left to declare
+    (`PreparedRun.input_at_start`). For tools that record or measure a sweep's runs
+    (`tests/recorded_sweep.py`, `benchmarks/tracker_scale.py`); `mimray sweep` opens only
+    the parent, and each trial its own run.
 
-    The sweep's existing runs are found in one search, not one per trial (`prefetch_runs`).
-    `checked` is each trial's `check_trainable` result when the caller already has it."""
+    The sweep's existing runs are found in one search (`prefetch_runs`), and new runs through a
+    server SETUP_THREADS at a time: two requests per run and no bulk endpoint."""
     if checked is None:
-        checked = check_trainables(trial.spec for trial in trials)
+        described = described_data(t.spec for t in trials)
+        checked = [check_trainable(t.spec, described) for t in trials]
     tracker.prefetch_runs(SWEEP_TAG, name)
-    parent = tracker.open_run(
-        key=f"sweep:{name}",
-        params={
-            "sweep.trials": len(trials),
-            "sweep.seeds": sweep.sweep.seeds,
-            "sweep.max_concurrent_trials": sweep.sweep.max_concurrent_trials,
-            **{f"sweep.grid.{k}": v for k, v in sweep.sweep.grid.items()},
-        },
-        tags={SWEEP_TAG: name, KIND_TAG: "sweep"},
-        run_name=name,
-    )
-    tracker.log_text(parent.run_id, sweep.model_dump_json(indent=2), "sweep_spec.json")
-    tracker.log_text(parent.run_id, trial_table_markdown(trials), "trials.md")
+    parent_run_id = open_sweep_parent(sweep, trials, tracker, name)
 
-    def prepare(trial: Trial, check: TrainableData) -> PreparedRun:
-        tags = {SWEEP_TAG: name, TRIAL_INDEX_TAG: str(trial.index), KIND_TAG: "trial"}
-        # The data set is declared when the trial starts (`execute_run`): a planned trial has
-        # read nothing, and through a server it would be a third request per run here.
-        return prepare_run(
-            trial.spec, trial.name, tracker, check, tags, parent.run_id, input_at_start=True
+    def open_run(trial: Trial, check: TrainableData) -> PreparedRun:
+        return open_trial_run(
+            tracker,
+            trial.spec,
+            trial.name,
+            trial.index,
+            name,
+            parent_run_id,
+            check,
+            resolve_storage_path(trial.spec),
+            input_at_start=True,
         )
 
-    if tracker.writes_in_batches:  # an SQL store: written together at `end_prefetch`
-        runs = [prepare(trial, check) for trial, check in zip(trials, checked, strict=True)]
-    else:
-        runs = _prepare_overlapped(prepare, trials, checked)
-    tracker.end_prefetch()
-    return parent.run_id, runs
-
-
-def _prepare_overlapped(
-    prepare: Callable[[Trial, TrainableData], PreparedRun],
-    trials: list[Trial],
-    checked: list[TrainableData],
-) -> list[PreparedRun]:
-    """`prepare` every trial through a server, SETUP_THREADS at a time: two HTTP round trips
-    per new run (the run with its tags, its params) and no bulk endpoint, so overlapping them
-    keeps client and server busy. Each run gets its key in the call that creates it, so a
-    set-up killed half-way is still found again run by run."""
     with ThreadPoolExecutor(max_workers=SETUP_THREADS) as pool:
-        return list(pool.map(prepare, trials, checked))
+        runs = list(pool.map(open_run, trials, checked))
+    tracker.end_prefetch()
+    return parent_run_id, runs
 
 
 def run_sweep(
@@ -129,44 +132,77 @@ def run_sweep(
     started = time.perf_counter()
     name = name or sweep.name
     base = trials[0].spec
-    checked = check_trainables(t.spec for t in trials)  # unreadable data fails before MLflow
+    # Unreadable data fails before MLflow; trials reuse these descriptions.
+    described = described_data(t.spec for t in trials)
+    for trial in trials:
+        check_trainable(trial.spec, described)  # a batch larger than its data, too
     tracker = Tracker(resolve_tracking_uri(base.tracking.uri), base.tracking.experiment)
-    parent_run_id, runs = open_sweep_runs(sweep, trials, tracker, name, checked)
-    storage_path = runs[0].storage_path
+    parent_run_id = open_sweep_parent(sweep, trials, tracker, name)
+    storage_path = resolve_storage_path(base)
     experiment_path = f"{storage_path}/{name}"
+    context = SweepContext(
+        sweep,
+        name,
+        parent_run_id,
+        tracker.tracking_uri,
+        base.tracking.experiment,
+        storage_path,
+        described,
+    )
 
     tracker.mark_running(parent_run_id)
     ensure_ray(address, log_to_driver=log_to_driver)
-    reserved = [trial_resources(t.spec, sweep.sweep.driver_resources) for t in trials]
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, runs=runs),
-        lambda config: PlacementGroupFactory([reserved[config["trial"]]]),
-    )
+    requested = sweep.sweep.driver_resources
+    drivers = driver_resources(requested)
+    if drivers.get(ON_DEMAND) != requested.get(ON_DEMAND) and not all(
+        runs_in_process(t.spec) for t in trials
+    ):
+        print(
+            f"[mimray] trial drivers reserve {{{ON_DEMAND}: {drivers[ON_DEMAND]}}}: this "
+            "cluster marks its on-demand nodes, and a driver lost with a spot node ends its trial",
+            flush=True,
+        )
+
+    def reserved(config: dict[str, Any]) -> PlacementGroupFactory:
+        return PlacementGroupFactory(
+            [trial_resources(_spec_or_planned(config), requested, drivers)]
+        )
+
+    def _spec_or_planned(config: dict[str, Any]) -> Any:
+        try:
+            return context.spec_of(config)
+        except ConfigError:  # a suggestion the spec refuses: the trial itself fails with it
+            return trials[config[TRIAL_KEY]].spec
+
+    trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), reserved)
     progress = SweepProgress(trials, name)
     restored = tune.Tuner.can_restore(experiment_path)
     if restored:
         tuner = tune.Tuner.restore(
             experiment_path, trainable=trainable, resume_unfinished=True, resume_errored=True
         )
-        finished = sum(run.previous_status == "FINISHED" for run in runs)
+        known = tracker.known_runs(SWEEP_TAG, name)
+        finished = sum(
+            known[t.name].previous_status == "FINISHED" for t in trials if t.name in known
+        )
         print(
-            f"[mimray] restoring sweep from {experiment_path}: {finished} of {len(runs)} "
-            f"trials finished (kept), {len(runs) - finished} to resume from their last "
+            f"[mimray] restoring sweep from {experiment_path}: {finished} of {len(trials)} "
+            f"trials finished (kept), {len(trials) - finished} to resume from their last "
             "checkpoint or start; errored trials are retried",
             flush=True,
         )
     else:
         tuner = tune.Tuner(
             trainable,
-            # The knobs are Tune's search space (ResultGrid columns `config/method.k`, ...);
-            # the searcher runs exactly the trials recorded above, in order.
+            # The knobs are Tune's search space (ResultGrid columns `config/method.k`, ...),
+            # and each trial's spec is built from them.
             param_space=param_space(sweep, trials),
             tune_config=tune.TuneConfig(
-                search_alg=searcher(trials, sweep.sweep.max_concurrent_trials),
+                search_alg=searcher(sweep, trials),
                 num_samples=len(trials),
                 scheduler=_scheduler(sweep, base.train.epochs),
-                trial_name_creator=lambda t: trials[t.config["trial"]].name,
-                trial_dirname_creator=lambda t: trials[t.config["trial"]].name,
+                trial_name_creator=lambda t: trials[t.config[TRIAL_KEY]].name,
+                trial_dirname_creator=lambda t: trials[t.config[TRIAL_KEY]].name,
             ),
             run_config=tune.RunConfig(
                 name=name,
@@ -195,12 +231,8 @@ def run_sweep(
     except KeyboardInterrupt:
         tracker.finish_run(parent_run_id, status="KILLED")
         raise
-    outcomes = outcomes_of(trials, grid)
-    for outcome in outcomes:
-        if outcome.status == "FINISHED" and outcome.epochs != outcome.trial.spec.train.epochs:
-            # Stopped early by the scheduler: Tune ends the trial's process, which may not
-            # get to close its MLflow run.
-            tracker.finish_run(runs[outcome.trial.index].run_id)
+    outcomes = outcomes_of(trials, grid, _trial_as_run(trials, context))
+    _close_ended_trial_runs(tracker, name, outcomes)
     tracker.log_text(parent_run_id, summary_markdown(outcomes), "summary.md")
     tracker.log_text(
         parent_run_id, json.dumps([as_row(o) for o in outcomes], indent=2), "summary.json"
@@ -217,16 +249,34 @@ def run_sweep(
     return SweepResult(name, parent_run_id, outcomes, restored, time.perf_counter() - started)
 
 
-def trial_resources(spec: RunSpec, driver_resources: dict[str, float]) -> dict[str, float]:
-    """What a trial's own process reserves: a sliver beside its Train workers, or, when it
-    trains in-process (one worker), what that worker would have reserved."""
-    if not runs_in_process(spec):
-        return {**driver_resources, "CPU": TRIAL_DRIVER_CPU}
-    resources = {**driver_resources, **spec.scaling.worker_resources}
-    resources["CPU"] = spec.scaling.cpus_per_worker
-    if spec.scaling.use_gpu:
-        resources["GPU"] = spec.scaling.gpus_per_worker
-    return resources
+def _close_ended_trial_runs(tracker: Tracker, name: str, outcomes: list[TrialOutcome]) -> None:
+    """Close the MLflow runs of trials that Tune ended while they still looked RUNNING: Tune
+    stops a trial's process at a report (ASHA, or the scheduler's last epoch) or loses it with
+    its node, and that process may not get to close its run."""
+    known = tracker.known_runs(SWEEP_TAG, name)
+    for outcome in outcomes:
+        run = known.get(outcome.trial.name)
+        if run is None or run.previous_status != "RUNNING":
+            continue
+        if outcome.status == "FINISHED":
+            tracker.finish_run(run.run_id)
+        elif outcome.status == "ERRORED":
+            tracker.finish_run(run.run_id, status="FAILED")
+
+
+def _trial_as_run(trials: list[Trial], context: SweepContext) -> Callable[[dict[str, Any]], Trial]:
+    """The trial as Tune's config of it says it ran: its knob values and the spec built from
+    them (an Optuna trial's values are known only from there)."""
+
+    def trial_of(config: dict[str, Any]) -> Trial:
+        planned = trials[config[TRIAL_KEY]]
+        values = {k: v for k, v in knob_values(config).items() if v is not None}
+        try:
+            return replace(planned, values=values, spec=context.spec_of(config))
+        except ConfigError:
+            return replace(planned, values=values)
+
+    return trial_of
 
 
 def _scheduler(sweep: SweepSpec, max_epochs: int) -> Any:

@@ -4,6 +4,7 @@ attached at set-up, the summary attached at the end and printed by `mimray sweep
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,12 +33,17 @@ class SweepResult:
     wall_s: float
 
 
-def outcomes_of(trials: list[Trial], grid: Any) -> list[TrialOutcome]:
+def outcomes_of(
+    trials: list[Trial], grid: Any, trial_of: Callable[[dict[str, Any]], Trial] | None = None
+) -> list[TrialOutcome]:
+    """One outcome per trial of the sweep from Tune's results; `trial_of(config)` is the trial
+    as Tune's config of it says it ran (its knob values and spec), e.g. an Optuna suggestion."""
     by_index = {}
     for result in grid:
         index = result.config["trial"]
+        trial = trial_of(result.config) if trial_of else trials[index]
         metrics = result.metrics or {}
-        epochs_wanted = trials[index].spec.train.epochs
+        epochs_wanted = trial.spec.train.epochs
         if result.error:
             status = "ERRORED"
         elif metrics.get("epoch") == epochs_wanted or _stopped_early(result):
@@ -45,7 +51,7 @@ def outcomes_of(trials: list[Trial], grid: Any) -> list[TrialOutcome]:
         else:
             status = "UNFINISHED"  # interrupted (Ctrl-C): the next run resumes it
         by_index[index] = TrialOutcome(
-            trials[index],
+            trial,
             status,
             metrics.get("loss"),
             metrics.get("epoch"),

@@ -22,7 +22,10 @@ def trial_process(trial: Trial) -> str:
     # Mirrors trainer.runs_in_process without importing trainer (torch, Ray) for a dry run.
     if trial.spec.scaling.num_workers == 1 and not trial.spec.scaling.use_gpu:
         return "trained in the trial's own process (no worker group to start)"
-    return "Train workers + a 0.01 CPU trial driver"
+    return (
+        "Train workers + a 0.01 CPU trial driver (on on-demand nodes where the cluster marks "
+        "them with `on_demand`)"
+    )
 
 
 def plan_table(sweep: SweepSpec, trials: list[Trial]) -> Table:
@@ -70,11 +73,18 @@ def plan_summary(sweep: SweepSpec, trials: list[Trial]) -> str:
         f"per trial: {trial_resources(trials[0])}, {trial_process(trials[0])}"
     ]
     section = sweep.sweep
+    drawn = ", ".join(f"{k} ~ {d.describe()}" for k, d in section.distributions().items())
     if section.search == "random":
-        drawn = ", ".join(f"{k} ~ {d.describe()}" for k, d in section.distributions().items())
         lines.append(
             f"random search: {section.num_samples} points (sample_seed {section.sample_seed}) "
             f"x {section.seeds} seeds; {drawn}"
+        )
+    elif section.search == "optuna":
+        goal = section.goal()
+        lines.append(
+            f"optuna search: {section.num_samples} trials, each point suggested as its trial "
+            f"starts, towards the {goal.mode} final {goal.metric} (seed {section.sample_seed}); "
+            f"{drawn}"
         )
     if measured:
         scale = len(trials) / measured

@@ -9,7 +9,7 @@ import pytest
 
 import orchestrator.run_prep as run_prep
 from orchestrator.config import load_spec
-from orchestrator.run_prep import check_trainable, check_trainables, prepare_run
+from orchestrator.run_prep import check_trainable, described_data, prepare_run
 from orchestrator.tracking import Tracker, resolve_tracking_uri
 
 TINY = ["data.source=shapes", "data.num_images=96", "train.batch_size=16", "train.epochs=1"]
@@ -45,7 +45,9 @@ def test_a_sweep_lists_each_distinct_data_set_once(listings):
     same_data = [load_spec("demo", [*TINY, f"train.seed={seed}"]) for seed in range(3)]
     other_batch = load_spec("demo", [*TINY, "train.batch_size=32"])
     smaller = load_spec("demo", [*TINY, "data.num_images=64"])
-    checked = check_trainables([*same_data, other_batch, smaller])
+    specs = [*same_data, other_batch, smaller]
+    described = described_data(specs)
+    checked = [check_trainable(spec, described) for spec in specs]
     assert listings == [("shapes", 96), ("shapes", 64)]
     assert [c.schedule.steps_per_epoch for c in checked] == [6, 6, 6, 3, 4]
     assert [c.info.num_rows for c in checked] == [96, 96, 96, 96, 64]
@@ -53,6 +55,7 @@ def test_a_sweep_lists_each_distinct_data_set_once(listings):
 
 def test_a_batch_larger_than_the_data_is_refused_before_anything_is_recorded(workdir):
     with pytest.raises(ValueError, match="train.batch_size: 128 exceeds the 96 training images"):
-        check_trainables(
-            [load_spec("demo", TINY), load_spec("demo", [*TINY, "train.batch_size=128"])]
-        )
+        specs = [load_spec("demo", TINY), load_spec("demo", [*TINY, "train.batch_size=128"])]
+        described = described_data(specs)
+        for spec in specs:
+            check_trainable(spec, described)

@@ -128,9 +128,12 @@ def test_killed_sweep_keeps_its_finished_trial_and_resumes_the_other_from_its_ch
         if "[mimray] sweep 'cut'" not in output:
             return False
         tracker = tracker or Tracker(resolve_tracking_uri(), "sweeps")
+        # A trial's run exists from the moment the trial starts.
         runs = {r.info.run_name: r for r in _child_runs(tracker)}
         return (
-            runs[KEPT].info.status == "FINISHED"
+            KEPT in runs
+            and INTERRUPTED in runs
+            and runs[KEPT].info.status == "FINISHED"
             and len(tracker.checkpoint_models(runs[INTERRUPTED].info.run_id)) >= 1
         )
 

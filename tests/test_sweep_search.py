@@ -8,7 +8,7 @@ import math
 import pytest
 
 from orchestrator.config import ConfigError, load_sweep
-from orchestrator.sweep_space import param_space, trial_configs
+from orchestrator.sweep_space import param_space, searcher, trial_configs
 
 RANDOM = """
 name: rs
@@ -107,3 +107,80 @@ sweep:
     assert space["train.blr"] == tune.grid_search([1e-4, 2e-4])
     assert set(space["method.k"].categories) == {None, 4}  # only the emae point sets k
     assert [c["method.k"] for c in trial_configs(trials)] == [None, None, 4, 4]
+
+
+OPTUNA = """
+name: opt
+base: demo
+sweep:
+  search: optuna
+  num_samples: 3
+  space:
+    method.mask_ratio: {uniform: [0.5, 0.9]}
+    model.depth: {randint: [2, 4]}
+"""
+
+
+def test_optuna_trials_are_named_before_they_start_and_their_space_is_checked(tmp_path):
+    sweep, trials = load_sweep(_write(tmp_path, OPTUNA))
+    assert [t.name for t in trials] == [
+        "opt-sample-0_seed-0",
+        "opt-sample-1_seed-0",
+        "opt-sample-2_seed-0",
+    ]
+    # Their values are Optuna's to suggest: none yet, and the spec is the base's.
+    assert all(t.values == {} and t.spec == trials[0].spec for t in trials)
+    space = param_space(sweep, trials)
+    assert sorted(space) == ["method.mask_ratio", "model.depth"]  # no trial list, no grid
+    # A range the spec refuses fails at load, as for random search, naming the key.
+    with pytest.raises(ConfigError, match=r"method.mask_ratio.*\(space point 0: "):
+        load_sweep(
+            _write(tmp_path, OPTUNA), ["sweep.space.method.mask_ratio={uniform: [0.5, 1.5]}"]
+        )
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("sweep.seeds=2", "sweep.seeds: Optuna suggests one trial per point"),
+        (
+            "sweep.objective={metric: knn/top1, mode: max}",
+            "sweep.objective.metric: knn/top1 is only",
+        ),
+        ("sweep.objective={metric: loss, mode: up}", "sweep.objective.mode: Input should be"),
+        ("sweep.num_samples=null", "num_samples: optuna search needs the number"),
+    ],
+)
+def test_bad_optuna_search_is_one_line_naming_the_key(tmp_path, override, expected):
+    with pytest.raises(ConfigError) as caught:
+        load_sweep(_write(tmp_path, OPTUNA), [override])
+    assert expected in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_an_objective_is_refused_for_searches_that_do_not_learn(tmp_path):
+    with pytest.raises(ConfigError, match="objective: is what Optuna optimises"):
+        load_sweep(_write(tmp_path, RANDOM), ["sweep.objective={metric: loss}"])
+
+
+def test_optuna_suggestions_are_numbered_and_numbering_survives_tunes_restore(tmp_path):
+    """Tune's own search generator around mimray's searcher: each suggestion carries its trial
+    index; saved and restored the way a restored sweep's is, the next one goes on counting."""
+    from ray.tune.search import SearchGenerator
+
+    sweep, trials = load_sweep(_write(tmp_path, OPTUNA))
+    generator = SearchGenerator(searcher(sweep, trials))
+    generator.set_search_properties(None, None, param_space(sweep, trials))
+    first = generator.searcher.suggest("a")
+    assert first["trial"] == 0 and 0.5 <= first["method.mask_ratio"] <= 0.9
+    assert first["model.depth"] in (2, 3)
+    assert generator.searcher.suggest("b") is None  # one at a time (max_concurrent_trials)
+    generator.on_trial_complete("a", {"loss": 1.0, "config": first})
+    second = generator.searcher.suggest("b")
+    assert second["trial"] == 1 and second != {**first, "trial": 1}
+    generator.save_to_dir(str(tmp_path), session_str="first")
+
+    restored = SearchGenerator(searcher(sweep, trials))
+    restored.set_search_properties(None, None, param_space(sweep, trials))
+    restored.restore_from_dir(str(tmp_path))
+    restored.on_trial_complete("b", {"loss": 0.5, "config": second})
+    assert restored.searcher.suggest("c")["trial"] == 2

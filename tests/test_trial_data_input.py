@@ -1,9 +1,11 @@
-"""A sweep trial declares its training data (MLflow dataset input) when it starts, not at set-up.
+"""A sweep trial opens its MLflow run and declares its training data (dataset input) when it
+starts, not at set-up.
 
-Through a real `mlflow server` (what a team shares), set-up gives each trial run its params and
-key tags and no dataset input: a planned trial has read nothing, and that input was a third
-request per trial before Tune starts. The trial declares it as it starts training, once: a
-trial started again (a retry, a restore) still holds one. Real local Ray, one in-process fit.
+Through a real `mlflow server` (what a team shares), set-up opens the sweep's parent run only:
+a planned trial has no run and has read nothing. A trial builds its spec from Tune's config,
+opens its run (key tag, params, parent) and declares its data as it starts, once: a trial
+started again (a retry, a restore) finds the same run, which still holds one input. Real local
+Ray, one in-process fit.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from tiny_model import tiny_model_yaml
 from orchestrator.config import load_sweep
 from orchestrator.launch import execute_run
 from orchestrator.run_prep import TrainingInput, check_trainable, log_training_input
-from orchestrator.sweep import open_sweep_runs
+from orchestrator.sweep import open_sweep_parent
+from orchestrator.sweep_space import trial_configs
+from orchestrator.sweep_trial import SweepContext, start_trial
 from orchestrator.tracking import RUN_KEY_TAG, Tracker
 
 SWEEP = """
@@ -48,23 +52,29 @@ def test_a_trial_declares_its_data_once_when_it_starts(workdir, ray_session):
     digest = check_trainable(trials[0].spec).info.digest
     with mlflow_server(f"sqlite:///{workdir / 'served.db'}", str(workdir / "art")) as url:
         tracker = Tracker(url, "declared")
-        assert not tracker.writes_in_batches  # the per-run path a server takes
-        _, runs = open_sweep_runs(sweep, trials, tracker, "declared")
-        for run, trial in zip(runs, trials, strict=True):
-            planned = tracker.client.get_run(run.run_id)
-            assert planned.data.tags[RUN_KEY_TAG] == trial.name
-            assert planned.data.params["method.k"] == str(trial.spec.method.k)
-            assert training_inputs(tracker, run.run_id) == []
+        parent_run_id = open_sweep_parent(sweep, trials, tracker, "declared")
+        for trial in trials:  # planned: listed on the parent, no run of their own yet
+            assert tracker.find_run(trial.name) is None
+        storage = str(workdir / "mimray-runs" / "ray")
+        context = SweepContext(sweep, "declared", parent_run_id, url, "declared", storage, {})
+        configs = trial_configs(trials)  # what Tune hands each trial
 
-        started, planned = runs
-        result = execute_run(started)  # what the trial's Tune function runs
-        assert result.epochs_done == 1
+        started = start_trial(context, configs[1], trials[1].name)  # what the trainable runs
+        opened = tracker.client.get_run(started.run_id)
+        assert opened.data.tags[RUN_KEY_TAG] == trials[1].name
+        assert opened.data.tags["mlflow.parentRunId"] == parent_run_id
+        assert opened.data.params["method.k"] == "4"  # from Tune's config
         declared = [("shapes-train", digest[:36], "training")]
         assert training_inputs(tracker, started.run_id) == declared
-        assert training_inputs(tracker, planned.run_id) == []  # not started: nothing read
+        assert tracker.find_run(trials[0].name) is None  # not started: no run, nothing read
+        result = execute_run(started)
+        assert result.epochs_done == 1
+        assert training_inputs(tracker, started.run_id) == declared
 
-        # Started again (Tune retries an errored trial, a restore resumes one): still one.
-        log_training_input(tracker, started.run_id, started.input_at_start)
+        # Started again (Tune retries an errored trial, a restore resumes one): the same run,
+        # still one input.
+        again = start_trial(context, configs[1], trials[1].name)
+        assert again.run_id == started.run_id and again.resumed
         assert training_inputs(tracker, started.run_id) == declared
 
 

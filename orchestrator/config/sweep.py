@@ -12,7 +12,9 @@ sweep:
 ```
 
 Instead of points and grid, `search: random` draws `num_samples` points from per-knob
-distributions (`orchestrator.config.search_space`).
+distributions (`orchestrator.config.search_space`), and `search: optuna` lets Optuna's
+sampler suggest `num_samples` points from the same distributions, one per trial as trials
+start, towards `objective` (default: the lowest final loss).
 
 Every trial is validated as a run spec before anything starts; an error names the key and
 the grid point it came from.
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -52,6 +54,20 @@ class EarlyStop(BaseModel):
     reduction_factor: float = Field(2.0, gt=1)
 
 
+class Objective(BaseModel):
+    """What a searcher that learns from results (Optuna) optimises: a per-epoch metric's value
+    when the trial ends."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    metric: str = "loss"
+    mode: Literal["min", "max"] = "min"
+
+
+# Searches whose every trial is drawn or listed before anything starts.
+PLANNED_SEARCHES = ("grid", "random")
+
+
 class SweepSection(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -65,10 +81,12 @@ class SweepSection(BaseModel):
     # nodes: a preempted driver takes its trial's whole worker group down with it.
     driver_resources: dict[str, float] = Field(default_factory=dict)
     # grid: every point x grid combination. random: `num_samples` points drawn from `space`.
-    search: Literal["grid", "random"] = "grid"
-    num_samples: int | None = Field(None, ge=1, description="random search: points drawn")
+    # optuna: `num_samples` points suggested by Optuna from `space`, towards `objective`.
+    search: Literal["grid", "random", "optuna"] = "grid"
+    num_samples: int | None = Field(None, ge=1, description="random/optuna: points drawn")
     space: dict[str, Any] = Field(default_factory=dict, description="knob -> distribution")
-    sample_seed: int = Field(0, description="random search: the generator's seed")
+    sample_seed: int = Field(0, description="random/optuna: the generator's seed")
+    objective: Objective | None = Field(None, description="optuna: the metric to optimise")
 
     @field_validator("driver_resources")
     @classmethod
@@ -84,26 +102,47 @@ class SweepSection(BaseModel):
 
     @model_validator(mode="after")
     def _search_settings_fit(self) -> SweepSection:
+        if self.objective is not None and self.search != "optuna":
+            raise ValueError(
+                "objective: is what Optuna optimises; allowed with search: optuna (ASHA's "
+                "metric is early_stop.metric)"
+            )
         if self.search == "grid":
             if self.space or self.num_samples is not None:
                 raise ValueError(
-                    "search: space and num_samples are for random search; allowed: "
-                    "search: random, or the values as a grid"
+                    "search: space and num_samples are for random or optuna search; allowed: "
+                    "search: random, search: optuna, or the values as a grid"
                 )
             return self
         if not self.space:
             raise ValueError(
-                "space: random search needs knob distributions; allowed: e.g. "
+                f"space: {self.search} search needs knob distributions; allowed: e.g. "
                 "{method.mask_ratio: {uniform: [0.5, 0.9]}}"
             )
         if self.num_samples is None:
-            raise ValueError("num_samples: random search needs the number of points to draw")
+            raise ValueError(
+                f"num_samples: {self.search} search needs the number of points to draw"
+            )
         if self.grid or self.points:
             raise ValueError(
-                "search: random search draws every point from `space`; allowed: no grid or "
-                "points (a fixed set of values is {choice: [...]})"
+                f"search: {self.search} search draws every point from `space`; allowed: no "
+                "grid or points (a fixed set of values is {choice: [...]})"
+            )
+        if self.search == "optuna" and self.seeds != 1:
+            raise ValueError(
+                "seeds: Optuna suggests one trial per point, each with the base seed; "
+                "allowed: 1 (vary train.seed in `space` to include it in the search)"
             )
         return self
+
+    @property
+    def planned(self) -> bool:
+        """Whether every trial's knob values are known before anything starts (grid, random);
+        Optuna suggests each as its trial starts."""
+        return self.search in PLANNED_SEARCHES
+
+    def goal(self) -> Objective:
+        return self.objective or Objective()
 
     def distributions(self) -> dict[str, Distribution]:
         return {key: parse_distribution(key, raw) for key, raw in self.space.items()}
@@ -160,8 +199,9 @@ def parse_sweep(raw: Mapping[str, Any], default_name: str) -> SweepSpec:
 
 def point_values(sweep: SweepSection) -> list[dict[str, Any]]:
     """Points crossed with the grid's cartesian product (YAML order kept), or for random
-    search the points drawn from the space."""
-    if sweep.search == "random":
+    search the points drawn from the space. Optuna's points are suggested as trials start:
+    these are the points it is checked with before anything starts (`expand_trials`)."""
+    if sweep.search != "grid":
         return draw_samples(sweep.distributions(), sweep.num_samples or 0, sweep.sample_seed)
     points = sweep.points or [{}]
     keys = list(sweep.grid)
@@ -171,47 +211,68 @@ def point_values(sweep: SweepSection) -> list[dict[str, Any]]:
     return [{**point, **combo} for point in points for combo in combos]
 
 
-def expand_trials(spec: SweepSpec, validate: Any) -> list[Trial]:
-    """Every trial of the sweep as a validated run spec; `validate(raw) -> RunSpec`."""
+def trial_spec(
+    sweep: SweepSpec, values: Mapping[str, Any], validate: Callable[[dict[str, Any]], RunSpec]
+) -> RunSpec:
+    """The run spec of a trial: the sweep's base with `values` (dotted knob -> value) set.
+
+    A None value is a knob this trial leaves at the base's value: Tune's config of a trial
+    holds every knob that some trial of the sweep sets."""
+    raw = _deep_copy(sweep.base)
+    for key, value in values.items():
+        if value is not None:
+            set_dotted(raw, key, value)
+    return validate(raw)
+
+
+def expand_trials(spec: SweepSpec, validate: Callable[[dict[str, Any]], RunSpec]) -> list[Trial]:
+    """Every trial of the sweep as a validated run spec; `validate(raw) -> RunSpec`.
+
+    Optuna's trials are suggested as they start: they are listed by name with no knob values
+    (their spec is the base's), after every point that random search would draw from the same
+    space and seed validated, so a bad key or range fails here, before anything starts."""
     trials: list[Trial] = []
     base_seed = int(spec.base.get("train", {}).get("seed", 0))
+    search = spec.sweep.search
     for point_index, values in enumerate(point_values(spec.sweep)):
         for seed_offset in range(spec.sweep.seeds):
             trial_values = {**values, "train.seed": base_seed + seed_offset}
-            raw = _deep_copy(spec.base)
-            for key, value in trial_values.items():
-                set_dotted(raw, key, value)
             try:
-                run = validate(raw)
+                run = trial_spec(spec, trial_values, validate)
             except ConfigError as err:
-                label = "sample" if spec.sweep.search == "random" else "grid point"
+                label = {"grid": "grid point", "random": "sample"}.get(search, "space point")
                 raise ConfigError(f"{err} ({label} {point_index}: {_describe(values)})") from None
-            if spec.sweep.search == "random":  # drawn floats make poor names: number them
-                slug = (
-                    f"sample-{point_index}_{trial_slug({'train.seed': trial_values['train.seed']})}"
-                )
-            else:
+            if search == "grid":
                 slug = trial_slug(trial_values)
+            else:  # drawn floats make poor names: number them
+                slug = f"sample-{point_index}_{trial_slug({'train.seed': base_seed + seed_offset})}"
             name = f"{spec.name}-{slug}"
+            if search == "optuna":
+                trial_values, run = {}, trial_spec(spec, {}, validate)
             trials.append(Trial(len(trials), name, trial_values, run))
     return trials
 
 
 def check_early_stop(spec: SweepSpec, trials: list[Trial]) -> None:
-    """ASHA on kNN accuracy needs the kNN computed while training, and it is higher-better."""
-    stop = spec.sweep.early_stop
-    if stop is None or not stop.metric.startswith("knn/"):
-        return
-    if any(trial.spec.knn_monitor() is None for trial in trials):
-        raise ConfigError(
-            f"sweep.early_stop.metric: {stop.metric} is only measured during training by a "
-            "chained kNN evaluation with `every`; allowed: add `eval: [{protocol: knn, every: "
-            "1}]` to the base spec, or metric: loss"
-        )
-    if stop.mode != "max":
-        raise ConfigError(
-            f"sweep.early_stop.mode: {stop.metric} is an accuracy (higher is better); allowed: max"
-        )
+    """ASHA (and Optuna) on kNN accuracy need the kNN computed while training, and it is
+    higher-better."""
+    watched = [("early_stop", spec.sweep.early_stop)]
+    if spec.sweep.search == "optuna":
+        watched.append(("objective", spec.sweep.goal()))
+    for section, goal in watched:
+        if goal is None or not goal.metric.startswith("knn/"):
+            continue
+        if any(trial.spec.knn_monitor() is None for trial in trials):
+            raise ConfigError(
+                f"sweep.{section}.metric: {goal.metric} is only measured during training by a "
+                "chained kNN evaluation with `every`; allowed: add `eval: [{protocol: knn, "
+                "every: 1}]` to the base spec, or metric: loss"
+            )
+        if goal.mode != "max":
+            raise ConfigError(
+                f"sweep.{section}.mode: {goal.metric} is an accuracy (higher is better); "
+                "allowed: max"
+            )
 
 
 def trial_slug(values: Mapping[str, Any]) -> str:
