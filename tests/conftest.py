@@ -49,7 +49,9 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=True)
+        # address="local": a new instance even where a `ray start` cluster left its address in
+        # /tmp/ray (ray.init would join that one, and refuse num_cpus for it).
+        ray.init(address="local", num_cpus=2, include_dashboard=True)
     yield ray
     ray.shutdown()
 
