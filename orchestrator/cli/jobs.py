@@ -58,7 +58,7 @@ def _run(action: Callable[[], Any]) -> Any:
     "--shared-storage",
     is_flag=True,
     help="Accept a plain storage.path: every node mounts it (e.g. NFS). Without it, runs must "
-    "checkpoint to object storage (s3://, gs://) so they survive a lost node.",
+    "checkpoint to object storage (s3://) so they survive a lost node.",
 )
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def submit(
