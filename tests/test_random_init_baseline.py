@@ -23,6 +23,7 @@ from orchestrator.lookup import open_reader
 from orchestrator.tracking import Tracker
 from workloads.checkpoint import read_checkpoint_spec, read_checkpoint_state
 from workloads.evaluation.heads import load_encoder
+from workloads.pretrain import build_model
 
 TINY = {
     "method": {"name": "mae"},
@@ -55,18 +56,24 @@ def test_epoch_zero_is_evaluated_only_where_baseline_is_asked():
 
 
 def test_baseline_checkpoint_holds_the_seeded_initial_weights(tmp_path):
+    """The file and its determinism. That these are the weights a run really starts from is
+    checked against a real run in test_tiny_lr_run.py (comparing with `initial_model` here
+    would compare the function with itself)."""
     spec = tiny_spec(seed=3)
     uri = write_baseline_checkpoint(spec, str(tmp_path / "run"))
     assert uri == f"{tmp_path / 'run'}/{BASELINE_FOLDER}"
     state = read_checkpoint_state(uri)
     assert state["epoch"] == 0 and state["step"] == 0
     assert read_checkpoint_spec(uri) == spec
-    expected = initial_model(spec).state_dict()
-    assert state["model"].keys() == expected.keys()
-    assert all(torch.equal(state["model"][k], v) for k, v in expected.items())
-    # The seed decides the weights: another seed's baseline is another encoder.
+    # Every weight of the method's model (encoder and decoder alike).
+    assert state["model"].keys() == build_model(spec).state_dict().keys()
+    # The seed alone decides the weights: written again (after other random draws), the same;
+    # another seed's baseline is another encoder.
+    torch.rand(100)
+    again = read_checkpoint_state(write_baseline_checkpoint(spec, str(tmp_path / "again")))
+    assert all(torch.equal(again["model"][k], v) for k, v in state["model"].items())
     other = initial_model(tiny_spec(seed=4)).state_dict()
-    assert not all(torch.equal(other[k], v) for k, v in expected.items())
+    assert not all(torch.equal(other[k], v) for k, v in state["model"].items())
     # The evaluation code reads it like any checkpoint.
     encoder = load_encoder(spec["model"], state["model"])
     images = torch.zeros(2, 3, 16, 16)
