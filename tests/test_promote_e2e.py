@@ -93,6 +93,19 @@ def test_promoted_best_trial_is_evaluated_by_its_alias_with_lineage(sweep_store)
     assert promoted.exit_code == 0, promoted.output
     version = tracker.client.get_model_version_by_alias(NAME, "best-knn")
     assert version.source == f"models:/{best}", f"kNN top-1 by checkpoint: {knn}"
+    # Near-random encoders often tie on kNN; their final losses never do: smaller is better.
+    losses = {
+        model_id: next(
+            m.value
+            for m in tracker.client.get_logged_model(model_id).metrics
+            if m.key == "checkpoint/loss"
+        )
+        for model_id in order
+    }
+    lowest = runner.invoke(main, ["promote", NAME, "--metric", "checkpoint/loss"])
+    assert lowest.exit_code == 0, lowest.output
+    by_loss = tracker.client.get_model_version_by_alias(NAME, "best-checkpoint-loss")
+    assert by_loss.source == f"models:/{min(order, key=losses.get)}", f"losses: {losses}"
 
     evaluated = runner.invoke(main, ["eval", f"models:/{NAME}@best-knn", *EVAL_AGAIN])
     assert evaluated.exit_code == 0, evaluated.output
