@@ -12,6 +12,7 @@ EVAL_PROTOCOL_TAG = "mimray.eval.protocol"  # knn | linear | finetune
 PRETRAIN_RUN_TAG = "mimray.pretrain_run_id"  # the trial/pretrain run an eval run evaluated
 MODEL_ID_TAG = "mimray.model_id"  # the LoggedModel (checkpoint) an eval run evaluated
 CHECKPOINT_EPOCH_TAG = "mimray.checkpoint_epoch"
-# MLflow 3 opens experiments in its GenAI layout unless told this one trains models.
+# MLflow 3's kind of experiment (model training), for what reads it; MLflow 3.17's UI chooses
+# its layout by the link that opens it instead (`ui_links.py`), whatever this tag says.
 EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
 MODEL_TYPE = "mimray-pretrain-checkpoint"
