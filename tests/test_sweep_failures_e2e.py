@@ -20,6 +20,7 @@ from tiny_model import tiny_model_yaml
 
 from orchestrator.cli.main import main
 from orchestrator.tracking import Tracker, resolve_tracking_uri
+from workloads.data import describe_source
 
 CONCURRENT = """
 name: pair
@@ -83,9 +84,15 @@ def test_two_trials_at_once_keep_their_own_metrics(workdir, ray_session):
     for images, steps in ((64, 2), (96, 3)):
         run = runs[f"pair-num_images-{images}_seed-0"]
         assert run.info.status == "FINISHED"
-        # Declared by the trial's own process as it started (not at set-up), once.
-        inputs = [(i.dataset.name, i.tags[0].value) for i in run.inputs.dataset_inputs]
-        assert inputs == [("shapes-train", "training")]
+        # Declared once, as the data this trial read: 64 and 96 images are different data
+        # sets (digests), so a trial declaring another trial's or the base spec's data fails
+        # here. (That it is declared as the trial starts, not at set-up, is checked in
+        # test_trial_data_input.py: MLflow records no time or origin for an input.)
+        digest = describe_source("shapes", num_images=images).digest[:36]
+        inputs = [
+            (i.dataset.name, i.dataset.digest, i.tags[0].value) for i in run.inputs.dataset_inputs
+        ]
+        assert inputs == [("shapes-train", digest, "training")]
         history = tracker.metric_history(run.info.run_id, "train/loss")
         # Every step of this run, once, and none of the other's: 2 epochs x its own steps.
         assert [step for step, _ in history] == list(range(1, 2 * steps + 1))
