@@ -63,3 +63,20 @@ def test_dry_run_shows_the_custom_resources_per_worker(workdir):
     )
     assert result.exit_code == 0, result.output
     assert "2 x (0.5 CPU + 1 gpu_8x)" in result.output
+
+
+def test_trial_drivers_reserve_on_demand_where_the_cluster_marks_it():
+    from orchestrator.sweep_placement import driver_resources_on, trial_resources
+
+    marked = {"CPU": 40.0, "GPU": 8.0, "on_demand": 200.0, "gpu_1x": 8.0}
+    assert driver_resources_on(marked, {}) == {"on_demand": 0.01}
+    assert driver_resources_on(marked, {"cpu_pool": 1.0}) == {"cpu_pool": 1.0, "on_demand": 0.01}
+    # The user's own amount wins; a machine or cluster without the mark changes nothing.
+    assert driver_resources_on(marked, {"on_demand": 1.0}) == {"on_demand": 1.0}
+    assert driver_resources_on({"CPU": 2.0, "memory": 1e9}, {}) == {}
+
+    # A worker group's driver takes it; a one-worker CPU trial is itself the worker.
+    group = load_spec("demo")
+    assert trial_resources(group, {}, {"on_demand": 0.01}) == {"CPU": 0.01, "on_demand": 0.01}
+    single = load_spec("demo", ["scaling.num_workers=1", "scaling.worker_resources={x: 1}"])
+    assert trial_resources(single, {}, {"on_demand": 0.01}) == {"x": 1.0, "CPU": 0.5}
