@@ -3,11 +3,17 @@
     python benchmarks/data_throughput.py [--images 20000] [--cpus 2] [--rounds 2]
         [--cases png64,jpeg224] [--stores s3,local] [--ray mimray[,v2,...]] [--stats]
 
-Two cases, each written once as `mimray data push`-style Parquet shards (columns image binary,
+Cases, each written once as `mimray data push`-style Parquet shards (columns image binary,
 label int64, id string, plus manifest.json) and cached under --data-dir:
   - png64:   built-in `shapes` rendered at 64 px, PNG-encoded (what push writes for built-ins);
-  - jpeg224: the ImageNet case: shapes rendered at 288 px, JPEG-encoded (quality 90), read
-             as RandomResizedCrop to 224 px.
+  - jpeg224: shapes rendered at 288 px, JPEG-encoded (quality 90), read as RandomResizedCrop
+             to 224 px;
+  - imagenet: ImageNet-like JPEGs (`imagenet_like.py`: ImageNet's sizes and qualities,
+             photographs' content), RandomResizedCrop to 224 px; a pool of 400 distinct
+             images, each stored many times;
+  - imagenet320: the same images as `mimray data push --max-side 320` stores them.
+For the imagenet cases the run also measures the single-thread decoders of `imagenet_like.py`
+on the case's own images, and prints each Ray side's per-core rate against the best of them.
 Each case is read from a moto S3 server on 127.0.0.1 and from the local folder, two ways,
 side by side in one run, rounds alternating so drift hits both:
   - Ray Data (one or more configurations, --ray): `mimray` is the project's own stream
@@ -53,15 +59,23 @@ _ROW_GROUP_BYTES = 16 * 2**20  # as `mimray data push` writes row groups
 @dataclasses.dataclass(frozen=True)
 class Case:
     name: str
-    render_px: int  # size the source images are rendered at
+    render_px: int  # size the source images are rendered at (shapes)
     out_px: int  # size the crop is resized to
     encoding: str  # PIL format name
+    imagenet_like: bool = False  # ImageNet-like JPEGs (benchmarks/imagenet_like.py)
+    max_side: int | None = None  # stored as `mimray data push --max-side` stores them
 
 
 CASES = {
     "png64": Case("png64", render_px=64, out_px=64, encoding="PNG"),
     "jpeg224": Case("jpeg224", render_px=288, out_px=224, encoding="JPEG"),
+    "imagenet": Case("imagenet", 0, out_px=224, encoding="JPEG", imagenet_like=True),
+    "imagenet320": Case(
+        "imagenet320", 0, out_px=224, encoding="JPEG", imagenet_like=True, max_side=320
+    ),
 }
+IMAGENET_CLASSES = [f"class{index:02d}" for index in range(10)]
+IMAGENET_POOL = 400  # distinct ImageNet-like images, each stored many times (see below)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,9 +178,10 @@ def write_shards(case: Case, images: int, shard_mb: float, folder: Path) -> list
     except ImportError:
         from workloads.data.shapes import SHAPE_CLASSES, render_shapes
 
+    class_names = IMAGENET_CLASSES if case.imagenet_like else list(SHAPE_CLASSES)
     folder.mkdir(parents=True, exist_ok=True)
     schema = pa.schema([("image", pa.binary()), ("label", pa.int64()), ("id", pa.string())])
-    metadata = {b"mimray.class_names": json.dumps(list(SHAPE_CLASSES)).encode()}
+    metadata = {b"mimray.class_names": json.dumps(class_names).encode()}
     # 288 px renders cost ~13 ms each: render a pool of distinct images and encode each row
     # from a randomly flipped/rolled pool image, so every row's bytes still differ.
     pool_size = images if case.render_px <= 64 else min(images, 2000)
@@ -210,6 +225,18 @@ def write_shards(case: Case, images: int, shard_mb: float, folder: Path) -> list
         )
         rows, pending = [], 0
 
+    if case.imagenet_like:
+        # Generating a photo-like JPEG costs ~50-100 ms: a pool of distinct ones, each row a
+        # copy (decoding a copy costs what decoding the original does).
+        for position, (encoded, label) in enumerate(imagenet_rows(case, images)):
+            if rows and pending + len(encoded) > shard_mb * 2**20:
+                flush()
+            rows.append((encoded, label, f"imagenet/train/{position}"))
+            pending += len(encoded)
+        flush()
+        write_manifest(folder, images, class_names, shards, case.max_side)
+        (folder / "bench.json").write_text(json.dumps({"files": names}))
+        return names
     copies = -(-images // pool_size)  # variants of each rendered image
     position = 0
     for start in range(0, pool_size, 64):
@@ -239,7 +266,29 @@ def write_shards(case: Case, images: int, shard_mb: float, folder: Path) -> list
     return names
 
 
-def write_manifest(folder: Path, rows: int, class_names: list[str], shards: list[dict]) -> None:
+def imagenet_pool(case: Case, count: int) -> list[bytes]:
+    """`count` distinct ImageNet-like JPEGs, bounded as `mimray data push --max-side` does."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from imagenet_like import bounded, imagenet_like_jpegs
+
+    pool = imagenet_like_jpegs(count)
+    return bounded(pool, case.max_side) if case.max_side else pool
+
+
+def imagenet_rows(case: Case, images: int) -> Iterator[tuple[bytes, int]]:
+    pool = imagenet_pool(case, min(images, IMAGENET_POOL))
+    rng = np.random.default_rng(0)
+    for position in range(images):
+        yield pool[position % len(pool)], int(rng.integers(len(IMAGENET_CLASSES)))
+
+
+def write_manifest(
+    folder: Path,
+    rows: int,
+    class_names: list[str],
+    shards: list[dict],
+    max_side: int | None = None,
+) -> None:
     """manifest.json through the project's Manifest when it exists; else Parquet files only."""
     try:
         from workloads.data.manifest import Manifest, ShardInfo
@@ -249,6 +298,8 @@ def write_manifest(folder: Path, rows: int, class_names: list[str], shards: list
         except ImportError:
             return
     manifest = Manifest(rows, class_names, [ShardInfo(**shard) for shard in shards])
+    if max_side:
+        manifest.max_side, manifest.quality = max_side, 90
     (folder / "manifest.json").write_text(manifest.to_json())
 
 
@@ -571,6 +622,25 @@ def print_row(row: Row) -> None:
     )
 
 
+def best_single_thread(case: Case, folder: Path, sample: int = 300) -> tuple[str, float, float]:
+    """(decoder, images/s, images/CPU-s) of the fastest single-thread decoder on the case's
+    own stored images (`imagenet_like.single_thread_rates`, each candidate also printed)."""
+    import pyarrow.parquet as pq
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from imagenet_like import single_thread_rates
+
+    first = folder / shard_files(folder)[0]
+    encoded = pq.read_table(first, columns=["image"]).column(0).to_pylist()[:sample]
+    rates = single_thread_rates(encoded, seconds=6.0)
+    print(f"single thread, {case.name}, load {os.getloadavg()[0]:.2f}:")
+    for name, (wall, per_cpu) in rates.items():
+        print(f"  {name:24} {wall:6.0f} img/s {per_cpu:6.0f} img/CPU-s")
+    libraries = {name: rate for name, rate in rates.items() if name != "mimray"}
+    best = max(libraries, key=lambda name: libraries[name][1])
+    return (best, *libraries[best])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=20000)
@@ -578,7 +648,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch", type=int, default=128, help="images per batch, both sides")
     parser.add_argument("--shard-mb", type=float, default=16.0)
-    parser.add_argument("--cases", default="png64,jpeg224")
+    parser.add_argument("--cases", default="png64,jpeg224", help=f"of {', '.join(CASES)}")
     parser.add_argument("--stores", default="s3,local")
     parser.add_argument("--ray", default="mimray", help=f"of {', '.join(RAY_CONFIGS)}")
     parser.add_argument("--data-dir", default="/tmp/mimray-bench-data")
@@ -610,9 +680,15 @@ def main() -> None:
         for case in cases:
             folder, files = folders[case.name], shard_files(folders[case.name])
             size = sum((folder / name).stat().st_size for name in files)
+            stored = (
+                f"ImageNet-like JPEG{f', max side {case.max_side}' if case.max_side else ''}"
+                if case.imagenet_like
+                else f"{case.encoding} {case.render_px} px"
+            )
             print(
-                f"{case.name}: {args.images} images ({case.encoding} {case.render_px} px -> "
-                f"{case.out_px} px crop) in {len(files)} shards, {size / 2**20:.0f} MB"
+                f"{case.name}: {args.images} images ({stored} -> {case.out_px} px crop) in "
+                f"{len(files)} shards, {size / 2**20:.0f} MB, {size / args.images / 1e3:.0f} KB "
+                "per image"
             )
             for store in stores:
                 if store == "s3":
@@ -624,6 +700,7 @@ def main() -> None:
                     uri = str(folder)
                 sources.append(Source(case, store, uri, paths, endpoint))
         ray.init(
+            address="local",  # its own Ray, not one another process on the machine started
             num_cpus=args.cpus,
             include_dashboard=False,
             log_to_driver=False,
@@ -635,8 +712,9 @@ def main() -> None:
         time.sleep(5)
         # Counted on the Ray side (it is Ray's cost), but not work on images.
         print(f"Ray's own processes, idle: {cpu_seconds_since(idle, None) / 5:.2f} CPU")
-        rows = []
+        rows, decoders = [], {}
         for source in sources:
+            print(f"load average {os.getloadavg()[0]:.2f} ({source.case.name} {source.store})")
             results: dict[str, list[Measured]] = {"DataLoader": []}
             results.update({name: [] for name in configs})
             for round_index in range(args.rounds):
@@ -651,6 +729,10 @@ def main() -> None:
                     results[name].append(measured)
                     if args.stats and round_index == args.rounds - 1:
                         print(f"--- {source.case.name} {source.store} {name}\n{measured.detail}")
+            if source.case.imagenet_like and source.case.name not in decoders:
+                decoders[source.case.name] = best_single_thread(
+                    source.case, folders[source.case.name]
+                )
             print(HEADER)
             for row in table_rows(source.case.name, source.store, results, args.cpus):
                 print_row(row)
@@ -658,6 +740,16 @@ def main() -> None:
         print(f"\n{HEADER}")
         for row in rows:
             print_row(row)
+        for row in rows:
+            if row.case in decoders and row.side != "DataLoader":
+                name, wall, per_cpu_s = decoders[row.case]
+                print(
+                    f"{row.case} {row.store} {row.side}: per core {row.steady_per_cpu:.0f} "
+                    f"img/s steady, {row.per_cpu_s:.0f} img/CPU-s = {row.steady_per_cpu / wall:.2f}"
+                    f"x / {row.per_cpu_s / per_cpu_s:.2f}x the best single-thread decoder "
+                    f"({name}: {wall:.0f} img/s, {per_cpu_s:.0f} img/CPU-s)"
+                )
+        print(f"load average at the end {os.getloadavg()[0]:.2f}")
     finally:
         server.terminate()
         server.wait(timeout=10)
