@@ -175,6 +175,9 @@ class InProcessSession:
     def preemption_notice(self) -> bool:
         return False  # a preempted node takes this process with it: Tune restarts the trial
 
+    def finish(self) -> None:
+        pass  # checkpoints are persisted (and recorded) as they are reported
+
 
 def in_tune_trial() -> bool:
     """Whether this code runs inside a Tune trial (Tune's context knows its trial id)."""

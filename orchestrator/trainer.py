@@ -69,6 +69,9 @@ def build_trainer(
         "run_path": run_path,
         # Read here: the workers of a running cluster do not see this process' environment.
         "progress_every_s": progress_every_s(),
+        # A worker group uploads to an object store in the background (the next step need not
+        # wait on it); the in-process path writes its checkpoints synchronously.
+        "async_checkpoint_upload": is_remote(storage_path),
     }
     datasets = {"train": training_stream(spec), **monitor_datasets}
     if runs_in_process(spec):

@@ -101,6 +101,7 @@ def pretrain(config: dict[str, Any], session: Session) -> None:
             metrics = _epoch_metrics(setup, stats, config, epoch, session)
             _report_epoch(setup, metrics, config, session)
             notice.last_metrics = metrics
+        session.finish()
     finally:
         setup.live.close()
         setup.reporter.close()

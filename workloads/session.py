@@ -66,6 +66,11 @@ class Session(Protocol):
         it at the same steps and gets the same answer."""
         ...
 
+    def finish(self) -> None:
+        """At the loop's normal end: wait for checkpoints still on their way to storage and
+        run their `on_checkpoint`."""
+        ...
+
 
 class RayTrainSession:
     """A Ray Train worker's session on Ray Train's public API."""
@@ -80,8 +85,11 @@ class RayTrainSession:
         self.experiment_name: str = context.get_experiment_name()
         self.device: torch.device = ray.train.torch.get_device()
         # Uploading in the background lets the next step start while the files travel to
-        # remote storage; Ray deletes the local copy once uploaded.
+        # remote storage; Ray deletes the local copy once uploaded. A checkpoint is recorded
+        # (`on_checkpoint`) only once Ray Train has committed it, at the next report or at the
+        # end: a record must never name a checkpoint that is not (yet) in storage.
         self.async_upload = async_upload
+        self._uncommitted: list[OnCheckpoint] = []
 
     def latest_checkpoint(self) -> Any:
         import ray.train
@@ -108,6 +116,7 @@ class RayTrainSession:
         import ray.train
         from ray.train import CheckpointUploadMode
 
+        self._record_committed()
         checkpoint = None
         if checkpoint_folder is not None:
             checkpoint = ray.train.Checkpoint.from_directory(checkpoint_folder)
@@ -123,7 +132,28 @@ class RayTrainSession:
         if checkpoint_folder is not None and not background:
             shutil.rmtree(checkpoint_folder, ignore_errors=True)
         if on_checkpoint is not None:
-            on_checkpoint()
+            if background:
+                self._uncommitted.append(on_checkpoint)
+            else:
+                on_checkpoint()
+
+    def _record_committed(self) -> None:
+        """Run the `on_checkpoint` of background uploads once Ray Train has committed them
+        (usually long done: an epoch has passed). Only rank 0 records anything."""
+        if not self._uncommitted:
+            return
+        pending, self._uncommitted = self._uncommitted, []
+        if self.rank != 0:
+            return
+        import ray.train
+        from ray.train import CheckpointConsistencyMode
+
+        ray.train.get_all_reported_checkpoints(consistency_mode=CheckpointConsistencyMode.COMMITTED)
+        for record in pending:
+            record()
+
+    def finish(self) -> None:
+        self._record_committed()
 
     def preemption_notice(self) -> bool:
         import ray.train
