@@ -36,6 +36,10 @@ def worker_scaling(
     return scaling_config(spec.scaling, extra_resources)
 
 
+# Whether worker groups upload checkpoints to object storage in the background.
+ASYNC_UPLOAD = False
+
+
 def is_remote(storage_path: str) -> bool:
     """Whether Ray storage is an object store (`s3://`, `gs://`, ...) rather than a folder."""
     return "://" in storage_path and not storage_path.startswith("file://")
@@ -69,9 +73,11 @@ def build_trainer(
         "run_path": run_path,
         # Read here: the workers of a running cluster do not see this process' environment.
         "progress_every_s": progress_every_s(),
-        # A worker group uploads to an object store in the background (the next step need not
-        # wait on it); the in-process path writes its checkpoints synchronously.
-        "async_checkpoint_upload": is_remote(storage_path),
+        # Off: with background upload a checkpoint is recorded in MLflow (and the epoch's step
+        # metrics committed with it) only at the next report, so a run killed in between
+        # resumes after an epoch that MLflow never recorded. On once the record can follow
+        # the upload itself (see README, "Resume and preemption").
+        "async_checkpoint_upload": ASYNC_UPLOAD and is_remote(storage_path),
     }
     datasets = {"train": training_stream(spec), **monitor_datasets}
     if runs_in_process(spec):
