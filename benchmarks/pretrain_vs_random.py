@@ -9,7 +9,9 @@ epochs (same data, same schedule), then evaluate its encoder, and a randomly ini
 encoder of the same architecture (init seed = the seed), with the same protocols and settings:
 
 - kNN on frozen mean-pooled features of all train images: weighted top-1 with k=20, and 1-NN;
-- linear probe (BatchNorm without affine + Linear, SGD) on the same frozen features;
+- linear probe (BatchNorm without affine + Linear, MAE's LARS recipe; `--probe-blr`, default
+  MAE's 0.1, which small sets need far larger: see `linear_probe_recipe.py`) on the same
+  frozen features;
 - fine-tuning of the whole encoder with 10% of the train labels (the first 10% of images).
 
 The table holds mean ± std over seeds per row, and the pretrain wall time per method.
@@ -18,7 +20,7 @@ budget): the pretrain step is the one of `workloads.pretrain.train_loop_per_work
 (normalised input, AdamW with selective decay, warmup + cosine on the scaled lr, the model's
 step hook). Pretraining batches get mimray's augmentation: `--crop-scale` (RandomResizedCrop
 from the rendered pixels, as `data.crop_scale`; default none) and a flip (`--no-hflip`).
-`--images 0` / `--val-images 0` take whole splits (digits: 1,437 / 359). `--states DIR` keeps
+`--images 0` / `--val-images 0` take whole splits (digits: 1,438 / 359). `--states DIR` keeps
 the pretrained states, so evaluation settings can be compared on the same encoders. Seeds
 run in `--jobs` processes of `--threads` torch threads each: on a small CPU shared with other
 work, one thread per process ran 4-5x faster than two (oversubscribed intra-op threads spin).
