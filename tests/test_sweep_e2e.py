@@ -22,6 +22,7 @@ from tiny_model import tiny_model_yaml
 from orchestrator.cli.main import main
 from orchestrator.config import preset_names, read_spec_source
 from orchestrator.tracking import Tracker, resolve_tracking_uri
+from workloads.data import describe_source
 
 SWEEP = """
 name: ktiny
@@ -120,6 +121,10 @@ def test_killed_sweep_keeps_its_finished_trial_and_resumes_the_other_from_its_ch
     command = [sys.executable, "-m", "orchestrator", "sweep", _sweep_yaml(workdir, KILLED)]
     started = time.monotonic()
     tracker = None
+    # Whether the second trial had a run, at each look taken while the first still trained
+    # (one trial at a time here: the second had not started). Runs opened or data declared
+    # at set-up would show up here.
+    second_run_before_start = []
 
     def second_trial_checkpointed_epoch_1(output: str) -> bool:
         nonlocal tracker
@@ -130,6 +135,8 @@ def test_killed_sweep_keeps_its_finished_trial_and_resumes_the_other_from_its_ch
         tracker = tracker or Tracker(resolve_tracking_uri(), "sweeps")
         # A trial's run exists from the moment the trial starts.
         runs = {r.info.run_name: r for r in _child_runs(tracker)}
+        if KEPT in runs and runs[KEPT].info.status != "FINISHED":  # one search: one moment
+            second_run_before_start.append(INTERRUPTED in runs)
         return (
             KEPT in runs
             and INTERRUPTED in runs
@@ -150,6 +157,8 @@ def test_killed_sweep_keeps_its_finished_trial_and_resumes_the_other_from_its_ch
         trainer_pids=lambda: alive_actor_pids(gcs, "ImplicitFunc"),
         interval_s=0.05,
     )
+    # Looked at while planned (the first trial trains for seconds, looked at every 0.05 s).
+    assert second_run_before_start and not any(second_run_before_start)
     interrupted_path = workdir / "mimray-runs" / "ray" / INTERRUPTED
     on_disk = checkpointed_epochs(p.name for p in interrupted_path.glob("checkpoint_epoch_*"))
     runs = {r.info.run_name: r for r in _child_runs(tracker)}
@@ -170,6 +179,7 @@ def test_killed_sweep_keeps_its_finished_trial_and_resumes_the_other_from_its_ch
         f"{time.monotonic() - started:.0f} s"
     )
 
+    digest = describe_source("shapes", num_images=256).digest[:36]
     runs = tracker.client.search_runs([tracker.experiment_id])
     parents = [r for r in runs if r.data.tags.get("mimray.kind") == "sweep"]
     children = {r.info.run_name: r for r in _child_runs(tracker)}
@@ -179,9 +189,14 @@ def test_killed_sweep_keeps_its_finished_trial_and_resumes_the_other_from_its_ch
         assert run.info.status == "FINISHED"
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert run.data.params["method.k"] == run.info.run_name.split("-k-")[1][0]
-        # Declared as the trial started: once, though the interrupted one started twice.
-        inputs = [(i.dataset.name, i.tags[0].value) for i in run.inputs.dataset_inputs]
-        assert inputs == [("shapes-train", "training")]
+        # Declared as the trial started (no run before, checked above), with the digest of
+        # the data it read. One input, though the interrupted trial started twice: MLflow
+        # keeps one input per data set and run, so a restart that declares again adds none;
+        # one that declared other data would add a second.
+        inputs = [
+            (i.dataset.name, i.dataset.digest, i.tags[0].value) for i in run.inputs.dataset_inputs
+        ]
+        assert inputs == [("shapes-train", digest, "training")]
         assert [s for s, _ in tracker.metric_history(run.info.run_id, "epoch/loss")] == [1, 2, 3]
         steps = [s for s, _ in tracker.metric_history(run.info.run_id, "train/loss")]
         assert steps == list(range(1, 3 * STEPS_PER_EPOCH + 1))
