@@ -1,12 +1,12 @@
 """A recorded ablation sweep of any size, laid out with mimray's real sweep and tracker code.
 
 Shared by the golden-output tests (`test_tracker_scale.py`, 50 trials) and the benchmark
-(`benchmarks/tracker_scale.py`, 100 to 5,000 trials). No Ray: `open_sweep_runs` creates the
-parent and trial runs as `mimray sweep` does before Tune starts; each trial then declares its
-training data as a starting trial does; `MlflowReporter` writes what rank 0 writes (epoch
-losses, one LoggedModel per checkpoint); the eval runs carry the tags and inputs `mimray eval`
-gives them. Every number is a function of the trial index, so two layouts
-of the same size hold the same values (only MLflow's ids and timestamps differ).
+(`benchmarks/tracker_scale.py`, 100 to 5,000 trials). No Ray: `open_sweep_runs` opens the
+parent run and every trial's run as each trial opens its own when it starts, through MLflow's
+client; each trial then declares its training data as a starting trial does; `MlflowReporter`
+writes what rank 0 writes (epoch losses, one LoggedModel per checkpoint); the eval runs carry
+the tags and inputs `mimray eval` gives them. Every number is a function of the trial index, so
+two layouts of the same size hold the same values (only MLflow's ids and timestamps differ).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ sweep:
 class Layout:
     parent_run_id: str
     trial_run_ids: list[str]
-    setup_s: float  # open_sweep_runs: parent + trial runs, as `mimray sweep` does
+    setup_s: float  # open_sweep_runs: the parent and every trial's run, as trials open them
     record_s: float  # losses, checkpoints and eval runs
 
 

@@ -102,11 +102,6 @@ class Tracker:
     def end_prefetch(self) -> None:
         self._scope, self._scoped = None, {}
 
-    @property
-    def writes_in_batches(self) -> bool:
-        """Always False: every write is a call of MLflow's client (kept while callers ask)."""
-        return False
-
     def _in_scope(self, tags: Mapping[str, str]) -> bool:
         return self._scope is not None and tags.get(self._scope[0]) == self._scope[1]
 
