@@ -108,3 +108,34 @@ def test_mlflow_reporter_keeps_a_point_per_resume_even_at_a_step_the_run_holds(t
         reporter.close()
     assert tracker.metric_history(run_id, RESUME_METRIC) == [(4, 1.0), (4, 1.0)]
     assert tracker.metric_history(run_id, "train/loss") == []
+
+
+def test_each_worker_resumes_its_own_random_generators(saved):
+    """Every rank writes its generators into the checkpoint; each rank gets its own back,
+    rank 1's included, and continues its draws (masks, noise) where they stopped."""
+    import random
+
+    import numpy as np
+
+    from workloads.checkpoint import restore_random_state, write_random_state
+
+    folder = saved[0]
+    cpu = torch.device("cpu")
+    expected = {}
+    for rank in (0, 1):
+        torch.manual_seed(100 + rank)
+        np.random.seed(200 + rank)
+        random.seed(300 + rank)
+        write_random_state(str(folder), rank, cpu)
+        expected[rank] = (torch.rand(3), np.random.rand(3), random.random())
+
+    for rank in (1, 0):
+        point = resume_point(Checkpoint.from_directory(str(folder)), rank)
+        torch.manual_seed(0), np.random.seed(0), random.seed(0)  # a restarted worker's seed
+        restore_random_state(point.random_state, cpu)
+        draws = (torch.rand(3), np.random.rand(3), random.random())
+        torch.testing.assert_close(draws[0], expected[rank][0])
+        np.testing.assert_array_equal(draws[1], expected[rank][1])
+        assert draws[2] == expected[rank][2]
+    # A run with more workers than the checkpoint's has nothing to restore for the new ranks.
+    assert resume_point(Checkpoint.from_directory(str(folder)), 2).random_state is None
