@@ -72,7 +72,8 @@ def test_a_trial_declares_its_data_once_when_it_starts(workdir, ray_session):
         assert training_inputs(tracker, started.run_id) == declared
 
         # Started again (Tune retries an errored trial, a restore resumes one): the same run,
-        # still one input.
+        # still one input. The run is what can go wrong (a duplicate); the input count alone
+        # could not show a second declaration, as MLflow keeps one input per data set and run.
         again = start_trial(context, configs[1], trials[1].name)
         assert again.run_id == started.run_id and again.resumed
         assert training_inputs(tracker, started.run_id) == declared
