@@ -68,12 +68,15 @@ def _decode_one(
             width, height, rng, augmentation.crop_scale, augmentation.crop_ratio
         )
 
-    try:
-        if scaled_jpeg:
-            resample = "bilinear" if augmentation is None else "bicubic"
+    if scaled_jpeg:
+        resample = "bilinear" if augmentation is None else "bicubic"
+        try:
             fast = decode_jpeg_crop(data, img_size, pick_box, resample)
-            if fast is not None:
-                return fast.pixels
+        except Exception:  # noqa: BLE001 - Pillow decides: it reads JPEGs with minor faults
+            fast = None  # (extraneous bytes, ...) that libjpeg-turbo's strict mode refuses
+        if fast is not None:
+            return fast.pixels
+    try:
         with Image.open(io.BytesIO(data)) as opened:
             image = opened.convert("RGB")  # forces the full decode inside the try
     except Exception:  # noqa: BLE001 - any decoder failure means "corrupt", never a crash
