@@ -58,11 +58,10 @@ def test_trial_drivers_land_on_the_on_demand_node(tmp_path, cluster_temp_dir):
         }
         swept = run_mimray(["sweep", "placed.yaml"], tmp_path, env, timeout=540)
         assert swept.returncode == 0, swept.stdout[-3000:] + swept.stderr[-3000:]
-        assert "[mimray] trial drivers reserve {on_demand: 0.01}" in swept.stdout
-
         # Ray's record: every trial's process (the Tune trial actor) ran on the on-demand node.
         drivers = {a["node_id"] for a in cluster.state("actors", class_name="ImplicitFunc")}
-        assert drivers == on_demand
+        assert drivers == on_demand, f"on-demand node {on_demand}, drivers on {drivers}"
+        assert "[mimray] trial drivers reserve {on_demand: 0.01}" in swept.stdout
     finally:
         cluster.stop()
 

@@ -184,3 +184,18 @@ def test_optuna_suggestions_are_numbered_and_numbering_survives_tunes_restore(tm
     restored.restore_from_dir(str(tmp_path))
     restored.on_trial_complete("b", {"loss": 0.5, "config": second})
     assert restored.searcher.suggest("c")["trial"] == 2
+
+
+def test_optuna_dry_run_says_how_many_trials_and_starts_nothing(workdir):
+    from click.testing import CliRunner
+
+    from orchestrator.cli.main import main
+
+    result = CliRunner().invoke(main, ["sweep", _write(workdir, OPTUNA), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "3 trials, 1 at a time" in result.output
+    assert "optuna search: 3 trials, each point suggested as its trial starts, towards the " in (
+        " ".join(result.output.split())
+    )
+    assert "opt-sample-2_seed-0" in result.output
+    assert not (workdir / "mimray-runs").exists()
