@@ -36,6 +36,15 @@ MODEL = tiny_model(img_size=16)
 CPU = torch.device("cpu")
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny ops on a shared CPU: a second intra-op thread spins more than it helps."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_knn_matches_hand_computed_votes():
     # Bank on the unit circle: angles 0, 30, 90 and 180 degrees.
     bank = torch.tensor([[1.0, 0.0], [math.cos(math.pi / 6), 0.5], [0.0, 2.0], [-3.0, 0.0]])
@@ -106,7 +115,7 @@ def test_probe_optimizer_is_maes_lars():
     assert torch.allclose(probe.head.bias, before_b - 0.5 * probe.head.bias.grad)
 
 
-def test_linear_probe_learns_an_easy_task_and_not_shuffled_labels():
+def test_linear_probe_learns_an_easy_task_and_not_shuffled_labels(one_thread):
     encoder = load_encoder(MODEL, None, init_seed=0)
     train_images, train_labels = _colors("train", 256)
     val = extract_features(encoder, _batches(*_colors("val", 128)), "mean", CPU)
@@ -123,7 +132,7 @@ def test_linear_probe_learns_an_easy_task_and_not_shuffled_labels():
     assert linear_probe(shuffled, val, len(COLOR_CLASSES), LINEAR)["linear/top1"] < 0.6
 
 
-def test_finetune_learns_an_easy_task():
+def test_finetune_learns_an_easy_task(one_thread):
     train_images, train_labels = _colors("train", 256)
     val_images, val_labels = _colors("val", 128)
 
@@ -191,7 +200,7 @@ def test_load_encoder_takes_the_online_encoder_of_a_method(method_name, prefix):
         load_encoder(MODEL, {"decoder.weight": torch.zeros(1)})
 
 
-def test_linear_and_finetune_repeat_exactly_with_their_seed():
+def test_linear_and_finetune_repeat_exactly_with_their_seed(one_thread):
     """Every random draw comes from the spec's seed: head init, feature order, flips. The
     global torch generator is reseeded between runs so nothing can lean on it."""
     noise = torch.Generator().manual_seed(0)
@@ -269,7 +278,7 @@ def _sgd_probe(train, val, num_classes: int) -> float:
         return (probe(val[0]).argmax(dim=1) == val[1]).float().mean().item()
 
 
-def test_preset_probe_on_digits_is_at_least_the_old_sgd_probe():
+def test_preset_probe_on_digits_is_at_least_the_old_sgd_probe(one_thread):
     """`mae-vs-random`'s linear settings (LARS, blr chosen on a selection split) on the
     preset's encoder size, random init (pretraining is too slow for a test; the MAE
     checkpoints' figures are in benchmarks/README.md): not below the SGD probe it replaced."""
