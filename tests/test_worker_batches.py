@@ -3,8 +3,9 @@ every epoch, at a data size larger than the worker's shuffle buffer. Real Ray Da
 
 The stream is the trainer's (`orchestrator.trainer.training_stream`), iterated with the
 worker loop's batch settings (`workloads.data.stream.batch_shuffle_options`). 128 built-in
-images make one block, so Ray Data's per-epoch block reshuffle cannot move anything: what
-reorders rows is the worker's buffer alone (16 rows, an eighth of the data). Crop and flip
+images come as one block here, so Ray Data's per-epoch block reshuffle moves nothing: what
+reorders rows is the worker's buffer alone (16 rows, an eighth of the data); batches are
+also compared as sets, which a reorder of whole blocks would keep. Crop and flip
 are off, so a row is known by its pixels and its stored position read back from a pass in
 stored order. (The same worker path end to end, through the loop itself, is checked by
 `test_tiny_lr_run.py`.)
