@@ -127,20 +127,28 @@ class LocalRayCluster:
     def add_node(self, num_cpus: float, resources: dict[str, float]) -> None:
         # A temp dir of its own, as on a separate machine: nodes sharing one would unpack
         # runtime environments (a job's working_dir) over each other's live copies.
-        temp_dir = self.temp_dir / f"node{len(self.groups)}"
-        temp_dir.mkdir()
-        self._ray_start(
-            [
-                f"--address={self.gcs_address}",
-                f"--node-ip-address={self.node_ip}",
-                "--dashboard-agent-listen-port=0",
-                f"--num-cpus={num_cpus}",
-                f"--resources={json.dumps(resources)}",
-                "--min-worker-port=0",
-                "--max-worker-port=0",
-            ],
-            temp_dir=temp_dir,
-        )
+        args = [
+            f"--address={self.gcs_address}",
+            f"--node-ip-address={self.node_ip}",
+            "--dashboard-agent-listen-port=0",
+            f"--num-cpus={num_cpus}",
+            f"--resources={json.dumps(resources)}",
+            "--min-worker-port=0",
+            "--max-worker-port=0",
+        ]
+        for attempt in range(2):
+            temp_dir = self.temp_dir / f"node{len(self.groups)}"
+            temp_dir.mkdir()
+            try:
+                self._ray_start(args, temp_dir=temp_dir)
+                return
+            except RuntimeError:
+                # On a loaded machine the new raylet can miss `ray start`'s deadline for its
+                # node info ("Deadline Exceeded"): stop what that attempt left, retry once.
+                if attempt:
+                    raise
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.groups[-1], signal.SIGKILL)
 
     def wait_for_dashboard(self, timeout_s: float = 60.0) -> None:
         request = urllib.request.Request(
