@@ -7,6 +7,7 @@ MLflow run, mailed or opened offline, and shows the same table as the Markdown.
 from __future__ import annotations
 
 import html
+import os
 from pathlib import Path
 
 from rich.table import Table
@@ -69,6 +70,20 @@ def notes(report: Report) -> list[str]:
     return lines
 
 
+def shown_uri(tracking_uri: str) -> str:
+    """The tracking URI as a report shows it: a local SQLite store relative to the folder the
+    report was made in (or by its last two path parts), so a report kept in a repository or
+    sent to a colleague carries no path of the machine that made it."""
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix) or not os.path.isabs(tracking_uri[len(prefix) :]):
+        return tracking_uri
+    path = tracking_uri[len(prefix) :]
+    relative = os.path.relpath(path)
+    if not relative.startswith(".."):
+        return prefix + relative
+    return prefix + ".../" + "/".join(path.split("/")[-2:])
+
+
 def render_markdown(report: Report) -> str:
     header, body = table_cells(report)
     lines = [
@@ -76,7 +91,7 @@ def render_markdown(report: Report) -> str:
         "",
         f"Experiment `{report.experiment}`, parent run `{report.parent_run_id}`, "
         f"{len(report.trials)} trials, {report.eval_runs} evaluation runs "
-        f"(tracking URI `{report.tracking_uri}`).",
+        f"(tracking URI `{shown_uri(report.tracking_uri)}`).",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -152,7 +167,8 @@ def render_html(report: Report) -> str:
 <h1>Sweep <code>{esc(report.sweep)}</code>: ablation report</h1>
 <p class="meta">Experiment <code>{esc(report.experiment)}</code>, parent run
 <code>{esc(report.parent_run_id)}</code>, {len(report.trials)} trials,
-{report.eval_runs} evaluation runs; tracking URI <code>{esc(report.tracking_uri)}</code>.</p>
+{report.eval_runs} evaluation runs; tracking URI
+<code>{esc(shown_uri(report.tracking_uri))}</code>.</p>
 <table id="ablation"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>
 <ul class="notes">{note_items}</ul>
 {_baseline_html(report)}

@@ -169,6 +169,10 @@ def test_cli_writes_files_and_attaches_them_to_the_parent_run(store, tmp_path):
     ]
     fetched = client.download_artifacts(parent, "report/report.md", str(tmp_path))
     assert open(fetched, encoding="utf-8").read() == (out / "report.md").read_text()
+    # Reports get checked in and shared: no path of the machine that made them.
+    for page in ("report.md", "report.html"):
+        text = (out / page).read_text()
+        assert str(store["tmp"]) not in text and "/mlflow.db" in text, page
 
 
 def test_sweep_without_evaluations_reports_loss_only(store, tmp_path):
