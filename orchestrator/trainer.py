@@ -76,7 +76,7 @@ def build_trainer(
         # Off: with background upload a checkpoint is recorded in MLflow (and the epoch's step
         # metrics committed with it) only at the next report, so a run killed in between
         # resumes after an epoch that MLflow never recorded. On once the record can follow
-        # the upload itself (see README, "Resume and preemption").
+        # the upload itself (see docs/configuration.md, "Resume and preemption").
         "async_checkpoint_upload": ASYNC_UPLOAD and is_remote(storage_path),
     }
     datasets = {"train": training_stream(spec), **monitor_datasets}

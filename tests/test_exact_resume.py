@@ -4,8 +4,8 @@ from it, a 2-epoch run takes the same steps with the same losses as the run neve
 
 The data is fixed here (stored order kept by Ray Data's `preserve_order`, no crop or flip: what
 Ray Data's tasks draw and the order in which its tasks finish are not part of a checkpoint, see
-README "Resume and preemption"), so what is left to differ after a resume is the random state
-the loop draws from (masks, noise): the checkpoint carries it.
+docs/configuration.md, "Resume and preemption"), so what is left to differ after a resume is
+the random state the loop draws from (masks, noise): the checkpoint carries it.
 """
 
 from __future__ import annotations
