@@ -11,7 +11,7 @@ aggregate to its node's agent every `metrics_report_interval_ms`), so the loop r
 times per step and everything else once per epoch.
 
 Ray 2.60 evicts a gauge from the endpoint when its process has not set it for two report
-intervals (~20 s by default, seen here), even while the process lives. An epoch lasts longer
+intervals, even while the process lives. An epoch lasts longer
 than that, so `GaugeRefresher` sets the last value again every few seconds until it is closed.
 """
 

@@ -67,7 +67,7 @@ class LazyGroup(click.Group):
     """A command group whose commands from other modules are imported only when one runs.
 
     `mimray --help` lists them from their one-line help, so it starts without importing
-    torch, Ray or MLflow (4 s of imports before it printed a line). The one-line help is
+    torch, Ray or MLflow (seconds of imports before it printed a line). The one-line help is
     given where the command is registered; a test checks it matches the command's own."""
 
     def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - click's signature

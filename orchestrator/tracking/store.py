@@ -2,7 +2,7 @@
 
 SQLite stores run in WAL mode with `synchronous=NORMAL`: every MLflow call is one or more
 transactions, and with the default rollback journal each commit waits for several fsyncs
-(~25 ms each here); in WAL mode a commit is an append, and a crash can lose at most the last
+(each costs a disk flush); in WAL mode a commit is an append, and a crash can lose at most the last
 commits, never corrupt the file. (WAL needs a local disk, not a network filesystem.)
 """
 

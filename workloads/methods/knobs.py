@@ -4,7 +4,7 @@ A method's knobs (a pydantic model: the fields a sweep varies as `method.<field>
 one-line summary, its cross-checks against the model section and the image side it wants are
 declared in a `<method>_knobs.py` module beside the method, as one `MethodCard`. Specs are
 validated, `mimray methods` lists the methods and a bad config is refused from these cards
-alone: importing torch (and timm) took ~4 s before the CLI could say a line. The method's
+alone: importing torch (and timm) took seconds before the CLI could say a line. The method's
 model (`Method`, in `base.py`) is imported only where a model is built.
 """
 
