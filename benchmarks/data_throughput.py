@@ -518,7 +518,8 @@ def project_stream(uri: str, out_px: int):
     options = {"img_size": out_px, "augmentation": Augmentation(), "order_seed": 0}
     if "keep" not in inspect.signature(build_dataset).parameters:  # before the decode stage
         return build_dataset(uri, **options).select_columns(["image", "ok"])
-    # As `orchestrator/trainer.py` asks for it (with the decode stage's execution settings).
+    # As `orchestrator/pretrain/trainer.py` asks for it (with the decode stage's execution
+    # settings).
     return build_dataset(uri, **options, keep=("image", "ok"))
 
 

@@ -177,7 +177,7 @@ def pretrain_data_wait(
     read back from MLflow the share of epoch time spent waiting for data (epochs after the
     first, which includes the pipeline's start-up, and all epochs)."""
     from orchestrator.config import load_spec
-    from orchestrator.launch import run_pretrain
+    from orchestrator.pretrain.launch import run_pretrain
     from orchestrator.tracking import Tracker
 
     tracking_uri = f"sqlite:///{os.path.join(workdir, 'mlflow.db')}"

@@ -6,7 +6,7 @@ Both sides train the same tiny MAE with the same loop (`workloads.pretrain`), on
 the built-in shapes, in one process against one local Ray:
 
 - sweep: `mimray sweep`'s `run_sweep` of `--trials` one-worker trials (seeds), which train in
-  the trial's own process (Ray Train's local mode, `orchestrator/local_fit.py`). A trial's wall
+  the trial's own process (Ray Train's local mode, `orchestrator/fit/in_process.py`). A trial's wall
   is measured on the driver, from Tune starting it to Tune seeing it complete;
 - fit: `--trials` bare `TorchTrainer.fit()` calls of the same loop with one Ray Train worker
   (no Tune, no MLflow), timed around `fit()`.
@@ -55,7 +55,7 @@ def sweep_yaml(name: str, trials: int, epochs: int, images: int, seed0: int) -> 
 
 def time_sweep(path: str, name: str) -> list[tuple[str, float, float]]:
     """(trial, wall, epochs' time) of each trial of the sweep at `path`."""
-    import orchestrator.sweep as sweep_module
+    import orchestrator.sweep.runner as sweep_module
     from orchestrator.config import load_sweep
     from orchestrator.tracking import Tracker, resolve_tracking_uri
 
@@ -98,9 +98,9 @@ def time_bare_fit(name: str, epochs: int, images: int, seed: int) -> tuple[str, 
     from ray.train.torch import TorchTrainer
 
     from orchestrator.config import validate_spec
-    from orchestrator.ray_setup import scaling_config
-    from orchestrator.run_prep import check_trainable, resolve_storage_path
-    from orchestrator.trainer import build_trainer
+    from orchestrator.fit.ray_setup import scaling_config
+    from orchestrator.pretrain.prepare import check_trainable, resolve_storage_path
+    from orchestrator.pretrain.trainer import build_trainer
 
     spec = validate_spec(
         {
@@ -137,7 +137,7 @@ def main() -> None:
     args = parser.parse_args()
 
     os.chdir(tempfile.mkdtemp(prefix="mimray-overhead-"))
-    from orchestrator.ray_setup import ensure_ray
+    from orchestrator.fit.ray_setup import ensure_ray
 
     ensure_ray(log_to_driver=False)
     rows: list[tuple[str, str, float, float]] = []

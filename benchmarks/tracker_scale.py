@@ -163,7 +163,7 @@ def time_setup(
     figure)."""
     from recorded_sweep import load_trials
 
-    from orchestrator.sweep import open_sweep_parent, open_sweep_runs
+    from orchestrator.sweep.runner import open_sweep_parent, open_sweep_runs
     from orchestrator.tracking import Tracker
 
     tracker = Tracker(uri, "scale")

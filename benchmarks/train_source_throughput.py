@@ -81,7 +81,7 @@ def main() -> None:
         import boto3
 
         from orchestrator.config import load_spec
-        from orchestrator.launch import run_pretrain
+        from orchestrator.pretrain.launch import run_pretrain
 
         if args.tuned:
             tune_ray_data()

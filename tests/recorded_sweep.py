@@ -19,8 +19,8 @@ from pathlib import Path
 from tiny_model import tiny_model_yaml
 
 from orchestrator.config import load_sweep
-from orchestrator.run_prep import log_training_input
-from orchestrator.sweep import open_sweep_runs
+from orchestrator.pretrain.prepare import log_training_input
+from orchestrator.sweep.runner import open_sweep_runs
 from orchestrator.tracking import (
     CHECKPOINT_EPOCH_TAG,
     CHECKPOINT_URI_TAG,

@@ -4,6 +4,8 @@
   functions (they run later, but a circle through them is still a circle) and leaving out only
   `if TYPE_CHECKING:` blocks, which never run. Imports made by computed name
   (`importlib.import_module(name)`, as the method and source registries do) are not seen.
+- No two folders of `orchestrator/` or `workloads/` import each other, each taken
+  whole (with the modules at their root as one-module folders).
 - `workloads/` never imports `orchestrator/`.
 - Only the tracking modules (`TRACKING_MODULES`) import `mlflow`.
 - Every module is under `MAX_LINES` lines unless its docstring says why it is longer, in words
@@ -30,9 +32,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("orchestrator", "workloads")
 MAX_LINES = 300
-# The modules that may import MLflow: the `orchestrator/tracking/` package (writes; it was
-# tracking.py) and `orchestrator/lookup.py` (reads).
-TRACKING_MODULES = {"orchestrator.tracking", "orchestrator.lookup"}
+# The modules that may import MLflow: the `orchestrator/tracking/` package (writes, and
+# `tracking/lookup.py`: the reads across runs).
+TRACKING_MODULES = {"orchestrator.tracking"}
 TRACKING_PACKAGE = "orchestrator.tracking."
 LONG_MODULE_REASON = re.compile(
     r"\b(longer than|more than|over|above|exceeds?)\s+300\s+lines\b", re.IGNORECASE
@@ -42,7 +44,7 @@ DODGES_A_CIRCLE = re.compile(r"imports this|circular|\bcircles?\b|\bcycles?\b", 
 
 @dataclass(frozen=True)
 class Import:
-    importer: str  # module name, e.g. orchestrator.launch
+    importer: str  # module name, e.g. orchestrator.pretrain.launch
     target: str  # the imported module, resolved to a module or package of the tree when internal
     line: int
     in_function: bool
@@ -221,6 +223,35 @@ def circle_dodges(modules: dict[str, Module]) -> list[str]:
     ]
 
 
+def folder_circles(modules: dict[str, Module]) -> list[list[str]]:
+    """Inside `orchestrator/` and `workloads/`, each folder and each module at their root taken
+    as one node: the circles between them (a module circle inside one folder is also
+    test_no_import_circles')."""
+    graph = import_graph(modules)
+    found: list[list[str]] = []
+    for package in sorted(name for name in modules if name in PACKAGES):
+        prefix = package + "."
+
+        def child(name: str, prefix: str = prefix) -> str | None:
+            if not name.startswith(prefix):
+                return None
+            return prefix + name[len(prefix) :].split(".")[0]
+
+        folded: dict[str, set[str]] = {}
+        for importer, targets in graph.items():
+            node = child(importer)
+            if node is None:
+                continue
+            folded.setdefault(node, set())
+            for target in targets:
+                other = child(target)
+                if other is not None and other != node:
+                    folded[node].add(other)
+                    folded.setdefault(other, set())
+        found += circles(folded)
+    return found
+
+
 # --------------------------------------------------------------------------------------------
 # The rules, on this project.
 # --------------------------------------------------------------------------------------------
@@ -229,7 +260,8 @@ def circle_dodges(modules: dict[str, Module]) -> list[str]:
 @pytest.fixture(scope="module")
 def project() -> dict[str, Module]:
     found = modules_under(ROOT)
-    assert {"orchestrator.launch", "workloads.pretrain"} <= set(found)  # the tree was found
+    # the tree was found
+    assert {"orchestrator.pretrain.launch", "workloads.pretrain"} <= set(found)
     return found
 
 
@@ -238,6 +270,11 @@ def test_no_import_circles(project):
     assert sum(map(len, graph.values())) > 100  # the imports were read
     found = [describe_circle(c, graph) for c in circles(graph)]
     assert not found, "import circles:\n" + "\n".join(found)
+
+
+def test_no_circles_between_folders(project):
+    found = folder_circles(project)
+    assert not found, "folders that import each other: " + "; ".join(map(" <-> ".join, found))
 
 
 def test_workloads_never_imports_orchestrator(project):
@@ -288,6 +325,13 @@ def broken(tmp_path) -> dict[str, Module]:
             "orchestrator/d.py": "from . import c\nimport mlflow\n",
             "orchestrator/tracking.py": "from mlflow import MlflowClient\n",
             "orchestrator/long.py": long_body,
+            # p.x -> q.y and q.z -> p.x: no module circle, but the folders p and q
+            # import each other.
+            "orchestrator/p/__init__.py": "",
+            "orchestrator/p/x.py": "from orchestrator.q import y\n",
+            "orchestrator/q/__init__.py": "",
+            "orchestrator/q/y.py": "",
+            "orchestrator/q/z.py": "from orchestrator.p.x import name\n",
             "orchestrator/long_ok.py": '"""Longer than 300 lines because it is a table."""\n'
             + long_body,
             "workloads/__init__.py": "",
@@ -303,6 +347,10 @@ def test_checkers_find_what_breaks_the_rules(broken):
     # TYPE_CHECKING (never runs), so d -> c (a relative import) closes none.
     assert circles(graph) == [["orchestrator.a", "orchestrator.b"]]
     assert graph["orchestrator.d"] == {"orchestrator.c"}
+    assert folder_circles(broken) == [
+        ["orchestrator.a", "orchestrator.b"],
+        ["orchestrator.p", "orchestrator.q"],
+    ]
     assert workloads_importing_orchestrator(broken) == [
         "workloads.loop:2 imports orchestrator.tracking"
     ]

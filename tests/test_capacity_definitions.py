@@ -206,7 +206,7 @@ def test_every_ray_worker_pod_drains_as_a_preemption_and_resists_consolidation(m
         if group == "head":
             continue  # the head is on-demand and holds the GCS: nothing to drain to
         command = container["lifecycle"]["preStop"]["exec"]["command"]
-        assert command[:3] == ["python", "-m", "orchestrator.pod_drain"], group
+        assert command[:3] == ["python", "-m", "orchestrator.cluster.pod_drain"], group
         grace = int(command[command.index("--grace-seconds") + 1])
         # Kubernetes kills the container at terminationGracePeriodSeconds, preStop included.
         assert grace < pod["spec"]["terminationGracePeriodSeconds"], group

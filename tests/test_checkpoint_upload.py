@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.trainer import is_remote
+from orchestrator.pretrain.trainer import is_remote
 
 
 @pytest.mark.parametrize(

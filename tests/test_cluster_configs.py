@@ -288,7 +288,7 @@ def test_prometheus_on_the_host_sees_rays_discovery_file(name):
 def test_spot_watcher_is_started_and_no_hook_autoscaler_v2_ignores(name, cloud):
     config = load(name)
     workers = config["worker_start_ray_commands"]
-    assert any(f"python -m orchestrator.spot_watch {cloud}" in c for c in workers)
+    assert any(f"python -m orchestrator.cluster.spot_watch {cloud}" in c for c in workers)
     # `ray up` starts autoscaler v2, which never reads v1's scorer hook: none may be promised.
     head = " ".join(config["head_start_ray_commands"])
     assert "RAY_AUTOSCALER_UTILIZATION_SCORER" not in head

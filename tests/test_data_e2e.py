@@ -19,7 +19,7 @@ from PIL import Image
 
 from orchestrator.cli.main import main
 from orchestrator.config import load_spec
-from orchestrator.launch import run_pretrain
+from orchestrator.pretrain.launch import run_pretrain
 from orchestrator.tracking import Tracker, resolve_tracking_uri
 from workloads.data.manifest import read_manifest
 from workloads.data.sources.shapes import render_shapes

@@ -12,7 +12,7 @@ from conftest import TINY_MODEL, serve_mlflow_ui
 
 from orchestrator.cli.main import main
 from orchestrator.config import load_spec
-from orchestrator.launch import run_pretrain
+from orchestrator.pretrain.launch import run_pretrain
 from orchestrator.tracking import Tracker, resolve_tracking_uri
 
 pytestmark = pytest.mark.slow

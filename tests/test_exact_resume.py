@@ -18,8 +18,8 @@ import pytest
 from tiny_model import TINY_MODEL_SPEC
 
 from orchestrator.config import validate_spec
-from orchestrator.run_prep import check_trainable
-from orchestrator.trainer import build_trainer
+from orchestrator.pretrain.prepare import check_trainable
+from orchestrator.pretrain.trainer import build_trainer
 from workloads.checkpoint import CHECKPOINT_FILE
 
 pytestmark = pytest.mark.slow

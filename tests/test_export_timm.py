@@ -16,7 +16,7 @@ from tiny_model import tiny_model
 from orchestrator.cli.main import main
 from orchestrator.config import RunSpec
 from orchestrator.evaluation.baseline import write_baseline_checkpoint
-from orchestrator.export import FEATURE_KWARGS, timm_target
+from orchestrator.evaluation.export import FEATURE_KWARGS, timm_target
 from orchestrator.tracking import KIND_TAG, Tracker
 from workloads.checkpoint import read_checkpoint_state
 from workloads.evaluation.heads import load_encoder

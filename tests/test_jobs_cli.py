@@ -7,8 +7,8 @@ from cli_checks import assert_refused
 from click.testing import CliRunner
 from servers import refused_address
 
-from orchestrator import jobs
 from orchestrator.cli.main import main
+from orchestrator.cluster import jobs
 
 
 @pytest.mark.parametrize(

@@ -35,8 +35,8 @@ sweep:
 
 def test_report_of_a_live_sweep_shows_what_its_eval_runs_recorded(workdir, ray_session, tmp_path):
     from orchestrator.config import load_sweep
-    from orchestrator.report import build_report
-    from orchestrator.sweep import run_sweep
+    from orchestrator.report.table import build_report
+    from orchestrator.sweep.runner import run_sweep
 
     (workdir / "live.yaml").write_text(SWEEP.format(model=tiny_model_yaml()))
     sweep, trials = load_sweep("live.yaml")

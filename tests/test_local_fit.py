@@ -11,7 +11,7 @@ import tempfile
 
 import pytest
 
-from orchestrator.local_fit import CheckpointStore, InProcessTrainer
+from orchestrator.fit.in_process import CheckpointStore, InProcessTrainer
 
 
 def epoch_loop(config: dict, session) -> None:
@@ -149,7 +149,7 @@ def test_tune_restarts_a_crashed_in_process_trial_from_its_last_checkpoint(tmp_p
             )
 
     def trial(config: dict) -> None:
-        from orchestrator.local_fit import InProcessTrainer
+        from orchestrator.fit.in_process import InProcessTrainer
 
         InProcessTrainer(
             loop=loop,

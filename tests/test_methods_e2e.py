@@ -8,7 +8,7 @@ import pytest
 from conftest import TINY_MODEL
 
 from orchestrator.config import load_spec
-from orchestrator.launch import run_pretrain
+from orchestrator.pretrain.launch import run_pretrain
 from orchestrator.tracking import Tracker, resolve_tracking_uri
 from workloads.methods import method_names
 

@@ -24,8 +24,8 @@ from test_dashboards import DASHBOARDS, queried_metrics
 from waiting import wait_until
 
 from orchestrator.config import Trial, load_spec
-from orchestrator.launch import run_pretrain
-from orchestrator.sweep import SweepProgress
+from orchestrator.pretrain.launch import run_pretrain
+from orchestrator.sweep.runner import SweepProgress
 from orchestrator.tracking import RUN_KEY_TAG, Tracker, resolve_tracking_uri
 
 pytestmark = pytest.mark.slow

@@ -3,9 +3,9 @@ metric by metric. Reports are built from numbers chosen here, so every verdict i
 
 from __future__ import annotations
 
-from orchestrator.paper_directions import compare_pairs
-from orchestrator.report import Cell, Column, Report, Row, TrialRecord, row_label
-from orchestrator.report_render import render_markdown
+from orchestrator.report.paper_directions import compare_pairs
+from orchestrator.report.render import render_markdown
+from orchestrator.report.table import Cell, Column, Report, Row, TrialRecord, row_label
 
 KNOBS = ["method.name", "method.mask_ratio", "method.k", "method.gamma", "method.gap",
          "method.delta_r"]  # fmt: skip

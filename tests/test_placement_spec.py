@@ -66,7 +66,7 @@ def test_dry_run_shows_the_custom_resources_per_worker(workdir):
 
 
 def test_trial_drivers_reserve_on_demand_where_the_cluster_marks_it():
-    from orchestrator.sweep_placement import driver_resources_on, trial_resources
+    from orchestrator.sweep.placement import driver_resources_on, trial_resources
 
     marked = {"CPU": 40.0, "GPU": 8.0, "on_demand": 200.0, "gpu_1x": 8.0}
     assert driver_resources_on(marked, {}) == {"on_demand": 0.01}

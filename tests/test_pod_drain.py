@@ -1,4 +1,4 @@
-"""The KubeRay pods' preStop hook (orchestrator/pod_drain.py), run as Kubernetes runs it,
+"""The KubeRay pods' preStop hook (orchestrator/cluster/pod_drain.py), run as Kubernetes runs it,
 against a real two-node Ray cluster: it finds its pod's Ray node by IP, drains it with the
 preemption reason and a deadline (what Ray Train's preemption watcher reads), waits while Ray
 actors still run there, and returns as soon as they leave."""
@@ -16,7 +16,7 @@ import pytest
 import yaml
 from local_ray_cluster import LocalRayCluster
 
-from orchestrator.pod_drain import drain_command
+from orchestrator.cluster.pod_drain import drain_command
 
 ROOT = Path(__file__).resolve().parent.parent
 

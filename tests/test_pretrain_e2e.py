@@ -9,7 +9,7 @@ from conftest import TINY_MODEL
 from interruption import file_states
 
 from orchestrator.config import load_spec
-from orchestrator.launch import run_pretrain
+from orchestrator.pretrain.launch import run_pretrain
 from orchestrator.tracking import CHECKPOINT_URI_TAG, Tracker, resolve_tracking_uri
 from workloads.data import describe_source
 

@@ -14,7 +14,6 @@ from click.testing import CliRunner
 
 from orchestrator.cli.main import main
 from orchestrator.evaluation.checkpoints import resolve_checkpoints
-from orchestrator.provenance import command_line
 from orchestrator.tracking import (
     KIND_TAG,
     RUN_KEY_TAG,
@@ -23,6 +22,7 @@ from orchestrator.tracking import (
     Tracker,
     resolve_tracking_uri,
 )
+from orchestrator.tracking.provenance import command_line
 from orchestrator.tracking.registry import default_alias
 
 SWEEP = "kpick"

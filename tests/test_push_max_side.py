@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from orchestrator.cli.main import main
-from orchestrator.run_prep import TrainingInput, log_training_input
+from orchestrator.pretrain.prepare import TrainingInput, log_training_input
 from tests.cli_checks import assert_refused
 from workloads.data import describe_source
 from workloads.data.manifest import read_manifest

@@ -19,8 +19,8 @@ from orchestrator.evaluation.baseline import (
 )
 from orchestrator.evaluation.chained import chained_evaluations
 from orchestrator.evaluation.checkpoints import Checkpoint, run_checkpoints
-from orchestrator.lookup import open_reader
 from orchestrator.tracking import Tracker
+from orchestrator.tracking.lookup import open_reader
 from workloads.checkpoint import read_checkpoint_spec, read_checkpoint_state
 from workloads.evaluation.heads import load_encoder
 from workloads.pretrain import build_model

@@ -18,9 +18,9 @@ from tiny_model import tiny_model_yaml
 
 from orchestrator.cli.main import main
 from orchestrator.config import load_sweep
-from orchestrator.report import build_report
-from orchestrator.report_render import render_markdown
-from orchestrator.sweep import open_sweep_runs
+from orchestrator.report.render import render_markdown
+from orchestrator.report.table import build_report
+from orchestrator.sweep.runner import open_sweep_runs
 from orchestrator.tracking import (
     CHECKPOINT_EPOCH_TAG,
     EVAL_PROTOCOL_TAG,
@@ -245,7 +245,7 @@ def test_html_page_renders_in_headless_chromium(store, tmp_path):
 def test_eval_targets_and_lineage_of_a_sweep(store):
     from orchestrator.config import ConfigError
     from orchestrator.evaluation.checkpoints import resolve_checkpoints
-    from orchestrator.lineage import lineage
+    from orchestrator.report.lineage import lineage
 
     trials = store["kgrid"]["trials"]
     checkpoints = resolve_checkpoints(store["uri"], "kgrid")  # each trial's last checkpoint

@@ -18,7 +18,7 @@ import torch
 from tiny_model import TINY_MODEL
 
 from orchestrator.config import load_spec
-from orchestrator.launch import run_pretrain
+from orchestrator.pretrain.launch import run_pretrain
 from workloads.checkpoint import read_checkpoint_state
 
 pytestmark = pytest.mark.slow

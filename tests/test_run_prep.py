@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-import orchestrator.run_prep as run_prep
+import orchestrator.pretrain.prepare as run_prep
 from orchestrator.config import load_spec
-from orchestrator.run_prep import check_trainable, described_data, prepare_run
+from orchestrator.pretrain.prepare import check_trainable, described_data, prepare_run
 from orchestrator.tracking import Tracker, resolve_tracking_uri
 
 TINY = ["data.source=shapes", "data.num_images=96", "train.batch_size=16", "train.epochs=1"]

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from recorded_sweep import record_sweep
 
-from orchestrator.lineage import lineage
-from orchestrator.lookup import open_reader
-from orchestrator.report import build_report
+from orchestrator.report.lineage import lineage
+from orchestrator.report.table import build_report
 from orchestrator.tracking import KIND_TAG, RUN_KEY_TAG, SWEEP_TAG, Tracker
+from orchestrator.tracking.lookup import open_reader
 from orchestrator.tracking.reader import ClientReader, RunReader
 from orchestrator.tracking.rest_reads import RestReader
 from orchestrator.tracking.sql_reads import SqlReader, open_sql_reader

@@ -15,7 +15,7 @@ import pytest
 from tiny_model import TINY_MODEL
 
 from orchestrator.config import load_spec
-from orchestrator.launch import run_pretrain
+from orchestrator.pretrain.launch import run_pretrain
 from orchestrator.tracking import CHECKPOINT_URI_TAG, Tracker, resolve_tracking_uri
 from workloads.checkpoint import read_checkpoint_state
 

@@ -1,5 +1,5 @@
-"""orchestrator/spot_watch.py: reading the clouds' interruption notices, and draining the node
-with a reason Ray's own CLI accepts. No cloud: the metadata answers are the documented ones."""
+"""orchestrator/cluster/spot_watch.py: reading the clouds' interruption notices, and draining the
+node with a reason Ray's own CLI accepts. No cloud: the metadata answers are the documented ones."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 import pytest
 from click.testing import CliRunner
 
-from orchestrator import spot_watch
+from orchestrator.cluster import spot_watch
 
 NOW = datetime(2026, 11, 29, 22, 0, 0, tzinfo=timezone.utc).timestamp()
 

@@ -255,7 +255,7 @@ sweep:
 @pytest.mark.slow
 def test_asha_stops_the_diverging_trial_at_its_grace_period(workdir, ray_session):
     from orchestrator.config import load_sweep
-    from orchestrator.sweep import run_sweep
+    from orchestrator.sweep.runner import run_sweep
 
     sweep, trials = load_sweep(_sweep_yaml(workdir, ASHA))
     good, bad = (t.name for t in trials)

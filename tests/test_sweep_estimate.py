@@ -13,7 +13,7 @@ from tiny_model import tiny_model_yaml
 
 from orchestrator.cli.main import main
 from orchestrator.config import load_sweep
-from orchestrator.sweep import open_sweep_runs
+from orchestrator.sweep.runner import open_sweep_runs
 from orchestrator.tracking import Tracker, resolve_tracking_uri
 
 SWEEP = """
@@ -58,7 +58,7 @@ def test_dry_run_estimates_worker_hours_from_recorded_epoch_times(workdir):
 
 
 def test_worker_time_is_printed_in_the_unit_that_shows_it():
-    from orchestrator.sweep_plan import worker_time
+    from orchestrator.sweep.plan import worker_time
 
     assert worker_time(4.0) == "4.00 worker-hours"
     assert worker_time(0.25) == "15.0 worker-minutes"

@@ -14,7 +14,7 @@ import yaml
 from local_ray_cluster import LocalRayCluster, port_for_a_config, run_mimray
 from tiny_model import tiny_model
 
-from orchestrator.sweep_trial import TRIAL_NODE_TAG
+from orchestrator.sweep.trial import TRIAL_NODE_TAG
 
 
 def _sweep(storage: str) -> str:

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from orchestrator.config import ConfigError, load_sweep
-from orchestrator.sweep_space import param_space, searcher, trial_configs
+from orchestrator.sweep.space import param_space, searcher, trial_configs
 
 RANDOM = """
 name: rs

@@ -88,7 +88,7 @@ def test_asha_on_knn_accuracy_needs_the_in_loop_knn_and_mode_max(tmp_path):
     sweep, trials = load_sweep(path, monitored)
     assert all(t.spec.knn_monitor().every == 1 for t in trials)
 
-    from orchestrator.sweep import _scheduler
+    from orchestrator.sweep.runner import _scheduler
 
     scheduler = _scheduler(sweep, max_epochs=4)
     assert (scheduler._metric, scheduler._mode) == ("knn/top1", "max")

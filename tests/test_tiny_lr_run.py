@@ -22,7 +22,7 @@ from tiny_model import TINY_MODEL
 
 from orchestrator.config import load_spec
 from orchestrator.evaluation.baseline import write_baseline_checkpoint
-from orchestrator.launch import run_pretrain
+from orchestrator.pretrain.launch import run_pretrain
 from orchestrator.tracking import Tracker, resolve_tracking_uri
 from workloads.checkpoint import read_checkpoint_spec, read_checkpoint_state
 

@@ -25,7 +25,7 @@ from click.testing import CliRunner
 from recorded_sweep import load_trials
 from tracker_golden import TRIALS, record_and_snapshot
 
-from orchestrator.sweep import open_sweep_runs
+from orchestrator.sweep.runner import open_sweep_runs
 from orchestrator.tracking import KIND_TAG, RUN_KEY_TAG, SWEEP_TAG, Tracker
 from orchestrator.tracking import TRIAL_INDEX_TAG as TRIAL
 
@@ -83,7 +83,7 @@ import os, signal, sys
 sys.path.insert(0, {tests!r})
 from recorded_sweep import load_trials
 from pathlib import Path
-from orchestrator.sweep import open_sweep_runs
+from orchestrator.sweep.runner import open_sweep_runs
 from orchestrator.tracking import Tracker
 
 tracker = Tracker({uri!r}, "restore")
@@ -189,8 +189,8 @@ def test_reads_through_a_real_mlflow_server_are_unchanged(golden_store, monkeypa
     from servers import mlflow_server
     from tracker_golden import EXPERIMENT, snapshot
 
-    from orchestrator.lookup import open_reader
     from orchestrator.tracking import rest_reads
+    from orchestrator.tracking.lookup import open_reader
 
     if partitioned:
         monkeypatch.setattr(rest_reads, "PARTITION_FROM", 1)

@@ -1,8 +1,8 @@
 """What reaches a Train worker: rows in a new random order every epoch, classes mixed in every
 batch, and MAE's RandomResizedCrop + flip for every source. Real Ray Data, real moto S3.
 
-The stream is the one the trainer gets (`orchestrator.trainer.training_stream`), iterated the
-way the worker loop iterates it (`iter_torch_batches` with `batch_shuffle_options`), one
+The stream is the one the trainer gets (`orchestrator.pretrain.trainer.training_stream`), iterated
+the way the worker loop iterates it (`iter_torch_batches` with `batch_shuffle_options`), one
 worker, batches of 32. Images are solid class colours, so a batch's classes can be read from
 the pixels the worker receives, whatever the crop.
 """
@@ -20,7 +20,7 @@ from PIL import Image
 
 from orchestrator.cli.main import main
 from orchestrator.config import load_spec
-from orchestrator.trainer import training_stream
+from orchestrator.pretrain.trainer import training_stream
 from workloads.data import Augmentation, build_dataset
 from workloads.data.decode import augment_pixels
 from workloads.data.decode_stage import BLOCK_BYTES
@@ -221,7 +221,7 @@ def test_data_cpus_are_the_cpus_the_workers_leave(ray_session):
     """Ray Data's CPUs are the cluster's minus the workers' reservation (2 CPUs here), never
     a hand-tuned share; too little left is refused in one line."""
     from orchestrator.config.run import ScalingSpec
-    from orchestrator.ray_setup import data_cpus
+    from orchestrator.fit.ray_setup import data_cpus
 
     assert data_cpus(ScalingSpec(num_workers=2, cpus_per_worker=0.5)) == 1
     assert data_cpus(ScalingSpec(num_workers=1, cpus_per_worker=0.25)) == 1.75

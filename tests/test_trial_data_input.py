@@ -17,11 +17,11 @@ from servers import mlflow_server
 from tiny_model import tiny_model_yaml
 
 from orchestrator.config import load_sweep
-from orchestrator.launch import execute_run
-from orchestrator.run_prep import TrainingInput, check_trainable, log_training_input
-from orchestrator.sweep import open_sweep_parent
-from orchestrator.sweep_space import trial_configs
-from orchestrator.sweep_trial import SweepContext, start_trial
+from orchestrator.pretrain.launch import execute_run
+from orchestrator.pretrain.prepare import TrainingInput, check_trainable, log_training_input
+from orchestrator.sweep.runner import open_sweep_parent
+from orchestrator.sweep.space import trial_configs
+from orchestrator.sweep.trial import SweepContext, start_trial
 from orchestrator.tracking import RUN_KEY_TAG, Tracker
 
 SWEEP = """

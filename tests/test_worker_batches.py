@@ -1,7 +1,7 @@
 """The batches one worker draws from its stream: rows mixed within every batch and a new order
 every epoch, at a data size larger than the worker's shuffle buffer. Real Ray Data.
 
-The stream is the trainer's (`orchestrator.trainer.training_stream`), iterated with the
+The stream is the trainer's (`orchestrator.pretrain.trainer.training_stream`), iterated with the
 worker loop's batch settings (`workloads.data.stream.batch_shuffle_options`). 128 built-in
 images come as one block here, so Ray Data's per-epoch block reshuffle moves nothing: what
 reorders rows is the worker's buffer alone (16 rows, an eighth of the data); batches are
@@ -19,7 +19,7 @@ import numpy as np
 from tiny_model import TINY_MODEL
 
 from orchestrator.config import load_spec
-from orchestrator.trainer import training_stream
+from orchestrator.pretrain.trainer import training_stream
 from workloads.data.stream import batch_shuffle_options
 
 IMAGES, BUFFER, BATCH = 128, 16, 32

@@ -18,8 +18,8 @@ from click.testing import CliRunner
 
 from orchestrator.cli.main import main
 from orchestrator.evaluation.checkpoints import resolve_checkpoints
-from orchestrator.report import build_report
-from orchestrator.report_render import render_markdown, table_cells
+from orchestrator.report.render import render_markdown, table_cells
+from orchestrator.report.table import build_report
 from orchestrator.tracking import Tracker
 
 SWEEP = "golden"

@@ -3,7 +3,7 @@
 The loops in `workloads/` must stay free of MLflow and of `orchestrator/`, yet rank 0 writes
 to MLflow directly. So a loop talks to a `Reporter`; the orchestrator passes an MLflow-backed
 one in the train-loop config, and tests pass a `RecordingReporter`. (Not to be confused with
-the ablation report of `orchestrator/report.py`, which reads what reporters wrote.)
+the ablation report of `orchestrator/report/table.py`, which reads what reporters wrote.)
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ checkpoint folder) through it. Two implementations:
 - `RayTrainSession` (here): a worker of a Ray Train worker group, on Ray Train's public API
   (`ray.train.report`, `get_checkpoint`, `get_context`, `get_dataset_shard`,
   `get_preemption_info`, `ray.train.torch`);
-- `orchestrator/local_fit.py`'s in-process session: one CPU worker in the calling process
+- `orchestrator/fit/in_process.py`'s in-process session: one CPU worker in the calling process
   (a `mimray pretrain` with one worker, a Tune function trainable, an evaluation), with
   checkpoints in mimray's own store under the run's storage path and, inside a Tune trial,
   reports through `ray.tune.report`.

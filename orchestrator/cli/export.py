@@ -36,7 +36,9 @@ def export(model: str, to: str, out: str | None, tracking_uri: str | None) -> No
     if to not in FORMATS:
         fail(f"--to: unknown format {to!r}; allowed: {', '.join(FORMATS)}")
     from orchestrator.config import ConfigError
-    from orchestrator.export import export_to_timm  # torch: only once the arguments are valid
+    from orchestrator.evaluation.export import (
+        export_to_timm,  # torch: only once the arguments are valid
+    )
 
     try:
         uri = _checkpoint_uri(model, tracking_uri)

@@ -20,7 +20,7 @@ address_option = click.option(
 
 
 def _client(address: str | None) -> Any:
-    from orchestrator.jobs import JobsError, JobsUsageError, connect, normalise_address
+    from orchestrator.cluster.jobs import JobsError, JobsUsageError, connect, normalise_address
 
     try:
         normalise_address(address)  # a malformed address is a usage error, before any I/O
@@ -32,7 +32,7 @@ def _client(address: str | None) -> Any:
 
 
 def _run(action: Callable[[], Any]) -> Any:
-    from orchestrator.jobs import JobsError, JobsUsageError
+    from orchestrator.cluster.jobs import JobsError, JobsUsageError
 
     try:
         return action()
@@ -77,7 +77,7 @@ def submit(
     """
     import os
 
-    from orchestrator import jobs
+    from orchestrator.cluster import jobs
 
     if not command:
         fail("command: nothing to run; e.g. mimray submit -- sweep emae-k")
@@ -115,7 +115,7 @@ def jobs() -> None:
 @address_option
 def jobs_list(address: str | None) -> None:
     """Every job the cluster knows, oldest first."""
-    from orchestrator.jobs import list_jobs
+    from orchestrator.cluster.jobs import list_jobs
 
     client = _client(address)
     table = Table("job", "status", "started (UTC)", "entrypoint")
@@ -129,7 +129,7 @@ def jobs_list(address: str | None) -> None:
 @address_option
 def jobs_status(job_id: str, address: str | None) -> None:
     """The status of JOB_ID (exit 1 when it failed or was stopped)."""
-    from orchestrator.jobs import job_status
+    from orchestrator.cluster.jobs import job_status
 
     client = _client(address)
     job = _run(lambda: job_status(client, job_id))
@@ -144,7 +144,7 @@ def jobs_status(job_id: str, address: str | None) -> None:
 @click.option("-f", "--follow", is_flag=True, help="Keep streaming until the job ends.")
 def jobs_logs(job_id: str, address: str | None, follow: bool) -> None:
     """The output of JOB_ID's driver."""
-    from orchestrator.jobs import follow_logs, job_logs
+    from orchestrator.cluster.jobs import follow_logs, job_logs
 
     client = _client(address)
     if follow:
@@ -158,7 +158,7 @@ def jobs_logs(job_id: str, address: str | None, follow: bool) -> None:
 @address_option
 def jobs_stop(job_id: str, address: str | None) -> None:
     """Ask the cluster to stop JOB_ID (its trials end; a re-submitted sweep resumes them)."""
-    from orchestrator.jobs import stop_job
+    from orchestrator.cluster.jobs import stop_job
 
     client = _client(address)
     stopped = _run(lambda: stop_job(client, job_id))

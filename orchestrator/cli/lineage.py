@@ -24,8 +24,8 @@ def lineage(target: str, tracking_uri: str | None, as_json: bool) -> None:
     TARGET is a run id (sweep, trial, pretrain or eval run), a checkpoint model id (m-...),
     a run name or a sweep name.
     """
-    from orchestrator.lineage import lineage as build_lineage
-    from orchestrator.lineage import lineage_tree
+    from orchestrator.report.lineage import lineage as build_lineage
+    from orchestrator.report.lineage import lineage_tree
 
     try:
         tree = build_lineage(resolve_tracking_uri(tracking_uri), target)

@@ -72,7 +72,7 @@ def _pretrain(
     except ConfigError as err:
         fail(str(err))
     from orchestrator.console_log import quiet_libraries
-    from orchestrator.launch import run_pretrain  # heavy imports only after validation
+    from orchestrator.pretrain.launch import run_pretrain  # heavy imports only after validation
 
     quiet_libraries()  # mimray's lines and errors on the console; the rest to a log file
 
@@ -127,7 +127,7 @@ def sweep(
         sweep_spec, trials = load_sweep(config, [*overrides, *([f"name={name}"] if name else [])])
     except ConfigError as err:
         fail(str(err))
-    from orchestrator.sweep_plan import plan_summary, plan_table
+    from orchestrator.sweep.plan import plan_summary, plan_table
 
     console.print(plan_table(sweep_spec, trials))
     console.print(plan_summary(sweep_spec, trials))
@@ -136,7 +136,7 @@ def sweep(
     from orchestrator.console_log import quiet_libraries
 
     quiet_libraries()  # before Ray, Tune and MLflow are imported: their handlers get gated
-    from orchestrator.sweep import run_sweep, summary_table
+    from orchestrator.sweep.runner import run_sweep, summary_table
 
     result = run_sweep(sweep_spec, trials, address=address)
     console.print(summary_table(result))

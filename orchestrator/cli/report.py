@@ -30,9 +30,9 @@ def report(sweep: str, out: Path | None, experiment: str | None, tracking_uri: s
     Writes report.md and report.html (plots inline) and attaches both to the sweep's parent
     run in MLflow under report/."""
     from orchestrator.cli.common import console, fail
-    from orchestrator.paper_directions import compare_pairs
-    from orchestrator.report import ReportError, attach_report, build_report
-    from orchestrator.report_render import report_paths, rich_table, write_report
+    from orchestrator.report.paper_directions import compare_pairs
+    from orchestrator.report.render import report_paths, rich_table, write_report
+    from orchestrator.report.table import ReportError, attach_report, build_report
     from orchestrator.tracking import resolve_tracking_uri
     from orchestrator.tracking.rest_reads import usable
 

@@ -14,7 +14,7 @@ sweep:
 
 The samples are drawn once, by the driver, from a seeded generator, so every trial is a
 validated run spec with a stable name before anything starts, and `--dry-run` lists them. The
-same distributions become Tune's `param_space` (`orchestrator.sweep_space`).
+same distributions become Tune's `param_space` (`orchestrator.sweep.space`).
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from orchestrator.lookup import RunReader, TrackedRun, checkpoint_models
 from orchestrator.tracking import Tracker
+from orchestrator.tracking.lookup import RunReader, TrackedRun, checkpoint_models
 from workloads.checkpoint import CHECKPOINT_FILE, SPEC_FILE
 from workloads.data.object_store import filesystem_for
 from workloads.pretrain import build_model

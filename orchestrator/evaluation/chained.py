@@ -7,8 +7,8 @@ from orchestrator.config import ConfigError, EvalSpec
 from orchestrator.evaluation.baseline import ensure_baseline_model
 from orchestrator.evaluation.checkpoints import Checkpoint, run_checkpoints
 from orchestrator.evaluation.runs import EvalResult, evaluate_checkpoint, print_result
-from orchestrator.lookup import RunReader, TrackedRun, open_reader
 from orchestrator.tracking import Tracker
+from orchestrator.tracking.lookup import RunReader, TrackedRun, open_reader
 from workloads.checkpoint import read_checkpoint_spec
 
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from orchestrator.config import ConfigError
-from orchestrator.lookup import (
+from orchestrator.tracking import KIND_TAG, PRETRAIN_RUN_TAG, SWEEP_TAG
+from orchestrator.tracking.lookup import (
     RunReader,
     TrackedModel,
     TrackedRun,
@@ -19,7 +20,6 @@ from orchestrator.lookup import (
     open_reader,
     sweep_trials,
 )
-from orchestrator.tracking import KIND_TAG, PRETRAIN_RUN_TAG, SWEEP_TAG
 from orchestrator.tracking.registry import REGISTRY_PREFIX, registered_model_id
 
 

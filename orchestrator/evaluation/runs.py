@@ -15,10 +15,8 @@ from typing import Any
 from orchestrator.config import ConfigError, EvalSpec, flatten
 from orchestrator.evaluation.checkpoints import Checkpoint
 from orchestrator.evaluation.data import EvalData, describe_eval_data, labelled_dataset
-from orchestrator.local_fit import InProcessTrainer
-from orchestrator.lookup import is_result_metric
-from orchestrator.provenance import commit_tags
-from orchestrator.ray_setup import ensure_ray
+from orchestrator.fit.in_process import InProcessTrainer
+from orchestrator.fit.ray_setup import ensure_ray, runs_in_process, worker_scaling
 from orchestrator.tracking import (
     CHECKPOINT_EPOCH_TAG,
     CHECKPOINT_URI_TAG,
@@ -29,7 +27,8 @@ from orchestrator.tracking import (
     SWEEP_TAG,
     Tracker,
 )
-from orchestrator.trainer import runs_in_process, worker_scaling
+from orchestrator.tracking.lookup import is_result_metric
+from orchestrator.tracking.provenance import commit_tags
 from workloads.checkpoint import read_checkpoint_spec
 from workloads.evaluation.loop import eval_loop_per_worker, evaluate
 

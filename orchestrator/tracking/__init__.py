@@ -1,6 +1,8 @@
-"""Everything a run records in MLflow, and the only package (with `lookup.py`, the reads that
-span runs, sweeps and checkpoints) that imports MLflow.
+"""Everything a run records in MLflow, and the reads back from it: the only package that
+imports MLflow.
 
+- `lookup.py`: the reads that span runs, sweeps and checkpoints (report, lineage, eval).
+- `provenance.py`: which code produced a run (version, commit, config fingerprint).
 - `names.py`: the tags by which runs, sweeps, evaluations and checkpoints are found.
 - `store.py`: where the store is (`./mimray-runs/` or MLFLOW_TRACKING_URI) and how SQLite commits.
 - `tracker.py`: the driver's writes, all through `MlflowClient`; each run found or created by a

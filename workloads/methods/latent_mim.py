@@ -22,7 +22,7 @@ Crop) each image straight to g·(p+gap) and the model cuts one p×p crop per (p+
 with no further resampling; evaluation sees g·p images and plain patches. Resizing belongs
 to the data side, so the method states the size it wants, `train_img_size` (g·(p+gap); the
 registry's `train_img_size(spec)` answers for any run), and whoever builds the training
-stream asks for it (`orchestrator/trainer.py:training_stream` does). Given g·(p+gap) images
+stream asks for it (`orchestrator/pretrain/trainer.py:training_stream` does). Given g·(p+gap) images
 the crops are exact pixel copies. Given model.img_size (g·p) images, e.g.
 from a stream that did not ask, the method first resizes them bilinearly to g·(p+gap) — an
 upsampling that blurs every patch and confounds the gap ablation — and logs

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from orchestrator import console_log, ray_internals
+from orchestrator.config import EvalSpec, RunSpec
 
 # This driver's Ray session folder, from what `ray.init` returned (public: RayContext).
 _session_dir: str | None = None
@@ -105,3 +106,17 @@ def data_cpus(scaling: Any) -> float | None:
             f"allowed: num_workers x cpus_per_worker <= {total - 1:g}"
         )
     return free
+
+
+def runs_in_process(spec: RunSpec | EvalSpec) -> bool:
+    """One CPU worker trains (or evaluates) in the calling process (`in_process.py`): no worker
+    group to start. Several workers keep Ray Train's TorchTrainer, and so does a GPU worker:
+    the CLI's own process holds no GPU from Ray, so it could not pick its device."""
+    return spec.scaling.num_workers == 1 and not spec.scaling.use_gpu
+
+
+def worker_scaling(
+    spec: RunSpec | EvalSpec, extra_resources: Mapping[str, float] | None = None
+) -> Any:
+    """The worker group's ScalingConfig, with `extra_resources` per worker."""
+    return scaling_config(spec.scaling, extra_resources)

@@ -2,11 +2,11 @@
 
 The driver opens the sweep's parent run, which lists the planned trials, and starts Tune.
 Each trial builds its run spec from Tune's config and opens its own MLflow run when it starts
-(`sweep_trial.py`): a child of the parent run, keyed by the trial's deterministic name, so a
+(`trial.py`): a child of the parent run, keyed by the trial's deterministic name, so a
 retried trial or a restored sweep finds its run again instead of making a duplicate. A trial's
 Train run name is its trial name, so a restored trial resumes from its own last checkpoint.
 Grid and random trials are known before Tune starts; Optuna suggests its trials as they start
-(`sweep_space.py`). Trial drivers stay off spot capacity (`sweep_placement.py`).
+(`space.py`). Trial drivers stay off spot capacity (`placement.py`).
 """
 
 from __future__ import annotations
@@ -22,15 +22,15 @@ from ray.tune import PlacementGroupFactory
 
 from orchestrator import console_log
 from orchestrator.config import ConfigError, SweepSpec, Trial
-from orchestrator.ray_setup import ensure_ray
-from orchestrator.run_prep import (
+from orchestrator.fit.ray_setup import ensure_ray, runs_in_process
+from orchestrator.pretrain.prepare import (
     PreparedRun,
     TrainableData,
     check_trainable,
     described_data,
     resolve_storage_path,
 )
-from orchestrator.sweep_outcomes import (  # noqa: F401 - TrialOutcome, summary_table re-exported
+from orchestrator.sweep.outcomes import (  # noqa: F401 - TrialOutcome, summary_table re-exported
     SweepResult,
     TrialOutcome,
     as_row,
@@ -39,12 +39,11 @@ from orchestrator.sweep_outcomes import (  # noqa: F401 - TrialOutcome, summary_
     summary_table,
     trial_table_markdown,
 )
-from orchestrator.sweep_placement import ON_DEMAND, driver_resources, trial_resources
-from orchestrator.sweep_progress import SweepProgress, ray_log_dir
-from orchestrator.sweep_space import TRIAL_KEY, param_space, searcher
-from orchestrator.sweep_trial import SweepContext, knob_values, open_trial_run, run_trial
+from orchestrator.sweep.placement import ON_DEMAND, driver_resources, trial_resources
+from orchestrator.sweep.progress import SweepProgress, ray_log_dir
+from orchestrator.sweep.space import TRIAL_KEY, param_space, searcher
+from orchestrator.sweep.trial import SweepContext, knob_values, open_trial_run, run_trial
 from orchestrator.tracking import KIND_TAG, SWEEP_TAG, Tracker, resolve_tracking_uri
-from orchestrator.trainer import runs_in_process
 
 # Trial runs opened at once through a tracking server by `open_sweep_runs`.
 SETUP_THREADS = 8
@@ -87,7 +86,7 @@ def open_sweep_runs(
 ) -> tuple[str, list[PreparedRun]]:
     """The sweep's whole record as it stands once every trial has started, laid out without
     Tune: the parent run, and each trial's run opened as the trial opens it
-    (`sweep_trial.open_trial_run`), its training input left to declare
+    (`trial.open_trial_run`), its training input left to declare
     (`PreparedRun.input_at_start`). For tools that record or measure a sweep's runs
     (`tests/recorded_sweep.py`, `benchmarks/tracker_scale.py`); `mimray sweep` opens only
     the parent, and each trial its own run.

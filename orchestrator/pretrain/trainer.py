@@ -1,40 +1,24 @@
 """The Ray Train V2 trainer of one pretrain run: its workers, data streams and run config.
 
 A sweep trial builds the same trainer as `mimray pretrain`. One CPU worker trains in the
-calling process (`local_fit.py`'s in-process session); more workers, or a GPU, get a Ray Train
+calling process (`fit/in_process.py`'s in-process session); more workers, or a GPU, get a Ray Train
 worker group. Both run the same loop (`workloads/pretrain.py`) and both fit with `.fit()`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-from orchestrator.config import EvalSpec, RunSpec
+from orchestrator.config import RunSpec
 from orchestrator.evaluation.data import describe_eval_data, labelled_dataset
-from orchestrator.local_fit import InProcessTrainer
-from orchestrator.ray_setup import data_config, scaling_config
+from orchestrator.fit.in_process import InProcessTrainer
+from orchestrator.fit.ray_setup import data_config, runs_in_process, worker_scaling
 from workloads.data import build_dataset
 from workloads.data.stream import PRETRAINING_COLUMNS, order_seed, pretraining_view
 from workloads.methods import train_img_size
 from workloads.optim import Schedule
 from workloads.pretrain import pretrain, train_loop_per_worker
 from workloads.progress import progress_every_s
-
-
-def runs_in_process(spec: RunSpec | EvalSpec) -> bool:
-    """One CPU worker trains (or evaluates) in the calling process (`local_fit.py`): no worker
-    group to start. Several workers keep Ray Train's TorchTrainer, and so does a GPU worker:
-    the CLI's own process holds no GPU from Ray, so it could not pick its device."""
-    return spec.scaling.num_workers == 1 and not spec.scaling.use_gpu
-
-
-def worker_scaling(
-    spec: RunSpec | EvalSpec, extra_resources: Mapping[str, float] | None = None
-) -> Any:
-    """The worker group's ScalingConfig, with `extra_resources` per worker."""
-    return scaling_config(spec.scaling, extra_resources)
-
 
 # Whether worker groups upload checkpoints to object storage in the background.
 ASYNC_UPLOAD = False

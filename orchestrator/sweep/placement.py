@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from orchestrator.config import RunSpec
-from orchestrator.trainer import runs_in_process
+from orchestrator.fit.ray_setup import runs_in_process
 
 # A trial's own driver only waits on its Train workers. A whole CPU per trial deadlocks small
 # machines, and Tune refuses zero, so it reserves a sliver.

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from orchestrator.report import Cell, Column, Report, Row
+from orchestrator.report.table import Cell, Column, Report, Row
 
 Wanted = str | float | Callable[[float], bool]
 

@@ -2,7 +2,7 @@
 
 Every knob a trial sets (`method.k`, `train.seed`, ...) is a key of Tune's `param_space`, so
 Tune's ResultGrid carries a `config/method.k` column per knob, and each trial builds its run
-spec from those values (`sweep_trial.py`): grid values as `tune.grid_search`, random-search
+spec from those values (`trial.py`): grid values as `tune.grid_search`, random-search
 knobs as their Tune distributions, the values of explicit points as `tune.choice`. For grid and
 random search the trials are mimray's (validated and named before Tune starts): a
 `BasicVariantGenerator` is handed each trial's values, in order, as a point to evaluate, so
@@ -13,6 +13,7 @@ same distributions, and Tune's `OptunaSearch` suggests each trial's values as it
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from ray.tune.search import ConcurrencyLimiter, Searcher
@@ -134,3 +135,9 @@ def _tune_domain(distribution: Distribution) -> Any:
         "randint": lambda args: tune.randint(*args),
     }[distribution.kind]
     return make(distribution.args)
+
+
+# Tune pickles NumberedSearch (Optuna sweeps) into a sweep's saved state by module name. Sweeps
+# saved before the sweep modules became a package name it by this module's old name, and
+# must still restore.
+sys.modules.setdefault("orchestrator.sweep_space", sys.modules[__name__])

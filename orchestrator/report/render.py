@@ -12,14 +12,14 @@ from pathlib import Path
 
 from rich.table import Table
 
-from orchestrator.paper_directions import (
+from orchestrator.report.paper_directions import (
     baseline_comparisons,
     baseline_lines,
     compare_pairs,
     direction_lines,
 )
-from orchestrator.report import Cell, Column, Report, short_keys
-from orchestrator.report_plots import plot_loss_curves, plot_metric_vs_knob, png_base64
+from orchestrator.report.plots import plot_loss_curves, plot_metric_vs_knob, png_base64
+from orchestrator.report.table import Cell, Column, Report, short_keys
 
 MISSING = "—"
 

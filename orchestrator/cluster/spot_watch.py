@@ -21,7 +21,7 @@ and on GCP's 30 s notice those seconds matter. So a notice becomes an absolute d
 is read (AWS gives the time; on GCP the notice began after the last poll that saw none), and
 the seconds left are counted from that deadline when the drain command is built.
 
-    python -m orchestrator.spot_watch aws|gcp
+    python -m orchestrator.cluster.spot_watch aws|gcp
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def _this_node_id() -> str:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1 or argv[0] not in ("aws", "gcp"):
-        print("usage: python -m orchestrator.spot_watch aws|gcp", file=sys.stderr)
+        print("usage: python -m orchestrator.cluster.spot_watch aws|gcp", file=sys.stderr)
         return 2
     cloud = argv[0]
     command = drain_on_notice(cloud, _poll_aws if cloud == "aws" else _poll_gcp, _this_node_id)

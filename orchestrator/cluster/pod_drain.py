@@ -14,7 +14,7 @@ The hook then waits while Ray actors still live on the node (the worker group le
 at most the grace period it was given, so Kubernetes does not kill the container under a
 checkpoint being written. A pod the Ray autoscaler removes as idle has none: it returns at once.
 
-    python -m orchestrator.pod_drain --grace-seconds 110
+    python -m orchestrator.cluster.pod_drain --grace-seconds 110
 
 The pod's Ray node is found by its IP (`MIMRAY_NODE_IP`, from the pod's status.podIP).
 """
@@ -33,7 +33,7 @@ POLL_S = 2.0
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m orchestrator.pod_drain")
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.cluster.pod_drain")
     parser.add_argument("--grace-seconds", type=int, default=110, help="the pod's notice")
     parser.add_argument("--node-ip", default=os.environ.get("MIMRAY_NODE_IP"))
     parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS", "auto"))

@@ -1,9 +1,9 @@
 """Launching pretrain runs: a validated spec becomes a fitted Ray Train run and its MLflow run.
 
 `run_pretrain` is `mimray pretrain`: check the data once, prepare the run's record
-(`run_prep.py`), fit it (`execute_run`, with the trainer of `trainer.py`) and run the spec's
+(`prepare.py`), fit it (`execute_run`, with the trainer of `trainer.py`) and run the spec's
 chained evaluations. A sweep trial calls `execute_run` and `evaluate_after` on runs the sweep
-prepared. Re-running a name continues the run (see `run_prep.py`).
+prepared. Re-running a name continues the run (see `prepare.py`).
 """
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ from typing import Any
 from orchestrator import console_log
 from orchestrator.config import RunSpec, check_name
 from orchestrator.evaluation.chained import run_chained_evaluations
-from orchestrator.ray_setup import ensure_ray
-from orchestrator.run_prep import (
+from orchestrator.fit.ray_setup import ensure_ray
+from orchestrator.pretrain.prepare import (
     PreparedRun,
     check_trainable,
     default_run_name,
     log_training_input,
     prepare_run,
 )
+from orchestrator.pretrain.trainer import build_trainer
 from orchestrator.tracking import Tracker, resolve_tracking_uri
-from orchestrator.trainer import build_trainer
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def execute_run(
         log_training_input(tracker, run.run_id, run.input_at_start)
     tracker.mark_running(run.run_id)
     try:
-        # One CPU worker trains in this process (`local_fit.py`), more in a worker group.
+        # One CPU worker trains in this process (`fit/in_process.py`), more in a worker group.
         result = trainer.fit()
     except SystemExit:
         # Tune stops an in-process trial (ASHA) by exiting its thread at a report: the epochs

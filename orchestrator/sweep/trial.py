@@ -17,9 +17,9 @@ from typing import Any
 
 from orchestrator.config import RunSpec, SweepSpec, validate_spec
 from orchestrator.config.sweep import trial_spec
-from orchestrator.launch import evaluate_after, execute_run
-from orchestrator.run_prep import PreparedRun, TrainableData, check_trainable, prepare_run
-from orchestrator.sweep_space import TRIAL_KEY
+from orchestrator.pretrain.launch import evaluate_after, execute_run
+from orchestrator.pretrain.prepare import PreparedRun, TrainableData, check_trainable, prepare_run
+from orchestrator.sweep.space import TRIAL_KEY
 from orchestrator.tracking import KIND_TAG, SWEEP_TAG, TRIAL_INDEX_TAG, Tracker
 from workloads.data import DatasetInfo
 
@@ -39,8 +39,9 @@ class SweepContext:
     tracking_uri: str
     experiment: str
     storage_path: str
-    # Training data sets the driver described before Tune started (`run_prep.described_data`):
-    # a trial whose data is among them does not list its source again.
+    # Training data sets the driver described before Tune started
+    # (`pretrain.prepare.described_data`): a trial whose data is among them does not list its source
+    # again.
     described: Mapping[str, DatasetInfo]
 
     def spec_of(self, config: Mapping[str, Any]) -> RunSpec:

@@ -23,8 +23,8 @@ from typing import NamedTuple
 
 from orchestrator.config import RunSpec
 from orchestrator.evaluation.data import describe_eval_data
-from orchestrator.provenance import run_tags
 from orchestrator.tracking import RunHandle, Tracker, default_root
+from orchestrator.tracking.provenance import run_tags
 from workloads.data import DatasetInfo, describe_source
 from workloads.optim import Schedule, make_schedule
 

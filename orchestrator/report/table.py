@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.errors import ConfigError
-from orchestrator.lookup import (
+from orchestrator.tracking.artifacts import attach_files
+from orchestrator.tracking.lookup import (
     RunReader,
     TrackedRun,
     open_reader,
@@ -27,7 +28,6 @@ from orchestrator.lookup import (
     sweep_runs,
     sweep_trials,
 )
-from orchestrator.tracking.artifacts import attach_files
 from orchestrator.tracking.names import (
     CHECKPOINT_EPOCH_TAG,
     EVAL_PROTOCOL_TAG,

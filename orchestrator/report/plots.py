@@ -8,7 +8,7 @@ import io
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from orchestrator.report import Column, Report, short_keys
+from orchestrator.report.table import Column, Report, short_keys
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

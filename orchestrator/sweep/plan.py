@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.table import Table
 
 from orchestrator.config import SweepSpec, Trial
+from orchestrator.fit.ray_setup import runs_in_process
 from orchestrator.tracking import measured_epoch_seconds, resolve_tracking_uri
 
 
@@ -19,8 +20,7 @@ def trial_resources(trial: Trial) -> str:
 
 
 def trial_process(trial: Trial) -> str:
-    # Mirrors trainer.runs_in_process without importing trainer (torch, Ray) for a dry run.
-    if trial.spec.scaling.num_workers == 1 and not trial.spec.scaling.use_gpu:
+    if runs_in_process(trial.spec):
         return "trained in the trial's own process (no worker group to start)"
     return (
         "Train workers + a 0.01 CPU trial driver (on on-demand nodes where the cluster marks "

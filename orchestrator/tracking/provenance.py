@@ -28,7 +28,7 @@ MIMRAY_ENTRY_POINTS = ("mimray", "orchestrator/__main__.py", "orchestrator/cli/m
 @functools.lru_cache(maxsize=1)  # a sweep set-up tags 1,000 runs: one `git` call, not 1,000
 def git_commit() -> str | None:
     """The commit of the mimray source in use, when it is a git checkout."""
-    source = Path(__file__).resolve().parent.parent
+    source = Path(__file__).resolve().parents[2]  # the checkout (orchestrator/tracking/..)
     try:
         out = subprocess.run(
             ["git", "-C", str(source), "rev-parse", "HEAD"],

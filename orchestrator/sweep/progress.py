@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from typing import Any
 
 from ray.tune import Callback
 
 from orchestrator.config import Trial
-from orchestrator.ray_setup import session_logs_dir
+from orchestrator.fit.ray_setup import session_logs_dir
 from workloads.live_metrics import SweepMetrics
 
 
@@ -85,3 +86,9 @@ class SweepProgress(Callback):
         # The last counts stay in Prometheus' history; the endpoint drops them once unrefreshed.
         if getattr(self, "_metrics", None) is not None:
             self._metrics.close()
+
+
+# Tune pickles this callback into a sweep's saved state by module name. Sweeps
+# saved before the sweep modules became a package name it by this module's old name, and
+# must still restore.
+sys.modules.setdefault("orchestrator.sweep_progress", sys.modules[__name__])

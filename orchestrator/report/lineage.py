@@ -12,7 +12,13 @@ from typing import Any
 from rich.tree import Tree
 
 from orchestrator.errors import ConfigError
-from orchestrator.lookup import (
+from orchestrator.tracking import (
+    EVAL_PROTOCOL_TAG,
+    KIND_TAG,
+    MODEL_ID_TAG,
+    PRETRAIN_RUN_TAG,
+)
+from orchestrator.tracking.lookup import (
     checkpoint_models,
     checkpoint_models_of,
     eval_runs_of,
@@ -24,12 +30,6 @@ from orchestrator.lookup import (
     prefetch_sweep,
     sweep_eval_runs,
     sweep_trials,
-)
-from orchestrator.tracking import (
-    EVAL_PROTOCOL_TAG,
-    KIND_TAG,
-    MODEL_ID_TAG,
-    PRETRAIN_RUN_TAG,
 )
 from orchestrator.tracking.records import TrackedModel, TrackedRun
 
