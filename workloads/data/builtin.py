@@ -117,7 +117,8 @@ class BuiltinSource(DataSource):
             },
             batch_format="numpy",
             batch_size=batch_size,
-            concurrency=cluster_decode_plan().tasks,  # the memory bound, see decode_stage.py
+            # At most this many tasks at once: the memory bound, see decode_stage.py.
+            compute=ray.data.TaskPoolStrategy(size=cluster_decode_plan().tasks),
         )
 
     def push_rows(

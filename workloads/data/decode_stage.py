@@ -141,10 +141,12 @@ def decode_in_tasks(
 ) -> ray.data.Dataset:
     """`dataset`'s blocks decoded by `decode` in tasks, fused with the read before it (no
     `batch_size`: Ray fuses a read only into a map that takes whole blocks)."""
+    import ray.data
+
     return dataset.map_batches(
         KeepColumns(decode, keep, options or {}),
         batch_format="pyarrow",
-        concurrency=cluster_decode_plan().tasks,
+        compute=ray.data.TaskPoolStrategy(size=cluster_decode_plan().tasks),
     )
 
 
