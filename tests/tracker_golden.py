@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from orchestrator.cli.main import main
 from orchestrator.evaluation.checkpoints import resolve_checkpoints
-from orchestrator.report.render import render_markdown, table_cells
+from orchestrator.report.render import render_markdown, shown_uri, table_cells
 from orchestrator.report.table import build_report
 from orchestrator.tracking import Tracker
 
@@ -55,7 +55,8 @@ def id_labels(tracker: Tracker) -> dict[str, str]:
 def normalise(text: str, labels: dict[str, str], uri: str) -> str:
     for raw, label in labels.items():
         text = text.replace(raw, label)
-    return text.replace(uri, "<tracking-uri>")
+    # The report shows a local store by its short form (no machine path): both are the store.
+    return text.replace(uri, "<tracking-uri>").replace(shown_uri(uri), "<tracking-uri>")
 
 
 def snapshot(tracker: Tracker, uri: str, trial_ids: list[str]) -> dict[str, Any]:
