@@ -26,8 +26,9 @@ pytestmark = pytest.mark.slow
 
 # The notice reaches the workers seconds after the drain (10-15 s seen on a loaded machine:
 # the CLI, the watcher's poll, a step), and the restart needs a few more: the epochs after the
-# first leave it time to land before the run ends.
-EPOCHS, STEPS_PER_EPOCH = 6, 48  # 1,536 images / batch 32
+# first leave it time to land before the run ends, also on an idle machine where an epoch
+# takes under 2 s.
+EPOCHS, STEPS_PER_EPOCH = 16, 48  # 1,536 images / batch 32
 DEADLINE_S = 300  # the notice's window; cut short once the checkpoint is in
 SETTINGS = [
     *TINY_MODEL,
@@ -70,7 +71,13 @@ def test_a_preempted_run_checkpoints_at_the_notice_and_resumes_from_that_step(
         cluster.start_head(num_cpus=2)
         cluster.add_node(num_cpus=1, resources={"trainer": 1})
         spot = [n for n in cluster.alive_nodes() if "trainer" in n["resources_total"]]
-        env = {**os.environ, "RAY_ADDRESS": cluster.gcs_address, "RAY_AUTH_MODE": "disabled"}
+        env = {
+            **os.environ,
+            "RAY_ADDRESS": cluster.gcs_address,
+            "RAY_AUTH_MODE": "disabled",
+            # A progress line within the first epoch, however short the epoch is.
+            "MIMRAY_PROGRESS_EVERY_S": "0.5",
+        }
         sets = [arg for setting in SETTINGS for arg in ("--set", setting)]
         log_path = workdir / "run.log"
         with log_path.open("w") as log:
