@@ -31,6 +31,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+# MAE's ViT-B/16 recipe (512-d, 8-block decoder): the model the GPU figures are quoted for.
+VIT_B = dict(
+    img_size=224,
+    patch_size=16,
+    embed_dim=768,
+    depth=12,
+    num_heads=12,
+    decoder_dim=512,
+    decoder_depth=8,
+    decoder_num_heads=16,
+)
+
 # Dense (not 2:4 sparse) bf16 tensor-core peaks from the vendors' data sheets, in FLOP/s.
 # Matched against torch.cuda.get_device_name() in order: the first substring found wins.
 PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (

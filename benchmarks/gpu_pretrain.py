@@ -38,21 +38,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # sibling modules
 
-from gpu_flops import peak_flops_for, step_flops_per_image  # noqa: E402
+from gpu_flops import VIT_B, peak_flops_for, step_flops_per_image  # noqa: E402
 from gpu_report import print_report, summary  # noqa: E402
 
 SIZES: dict[str, dict[str, int]] = {
-    # MAE's ViT-B/16 recipe: 512-d, 8-block decoder.
-    "vit-b": dict(
-        img_size=224,
-        patch_size=16,
-        embed_dim=768,
-        depth=12,
-        num_heads=12,
-        decoder_dim=512,
-        decoder_depth=8,
-        decoder_num_heads=16,
-    ),
+    "vit-b": VIT_B,  # MAE's ViT-B/16 recipe
     # ViT-S/16 with a lighter decoder (256-d, 4 blocks), so the decoder does not dominate.
     "vit-s": dict(
         img_size=224,

@@ -36,20 +36,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from gpu_flops import PEAK_BF16_FLOPS, step_flops_per_image  # noqa: E402
+from gpu_flops import PEAK_BF16_FLOPS, VIT_B, step_flops_per_image  # noqa: E402
 
 BUSY_TARGET = 0.95
 METHODS = {"MAE ViT-B/16": ("mae", {}), "EMAE K=4 ViT-B/16": ("emae", {"k": 4})}
-VIT_B = dict(
-    img_size=224,
-    patch_size=16,
-    embed_dim=768,
-    depth=12,
-    num_heads=12,
-    decoder_dim=512,
-    decoder_depth=8,
-    decoder_num_heads=16,
-)
 
 
 @dataclass(frozen=True)
