@@ -45,7 +45,8 @@ def cluster_temp_dir():
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """Start local Ray once; every test that needs Ray shares it (start-up costs seconds)."""
+    """Start local Ray once per test process (pytest-xdist runs two); every test of that
+    process that needs Ray shares it (start-up costs seconds)."""
     import ray
 
     if not ray.is_initialized():
