@@ -89,12 +89,40 @@ def start_server(folder: Path, db: Path, workers: int = 1) -> tuple[subprocess.P
     while True:
         try:
             urllib.request.urlopen(f"{url}/health", timeout=2)
-            return server, url
+            break
         except OSError:
             if server.poll() is not None or time.monotonic() > deadline:
                 stop_server(server)
                 raise RuntimeError("mlflow server did not start") from None
             time.sleep(0.3)
+    # /health answers once one worker is up; the others are still importing MLflow, and
+    # timings taken meanwhile share the CPUs with them. Wait until the server is idle.
+    wait_until_idle(server.pid, deadline)
+    return server, url
+
+
+def wait_until_idle(group: int, deadline: float) -> None:
+    """Until the processes of process group `group` use under 5% of a CPU over a second."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def cpu_seconds() -> float:
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # it ended meanwhile
+            if int(fields[2]) == group:  # pgrp; then utime and stime at 11 and 12
+                total += int(fields[11]) + int(fields[12])
+        return total / tick
+
+    before = cpu_seconds()
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = cpu_seconds()
+        if now - before < 0.05:
+            return
+        before = now
 
 
 def stop_server(server: subprocess.Popen) -> None:

@@ -8,12 +8,15 @@ what the reference, MLflow's public client (`ClientReader`), returns on the same
   were altered (a column added, one renamed) is refused, and the readers fall back to MLflow's
   client with the same report and lineage.
 - The SELECTs cannot write: SQLite refuses a write through their connection.
+- On such a store a sweep's reads need no MLflow import (where most of their CPU went).
 """
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,10 +46,14 @@ def recorded(tmp_path_factory):
         [tracker.experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'eval'"
     )
     tracker.client.delete_run(evals[0].info.run_id)  # deleted runs are left out by every reader
-    return folder, uri, tracker.experiment_id, layout
+    deleted_model = tracker.client.search_logged_models([tracker.experiment_id])[0].model_id
+    tracker.client.delete_logged_model(deleted_model)  # and so are deleted LoggedModels
+    return folder, uri, tracker.experiment_id, layout, deleted_model
 
 
-def same_reads(fast: RunReader, reference: ClientReader, experiment_id: str, layout) -> None:
+def same_reads(
+    fast: RunReader, reference: ClientReader, experiment_id: str, layout, deleted_model: str
+) -> None:
     """Every read the readers make, through `fast` and through `reference`, compared."""
     experiments = [experiment_id]
     assert fast.experiments() == reference.experiments()
@@ -75,6 +82,8 @@ def same_reads(fast: RunReader, reference: ClientReader, experiment_id: str, lay
     assert len(models) > TRIALS  # two checkpoints for some trials
     assert fast.model(models[0].model_id) == reference.model(models[0].model_id)
     assert fast.model("m-nosuch") is None and reference.model("m-nosuch") is None
+    assert fast.model(deleted_model) is None and reference.model(deleted_model) is None
+    assert deleted_model not in {model.model_id for model in models}
     spec = fast.text_artifact(layout.parent_run_id, "sweep_spec.json")
     assert spec is not None and spec == reference.text_artifact(
         layout.parent_run_id, "sweep_spec.json"
@@ -83,20 +92,40 @@ def same_reads(fast: RunReader, reference: ClientReader, experiment_id: str, lay
 
 
 def test_sql_reads_return_what_mlflows_client_returns(recorded):
-    _, uri, experiment_id, layout = recorded
+    _, uri, experiment_id, layout, deleted_model = recorded
     fast = open_reader(uri)
     assert isinstance(fast, SqlReader)  # the store's tables are the expected ones
-    same_reads(fast, ClientReader(uri), experiment_id, layout)
+    same_reads(fast, ClientReader(uri), experiment_id, layout, deleted_model)
+
+
+def test_the_selects_read_a_sweep_without_importing_mlflow(recorded):
+    """Importing MLflow and opening its store cost more CPU than all of a 1,000-trial sweep's
+    reads: on a store the SELECTs can read, `lineage` and the reads of `report` need neither."""
+    _, uri, *_ = recorded
+    script = (
+        "import sys\n"
+        "from orchestrator.report.lineage import lineage\n"
+        "from orchestrator.report.table import build_report\n"
+        f"tree = lineage({uri!r}, {SWEEP!r})\n"
+        f"report = build_report({uri!r}, None, {SWEEP!r})\n"
+        "assert len(tree['runs']) == len(report.trials) > 0\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'sqlalchemy')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
 
 
 def test_rest_reads_return_what_mlflows_client_returns(recorded):
     from servers import mlflow_server
 
-    folder, uri, experiment_id, layout = recorded
+    folder, uri, experiment_id, layout, deleted_model = recorded
     with mlflow_server(uri, str(folder / "served")) as url:
         fast = open_reader(url)
         assert isinstance(fast, RestReader)
-        same_reads(fast, ClientReader(url), experiment_id, layout)
+        same_reads(fast, ClientReader(url), experiment_id, layout, deleted_model)
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ same store. Reads only: nothing here writes.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import tempfile
@@ -93,10 +94,15 @@ class ClientReader:
     """The reference reader: `MlflowClient`'s search and get calls, on any store MLflow opens."""
 
     def __init__(self, tracking_uri: str) -> None:
+        self.tracking_uri = tracking_uri
+
+    @functools.cached_property
+    def client(self) -> Any:
+        """`MlflowClient` on the store, made at its first use: importing MLflow and opening
+        its store cost seconds that a subclass answering from elsewhere never pays."""
         from mlflow import MlflowClient
 
-        self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri)
+        return MlflowClient(self.tracking_uri)
 
     def experiments(self) -> dict[str, str]:
         found: dict[str, str] = {}

@@ -26,7 +26,7 @@ UNSUPPORTED_SETTINGS = ("MLFLOW_TRACKING_AUTH", "MLFLOW_TRACKING_AWS_SIGV4")
 HISTORY_POINTS_CAP = 25_000  # the bulk history endpoint's cap (it takes 100 runs)
 # Searches of this many runs or more are made in 16 parts at once (by the run id's first
 # digit): one search's pages come one after the other, parts let the server's workers share.
-PARTITION_FROM = 2000
+PARTITION_FROM = 500
 
 
 class ServerError(Exception):

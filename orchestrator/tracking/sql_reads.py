@@ -1,10 +1,13 @@
-"""A sweep's runs and loss curves read from an SQLite store with plain SELECTs (`SqlReader`).
+"""A sweep's runs, checkpoints and loss curves read from an SQLite store with plain SELECTs
+(`SqlReader`).
 
 `MlflowClient.search_runs` builds an ORM object for every param, tag and metric of every run it
-returns, and the client has no bulk metric history: at 1,000 trials of ~60 params `report` and
-`lineage` spend seconds there. `SqlReader` answers the two reads a sweep makes at that size
-(`tagged`, `metric_histories`) with SELECTs over MLflow's tables and everything else through
-`ClientReader`; the records are the same (`test_sql_reads.py` compares them on one store).
+returns, the client has no bulk metric history, and importing MLflow and opening its store cost
+more CPU than all of a sweep's reads: `report` and `lineage` spent most of their time there.
+`SqlReader` answers every read a sweep makes (experiments, runs, LoggedModels, metric histories,
+a small artifact of a run on local disk) with SELECTs over MLflow's tables, and only what it
+cannot (an artifact in object storage) through `ClientReader`, whose client is made at its
+first use; the records are the same (`test_run_readers.py` compares them on one store).
 
 It is used only where the tables it reads have exactly the columns it was written for
 (`READ_TABLES`, checked on the store itself, not on MLflow's version): a release that adds,
@@ -18,11 +21,12 @@ import contextlib
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
-from orchestrator.tracking.reader import ClientReader, chunks
-from orchestrator.tracking.records import MetricPoint, TrackedRun, dataset_uses
+from orchestrator.tracking.reader import RUN_ID_PATTERN, ClientReader
+from orchestrator.tracking.records import MetricPoint, TrackedModel, TrackedRun
+from orchestrator.tracking.sql_rows import chunks, marks, tracked_models, tracked_runs
 
-IDS_PER_SELECT = 500  # run ids per `IN (...)`: well under SQLite's variable limit
 # The tables these SELECTs read and their columns, as MLflow 3.17's SQL store lays them out.
 READ_TABLES: dict[str, frozenset[str]] = {
     "runs": frozenset(
@@ -41,7 +45,20 @@ READ_TABLES: dict[str, frozenset[str]] = {
         "dataset_uuid experiment_id name digest dataset_source_type dataset_source "
         "dataset_schema dataset_profile".split()
     ),
+    "experiments": frozenset(
+        "experiment_id name artifact_location lifecycle_stage creation_time last_update_time "
+        "workspace".split()
+    ),
+    "logged_models": frozenset(
+        "model_id experiment_id name artifact_location creation_timestamp_ms "
+        "last_updated_timestamp_ms status lifecycle_stage model_type source_run_id "
+        "status_message".split()
+    ),
+    "logged_model_params": frozenset({"model_id", "experiment_id", "param_key", "param_value"}),
+    "logged_model_tags": frozenset({"model_id", "experiment_id", "tag_key", "tag_value"}),
 }
+RUN_COLUMNS = "run_uuid, name, status, start_time, end_time, experiment_id"
+MODEL_COLUMNS = "model_id, name, experiment_id, model_type, source_run_id"
 
 
 def sqlite_path(tracking_uri: str) -> Path | None:
@@ -78,7 +95,7 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 
 class SqlReader(ClientReader):
-    """`ClientReader` with a sweep's runs and metric histories selected from the tables."""
+    """Every read of a sweep selected from the tables; `ClientReader` for the rest."""
 
     def __init__(self, tracking_uri: str, path: Path) -> None:
         super().__init__(tracking_uri)
@@ -89,13 +106,28 @@ class SqlReader(ClientReader):
         with contextlib.closing(_connect(self.path)) as connection:
             yield connection
 
+    def experiments(self) -> dict[str, str]:
+        with self._select() as connection:
+            rows = connection.execute(
+                "SELECT experiment_id, name FROM experiments WHERE lifecycle_stage = 'active'"
+            ).fetchall()
+        return {str(experiment): name for experiment, name in rows}
+
+    def experiment_id(self, name: str) -> str | None:
+        # As `get_experiment_by_name`: deleted experiments too.
+        with self._select() as connection:
+            found = connection.execute(
+                "SELECT experiment_id FROM experiments WHERE name = ?", [name]
+            ).fetchone()
+        return str(found[0]) if found else None
+
     def tagged(
         self, experiment_ids: Sequence[str], tags: Mapping[str, str], expected: int = 0
     ) -> list[TrackedRun]:
         experiments = [int(e) for e in experiment_ids]
         query = (
-            "SELECT run_uuid, name, status, start_time, end_time, experiment_id FROM runs r "
-            f"WHERE experiment_id IN ({_marks(experiments)}) AND lifecycle_stage = 'active'"
+            f"SELECT {RUN_COLUMNS} FROM runs r "
+            f"WHERE experiment_id IN ({marks(experiments)}) AND lifecycle_stage = 'active'"
         )
         args: list[object] = [*experiments]
         for key, value in tags.items():
@@ -107,35 +139,49 @@ class SqlReader(ClientReader):
         # MLflow's default order: newest first, then run id.
         query += " ORDER BY start_time DESC, run_uuid"
         with self._select() as connection:
-            found = connection.execute(query, args).fetchall()
-            ids = [row[0] for row in found]
-            run_tags = _key_values(connection, "tags", ids)
-            params = _key_values(connection, "params", ids)
-            metrics = _latest_metrics(connection, ids)
-            inputs = _dataset_inputs(connection, ids)
-        return [
-            TrackedRun(
-                run_id=run_id,
-                name=name,
-                experiment_id=str(experiment),
-                status=status,
-                start_time=start,
-                end_time=end,
-                tags=run_tags.get(run_id, {}),
-                params=params.get(run_id, {}),
-                metrics=metrics.get(run_id, {}),
-                datasets=dataset_uses(list(inputs.get(run_id, {}).values())),
-            )
-            for run_id, name, status, start, end, experiment in found
-        ]
+            return tracked_runs(connection, connection.execute(query, args).fetchall())
+
+    def run(self, run_id: str) -> TrackedRun | None:
+        if not RUN_ID_PATTERN.fullmatch(run_id):
+            return None
+        with self._select() as connection:  # as `get_run`: deleted runs too
+            found = connection.execute(
+                f"SELECT {RUN_COLUMNS} FROM runs WHERE run_uuid = ?", [run_id]
+            ).fetchall()
+            runs = tracked_runs(connection, found)
+        return runs[0] if runs else None
+
+    def model(self, model_id: str) -> TrackedModel | None:
+        if not model_id.startswith("m-"):
+            return None
+        with self._select() as connection:
+            found = connection.execute(
+                f"SELECT {MODEL_COLUMNS} FROM logged_models "
+                "WHERE model_id = ? AND lifecycle_stage != 'deleted'",
+                [model_id],
+            ).fetchall()
+            models = tracked_models(connection, found)
+        return models[0] if models else None
+
+    def models_of(self, experiment_id: str, run_ids: Sequence[str]) -> list[TrackedModel]:
+        ids = [run_id for run_id in run_ids if RUN_ID_PATTERN.fullmatch(run_id)]
+        found: list[tuple] = []
+        with self._select() as connection:
+            for chunk in chunks(ids):
+                found += connection.execute(
+                    f"SELECT {MODEL_COLUMNS} FROM logged_models WHERE experiment_id = ? "
+                    f"AND lifecycle_stage != 'deleted' AND source_run_id IN ({marks(chunk)})",
+                    [int(experiment_id), *chunk],
+                ).fetchall()
+            return tracked_models(connection, found)
 
     def metric_histories(self, run_ids: Sequence[str], key: str) -> dict[str, list[MetricPoint]]:
         histories: dict[str, list[MetricPoint]] = {run_id: [] for run_id in run_ids}
         with self._select() as connection:
-            for chunk in chunks(run_ids, IDS_PER_SELECT):
+            for chunk in chunks(run_ids):
                 rows = connection.execute(
                     "SELECT run_uuid, step, timestamp, value, is_nan FROM metrics "
-                    f"WHERE key = ? AND run_uuid IN ({_marks(chunk)})",
+                    f"WHERE key = ? AND run_uuid IN ({marks(chunk)})",
                     [key, *chunk],
                 )
                 for run_id, step, timestamp, value, is_nan in rows:
@@ -144,54 +190,29 @@ class SqlReader(ClientReader):
             points.sort()
         return histories
 
-
-def _marks(values: Sequence[object]) -> str:
-    return ", ".join("?" * len(values))
-
-
-def _key_values(
-    connection: sqlite3.Connection, table: str, ids: list[str]
-) -> dict[str, dict[str, str]]:
-    """Run id -> {key: value} of its rows in `table` (tags or params)."""
-    found: dict[str, dict[str, str]] = {}
-    for chunk in chunks(ids, IDS_PER_SELECT):
-        rows = connection.execute(
-            f"SELECT run_uuid, key, value FROM {table} WHERE run_uuid IN ({_marks(chunk)})", chunk
-        )
-        for run_id, key, value in rows:
-            found.setdefault(run_id, {})[key] = value
-    return found
-
-
-def _latest_metrics(connection: sqlite3.Connection, ids: list[str]) -> dict[str, dict[str, float]]:
-    found: dict[str, dict[str, float]] = {}
-    for chunk in chunks(ids, IDS_PER_SELECT):
-        rows = connection.execute(
-            "SELECT run_uuid, key, value, is_nan FROM latest_metrics "
-            f"WHERE run_uuid IN ({_marks(chunk)})",
-            chunk,
-        )
-        for run_id, key, value, is_nan in rows:
-            found.setdefault(run_id, {})[key] = float("nan") if is_nan else value
-    return found
+    def text_artifact(self, run_id: str, path: str) -> str | None:
+        """Read from the run's artifact folder when it is on local disk (what MLflow's local
+        artifact repository reads); through MLflow's client from anywhere else."""
+        with self._select() as connection:
+            found = connection.execute(
+                "SELECT artifact_uri FROM runs WHERE run_uuid = ?", [run_id]
+            ).fetchone()
+        if found is None:
+            return None
+        folder = local_folder(found[0] or "")
+        if folder is None:
+            return super().text_artifact(run_id, path)
+        try:
+            return (folder / path).read_text()
+        except OSError:
+            return None
 
 
-def _dataset_inputs(
-    connection: sqlite3.Connection, ids: list[str]
-) -> dict[str, dict[str, tuple[str, str, dict[str, str]]]]:
-    """Run id -> dataset id -> (name, digest, input tags) of its dataset inputs."""
-    found: dict[str, dict[str, tuple[str, str, dict[str, str]]]] = {}
-    for chunk in chunks(ids, IDS_PER_SELECT):
-        rows = connection.execute(
-            "SELECT i.destination_id, d.dataset_uuid, d.name, d.digest, t.name, t.value "
-            "FROM inputs i JOIN datasets d ON i.source_id = d.dataset_uuid "
-            "LEFT JOIN input_tags t ON t.input_uuid = i.input_uuid "
-            f"WHERE i.destination_type = 'RUN' AND i.destination_id IN ({_marks(chunk)})",
-            chunk,
-        )
-        for run_id, dataset_id, name, digest, tag_key, tag_value in rows:
-            inputs = found.setdefault(run_id, {})
-            entry = inputs.setdefault(dataset_id, (name, digest, {}))
-            if tag_key is not None:
-                entry[2][tag_key] = tag_value
-    return found
+def local_folder(artifact_uri: str) -> Path | None:
+    """The folder of a `file:` (or scheme-less) artifact URI; None for any other scheme."""
+    parsed = urlparse(artifact_uri)
+    if parsed.scheme == "file" and parsed.netloc in ("", "localhost"):
+        return Path(unquote(parsed.path))
+    if parsed.scheme == "" and artifact_uri.startswith("/"):
+        return Path(artifact_uri)
+    return None
