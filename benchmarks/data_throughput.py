@@ -381,6 +381,8 @@ class Measured:
     images_per_cpu_s: float  # all images / CPU seconds the side's processes used
     images: int
     detail: str = ""
+    # CPU seconds by process (this driver, Ray's daemons, workers by their title), --breakdown
+    breakdown: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def cpu_snapshot(ignore: set[int] | None = None) -> tuple[float, dict[int, float]]:
@@ -413,6 +415,14 @@ def cpu_seconds_since(start: tuple[float, dict[int, float]], ignore: set[int] | 
     return used
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds process `pid` has used so far."""
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
 def measure(batches: Iterable[Any], started: float, ignore: set[int] | None = None) -> Measured:
     """Consume `batches` (image tensors) as fast as they come; `ignore`: pids whose CPU time
     is not this side's (the Ray processes, while the DataLoader runs)."""
@@ -431,7 +441,24 @@ def measure(batches: Iterable[Any], started: float, ignore: set[int] | None = No
         raise RuntimeError("no batch came out")
     cpu = cpu_seconds_since(cpu_start, ignore)
     steady = after_first / (last - first_at) if last > first_at else float("nan")
-    return Measured(first_at - started, steady, count / (last - started), count / cpu, count)
+    measured = Measured(first_at - started, steady, count / (last - started), count / cpu, count)
+    measured.breakdown = cpu_by_process(cpu_start, ignore)
+    return measured
+
+
+def cpu_by_process(start: tuple[float, dict[int, float]], ignore: set[int] | None) -> dict:
+    """CPU seconds since `start` by process name (Ray names its workers by what they run)."""
+    import psutil
+
+    own, descendants = cpu_snapshot(ignore)
+    spent = {"driver (incl. reaped children)": own - start[0]}
+    for pid, seconds in descendants.items():
+        try:
+            name = psutil.Process(pid).name()[:40]
+        except psutil.Error:
+            name = "gone"
+        spent[name] = spent.get(name, 0.0) + seconds - start[1].get(pid, 0.0)
+    return dict(sorted(spent.items(), key=lambda item: -item[1]))
 
 
 class ShardStream(torch.utils.data.IterableDataset):
@@ -468,6 +495,7 @@ def run_dataloader(source: Source, cpus: int, batch: int) -> Measured:
     import psutil
     import torch
 
+    # Ray's processes, and the S3 server (counted on neither side: see `run_ray`).
     ray_processes = {child.pid for child in psutil.Process().children(recursive=True)}
     started = time.perf_counter()
     loader = torch.utils.data.DataLoader(
@@ -523,7 +551,12 @@ def project_stream(uri: str, out_px: int):
     return build_dataset(uri, **options, keep=("image", "ok"))
 
 
-def run_ray(source: Source, config: RayConfig, batch: int, stats: bool) -> Measured:
+def run_ray(
+    source: Source, config: RayConfig, batch: int, stats: bool, store_server: set[int]
+) -> Measured:
+    """One pass of the Ray side. Every process of this tree counts (the driver, Ray's
+    daemons and workers), except `store_server`: the S3 server serves both sides, is not part
+    of a training node, and the DataLoader's pass never counted it."""
     import ray.data
 
     context = ray.data.DataContext.get_current()
@@ -540,7 +573,7 @@ def run_ray(source: Source, config: RayConfig, batch: int, stats: bool) -> Measu
         batches = dataset.iter_torch_batches(
             batch_size=batch, prefetch_batches=config.prefetch_batches
         )
-        result = measure((rows["image"] for rows in batches), started)
+        result = measure((rows["image"] for rows in batches), started, ignore=store_server)
     finally:
         context.target_max_block_size, context.use_datasource_v2 = saved
         os.environ.pop(BIN_PACKING_ENV, None)
@@ -654,6 +687,9 @@ def main() -> None:
     parser.add_argument("--ray", default="mimray", help=f"of {', '.join(RAY_CONFIGS)}")
     parser.add_argument("--data-dir", default="/tmp/mimray-bench-data")
     parser.add_argument("--stats", action="store_true", help="print Ray Data's stats per run")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="print each pass's CPU seconds by process"
+    )
     args = parser.parse_args()
     cases = [CASES[name] for name in args.cases.split(",")]
     stores = args.stores.split(",")
@@ -700,6 +736,11 @@ def main() -> None:
                     paths = [str(folder / name) for name in files]
                     uri = str(folder)
                 sources.append(Source(case, store, uri, paths, endpoint))
+        # Ray starts its workers at niceness +15 by default (its raylet's `worker_niceness`),
+        # the DataLoader's workers run at this process's: on a machine shared with niced work
+        # the Ray side's decoders lost the CPU to it while the DataLoader's did not. The same
+        # niceness both ways (set before Ray starts; its raylet reads it).
+        os.environ["RAY_worker_niceness"] = "0"
         ray.init(
             address="local",  # its own Ray, not one another process on the machine started
             num_cpus=args.cpus,
@@ -718,22 +759,44 @@ def main() -> None:
             print(f"load average {os.getloadavg()[0]:.2f} ({source.case.name} {source.store})")
             results: dict[str, list[Measured]] = {"DataLoader": []}
             results.update({name: [] for name in configs})
+            server_cpu: dict[str, list[float]] = {name: [] for name in results}
             for round_index in range(args.rounds):
                 # A finished Ray Data iterator's blocks can stay in Ray's object store until
                 # Python's cyclic GC frees them (1.1 GiB of 2 seen between runs here): the next
                 # run then spilled to disk. Collected before every run, both sides alike.
                 gc.collect()
+                before = process_cpu(server.pid)
                 results["DataLoader"].append(run_dataloader(source, args.cpus, args.batch))
+                server_cpu["DataLoader"].append(process_cpu(server.pid) - before)
                 for name, config in configs.items():
                     gc.collect()
-                    measured = run_ray(source, config, args.batch, args.stats)
+                    before = process_cpu(server.pid)
+                    measured = run_ray(source, config, args.batch, args.stats, {server.pid})
+                    server_cpu[name].append(process_cpu(server.pid) - before)
                     results[name].append(measured)
+                    if args.breakdown:
+                        for side, pass_ in (
+                            ("DataLoader", results["DataLoader"][-1]),
+                            (name, measured),
+                        ):
+                            spent = ", ".join(
+                                f"{process} {seconds:.2f}"
+                                for process, seconds in pass_.breakdown.items()
+                                if seconds >= 0.01
+                            )
+                            print(f"CPU s by process, {side} round {round_index + 1}: {spent}")
                     if args.stats and round_index == args.rounds - 1:
                         print(f"--- {source.case.name} {source.store} {name}\n{measured.detail}")
             if source.case.imagenet_like and source.case.name not in decoders:
                 decoders[source.case.name] = best_single_thread(
                     source.case, folders[source.case.name]
                 )
+            if source.store == "s3":
+                spent = ", ".join(
+                    f"{name} {'/'.join(f'{value:.1f}' for value in values)} s"
+                    for name, values in server_cpu.items()
+                )
+                print(f"S3 server CPU per pass, counted on neither side: {spent}")
             print(HEADER)
             for row in table_rows(source.case.name, source.store, results, args.cpus):
                 print_row(row)

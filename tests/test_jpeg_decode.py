@@ -143,3 +143,63 @@ def test_decode_images_fast_and_plain_paths_agree(photos):
         assert mean <= MOVED_BOX[0] and psnr >= MOVED_BOX[1], row
     # The CMYK JPEG and the PNG went the plain way: identical.
     assert np.array_equal(fast[4], plain[4]) and np.array_equal(fast[6], plain[6])
+
+
+def test_resize_crop_hands_back_pixels_without_a_transpose(photos):
+    """The kernel is given the crop with channels-last strides, so it writes (h, w, 3)
+    pixels: equal to resizing the planar crop, C-contiguous as they come, and no dearer than
+    the kernel alone (a planar result had to be transposed back, which doubled the CPU)."""
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    pixels = np.ascontiguousarray(photos[0][:375, :500])
+    for box in [(30, 20, 400, 320), (0, 0, 500, 375), (100, 50, 101, 300), (7, 9, 231, 233)]:
+        for resample in ("bicubic", "bilinear"):
+            out = jpeg_decode.resize_crop(pixels, box, OUT_PX, resample)
+            left, top, right, bottom = box
+            planar = torch.from_numpy(
+                np.ascontiguousarray(pixels[top:bottom, left:right].transpose(2, 0, 1))
+            )[None]
+            reference = F.interpolate(planar, size=(OUT_PX, OUT_PX), mode=resample, antialias=True)
+            assert out.shape == (OUT_PX, OUT_PX, 3) and out.flags.c_contiguous, (box, resample)
+            assert np.array_equal(out, reference[0].permute(1, 2, 0).numpy()), (box, resample)
+
+    box = (30, 20, 400, 320)
+    channels_last = torch.from_numpy(pixels[20:320, 30:400]).permute(2, 0, 1)[None]
+    channels_last = channels_last.contiguous(memory_format=torch.channels_last)
+    calls = {
+        "kernel": lambda: F.interpolate(
+            channels_last, size=(OUT_PX, OUT_PX), mode="bicubic", antialias=True
+        ),
+        "resize_crop": lambda: jpeg_decode.resize_crop(pixels, box, OUT_PX, "bicubic"),
+    }
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # CPU time of one thread, whatever else runs on the machine
+    try:
+        best = {name: float("inf") for name in calls}
+        for _ in range(7):  # interleaved, the best of each: robust to a busy machine
+            for name, call in calls.items():
+                start = time.thread_time()
+                for _ in range(20):
+                    call()
+                best[name] = min(best[name], time.thread_time() - start)
+    finally:
+        torch.set_num_threads(threads)
+    assert best["resize_crop"] < 1.4 * best["kernel"], best
+
+
+def test_store_row_mirrors_exactly(photos):
+    """The stream's flip (whole pixels moved as 3-byte items) equals numpy's plain mirror,
+    for the fast path's contiguous pixels and for a strided view."""
+    from workloads.data.decode import store_row
+
+    pixels = np.ascontiguousarray(photos[1][:224, :224])
+    out = np.zeros((3, 224, 224, 3), dtype=np.uint8)
+    store_row(out, 0, pixels, flip=True)
+    store_row(out, 1, pixels, flip=False)
+    store_row(out, 2, photos[1][:224, :448:2], flip=True)  # not contiguous: the plain way
+    assert np.array_equal(out[0], pixels[:, ::-1])
+    assert np.array_equal(out[1], pixels)
+    assert np.array_equal(out[2], photos[1][:224, :448:2][:, ::-1])

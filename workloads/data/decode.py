@@ -44,7 +44,7 @@ def decode_images(
             continue
         pixels = _decode_one(data, img_size, augmentation, rng, scaled_jpeg)
         if pixels is not None:
-            images[row] = _maybe_flipped(pixels, augmentation, rng)
+            store_row(images, row, pixels, flip=_draw_flip(augmentation, rng))
             ok[row] = True
     return images, ok
 
@@ -93,18 +93,16 @@ def augment_pixels(
 
     out = np.empty((len(images), img_size, img_size, 3), dtype=np.uint8)
     for row, pixels in enumerate(images):
-        out[row] = _to_model_size(Image.fromarray(pixels), img_size, augmentation, rng)
+        image = Image.fromarray(pixels)
+        if augmentation.crop_scale is None:
+            box: tuple[float, ...] = (0, 0, image.width, image.height)
+        else:
+            box = random_resized_crop_box(
+                image.width, image.height, rng, augmentation.crop_scale, augmentation.crop_ratio
+            )
+        resized = _resize_box(image, box, img_size, augmentation)
+        store_row(out, row, resized, flip=_draw_flip(augmentation, rng))
     return out
-
-
-def _to_model_size(image, img_size: int, augmentation: Augmentation | None, rng) -> np.ndarray:
-    if augmentation is None or augmentation.crop_scale is None:
-        box: tuple[float, ...] = (0, 0, image.width, image.height)
-    else:
-        box = random_resized_crop_box(
-            image.width, image.height, rng, augmentation.crop_scale, augmentation.crop_ratio
-        )
-    return _maybe_flipped(_resize_box(image, box, img_size, augmentation), augmentation, rng)
 
 
 def _resize_box(
@@ -124,10 +122,21 @@ def _resize_box(
     return np.asarray(image, dtype=np.uint8)
 
 
-def _maybe_flipped(pixels: np.ndarray, augmentation: Augmentation | None, rng) -> np.ndarray:
-    if augmentation is not None and augmentation.hflip and rng.random() < 0.5:
-        return pixels[:, ::-1]
-    return pixels
+def _draw_flip(augmentation: Augmentation | None, rng: np.random.Generator) -> bool:
+    return augmentation is not None and augmentation.hflip and rng.random() < 0.5
+
+
+def store_row(out: np.ndarray, row: int, pixels: np.ndarray, *, flip: bool) -> None:
+    """`out[row] = pixels` for uint8 (H, W, 3) pixels, mirrored left-right when `flip`.
+
+    A mirrored copy moves whole (r, g, b) pixels as 3-byte items: numpy's copy through a
+    negative-stride byte view went one byte at a time and cost half a resize."""
+    if not flip:
+        out[row] = pixels
+    elif pixels.flags.c_contiguous and out.flags.c_contiguous and pixels.shape[-1] == 3:
+        out[row].view("V3")[:] = pixels.view("V3")[:, ::-1]
+    else:
+        out[row] = pixels[:, ::-1]
 
 
 def random_resized_crop_box(

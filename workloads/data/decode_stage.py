@@ -162,6 +162,20 @@ def stream_settings(dataset: ray.data.Dataset) -> ray.data.Dataset:
     return dataset
 
 
+def chunk_rows(img_size: int) -> int:
+    """Rows a decode task decodes and yields at a time: one more than `BLOCK_BYTES` of
+    (img_size, img_size, 3) pixels hold.
+
+    Ray Data's output buffer passes a task's output on only once it *exceeds* the stream's
+    block size (`target_max_block_size`), and splits it when it reaches 1.5 times that. A
+    chunk at or under `BLOCK_BYTES` therefore waited inside the task until the next chunk
+    was decoded, and the two were concatenated (a copy of every pixel) and cut again: the
+    stream's first block came out after two chunks' work. A chunk just over it leaves as
+    the block it is, as soon as it is decoded. A task's last chunk leaves when the task ends.
+    """
+    return BLOCK_BYTES // (img_size * img_size * 3) + 1
+
+
 def in_chunks(block: pyarrow.Table, rows: int) -> Iterator[pyarrow.Table]:
     """`block` `rows` at a time (zero-copy slices)."""
     for start in range(0, block.num_rows, rows):

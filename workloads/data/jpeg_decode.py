@@ -87,16 +87,22 @@ def whole_pixel_box(box: Box, scale: float, scaled: tuple[int, int]) -> Box:
 
 
 def resize_crop(pixels: np.ndarray, box: Box, out_px: int, resample: str) -> np.ndarray:
-    """`box` of (H, W, 3) uint8 `pixels` resized to (out_px, out_px, 3), antialiased."""
+    """`box` of (H, W, 3) uint8 `pixels` resized to (out_px, out_px, 3), antialiased; a
+    C-contiguous array."""
     import torch
     import torch.nn.functional as F
 
     left, top, right, bottom = box
-    crop = torch.from_numpy(pixels)[top:bottom, left:right].permute(2, 0, 1)[None]
-    if crop.shape[-2:] == (out_px, out_px):
+    if (bottom - top, right - left) == (out_px, out_px):
         return np.ascontiguousarray(pixels[top:bottom, left:right])
+    # (1, 3, h, w) over the (H, W, 3) pixels without a copy, with strides torch recognises as
+    # channels-last (the batch dimension added before the permute: `[None]` after it gets a
+    # stride of 3, which hides the layout). The kernel then writes channels-last, so the
+    # (h, w, 3) view of its output is contiguous; otherwise it wrote planes, and turning
+    # them back into pixels cost about as much CPU as the resize itself.
+    crop = torch.from_numpy(pixels).unsqueeze(0)[:, top:bottom, left:right].permute(0, 3, 1, 2)
     resized = F.interpolate(crop, size=(out_px, out_px), mode=resample, antialias=True)
-    return resized[0].permute(1, 2, 0).contiguous().numpy()
+    return resized[0].permute(1, 2, 0).numpy()
 
 
 def _shrink(box: Box, out_px: int) -> int:

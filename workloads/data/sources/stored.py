@@ -32,10 +32,9 @@ from workloads.data.base import (
     PushRows,
     check_num_images,
     object_array,
-    rows_per_batch,
 )
 from workloads.data.decode import decode_images
-from workloads.data.decode_stage import decode_files
+from workloads.data.decode_stage import chunk_rows, decode_files
 from workloads.data.object_store import S3Settings
 from workloads.data.registry import allowed_sources
 from workloads.data.sources.folder import decode_class_file_list
@@ -120,7 +119,7 @@ class StoredSource(DataSource):
                 _decode_parquet_file,
                 order_seed=order_seed,
                 keep=keep,
-                rows=rows_per_batch(img_size),
+                rows=chunk_rows(img_size),
                 img_size=img_size,
                 augmentation=augmentation,
                 filesystem=filesystem,
