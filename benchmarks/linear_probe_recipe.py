@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from pretrain_vs_random import batches, load_split  # noqa: E402
 
 import workloads.evaluation.protocols as protocols  # noqa: E402
+from workloads.data import selection_fit_rows  # noqa: E402
 from workloads.evaluation.heads import load_encoder  # noqa: E402
 
 CPU = torch.device("cpu")
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     train_images = load_split(args.source, "train", None, MODEL["img_size"])
     val_images = load_split(args.source, "val", None, MODEL["img_size"])
     num_classes = int(train_images[1].max()) + 1
-    fit_rows = round(0.8 * len(train_images[1]))
+    fit_rows = selection_fit_rows(len(train_images[1]))  # mimray's `data.split: selection`
 
     encoders: dict[tuple[str, int], tuple[Split, Split]] = {}
     for seed in args.seeds:

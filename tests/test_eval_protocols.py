@@ -147,6 +147,7 @@ def test_finetune_learns_an_easy_task(one_thread):
         "weight_decay": 0.05,
         "warmup_epochs": 0.5,
         "label_smoothing": 0.1,
+        "hflip": False,
     }
     epochs = []
     metrics = finetune(

@@ -11,7 +11,7 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from orchestrator.config.base import Section
 
@@ -28,6 +28,24 @@ class EvalDataSpec(Section):
     train_images: int | None = Field(None, ge=1, description="train-split images (None: all)")
     val_images: int | None = Field(None, ge=1, description="val-split images (None: all)")
     seed: int = Field(0, description="generation seed of built-in data")
+    split: Literal["val", "selection"] = Field(
+        "val",
+        description="val: fit on train, score on val (what reports are for); selection: fit "
+        "on the first 80% of train, score on its last 20%, val never read (for choosing "
+        "settings)",
+    )
+
+    @model_validator(mode="after")
+    def _selection_reads_no_val(self) -> EvalDataSpec:
+        # The selection split scores on train's tail: a val setting would be silently unused.
+        if self.split == "selection":
+            for key in ("val_source", "val_images"):
+                if getattr(self, key) is not None:
+                    raise ValueError(
+                        f"{key}: not read with split selection (it scores on the last 20% of "
+                        "train); allowed: leave it out, or split val"
+                    )
+        return self
 
 
 class KnnSpec(Section):
@@ -103,5 +121,10 @@ class EvalSpec(Section):
         }
 
     def fingerprint(self) -> str:
-        canonical = json.dumps(self.settings(), sort_keys=True)
+        settings = self.settings()
+        # The default split is left out so that evaluations recorded before the key existed
+        # (all on val) keep their fingerprints and are found again, not rerun.
+        if settings["data"]["split"] == "val":
+            settings["data"] = {k: v for k, v in settings["data"].items() if k != "split"}
+        canonical = json.dumps(settings, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]

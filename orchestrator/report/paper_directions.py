@@ -103,13 +103,15 @@ class PairResult:
 
 
 def final_columns(report: Report) -> list[Column]:
-    """Each protocol's column at its latest checkpoint epoch (the trained encoder)."""
-    latest: dict[str, Column] = {}
+    """Each protocol's column at its latest checkpoint epoch (the trained encoder), per split
+    it scored on (a comparison never sets a selection-split cell against a val one)."""
+    latest: dict[tuple[str, str | None], Column] = {}
     for column in report.columns:
         if column.protocol is None or not column.epoch:
             continue  # the loss, and @e0: the untrained encoder
-        if column.protocol not in latest or column.epoch > (latest[column.protocol].epoch or 0):
-            latest[column.protocol] = column
+        key = (column.protocol, column.split)
+        if key not in latest or column.epoch > (latest[key].epoch or 0):
+            latest[key] = column
     return list(latest.values())
 
 
@@ -142,7 +144,12 @@ def baseline_comparisons(report: Report) -> list[tuple[Row, Comparison]]:
     found = []
     for column in final_columns(report):
         untrained = next(
-            (c for c in report.columns if c.protocol == column.protocol and c.epoch == 0), None
+            (
+                c
+                for c in report.columns
+                if c.protocol == column.protocol and c.split == column.split and c.epoch == 0
+            ),
+            None,
         )
         if untrained is None:
             continue

@@ -52,10 +52,16 @@ def notes(report: Report) -> list[str]:
     lines = [
         "Cells: mean ± sample std (ddof=1) over seeds; `(n=1)`: one seed, no spread.",
         "`loss`: final pretraining `epoch/loss` (lower is better). "
-        "`PROTOCOL@eN`: top-1 in % of that evaluation of the epoch-N checkpoint "
-        "(higher is better).",
+        "`PROTOCOL@eN`: top-1 in % of that evaluation of the epoch-N checkpoint, scored on "
+        "the held-out val split (higher is better).",
         f"Bold: best in its column. {MISSING}: not recorded.",
     ]
+    if any(c.split == "selection" for c in report.columns):
+        lines.append(
+            "`PROTOCOL@eN/selection`: scored on the selection split instead (fitted on the "
+            "first 80% of train, scored on its last 20%, val never read): for choosing "
+            "settings, not for reporting."
+        )
     if any(c.epoch == 0 for c in report.columns):
         lines.append(
             "`PROTOCOL@e0`: the random-init baseline, i.e. the untrained encoder of the same "

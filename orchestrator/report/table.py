@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import json
 import re
-import statistics
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.errors import ConfigError
+from orchestrator.report.records import Cell, Column, Report, Row, TrialRecord
 from orchestrator.tracking.artifacts import attach_files
 from orchestrator.tracking.lookup import (
     RunReader,
@@ -41,92 +40,18 @@ from orchestrator.tracking.names import (
 LOSS_METRIC = "epoch/loss"
 PROTOCOLS = ("knn", "linear", "finetune")  # column order: cheapest probe first, as in papers
 SEED_KEY = "train.seed"  # repeats of a grid point, not a knob: rows aggregate over it
+# The split an eval run scored on; runs recorded before the key existed all scored on val.
+SPLIT_PARAM, DEFAULT_SPLIT = "eval.data.split", "val"
 # Sweep names are restricted by the spec; anything else cannot name a sweep (and must not
 # reach a filter string unquoted).
 SWEEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+__all__ = ["Cell", "Column", "Report", "ReportError", "Row", "TrialRecord", "build_report"]
+
+
 class ReportError(Exception):
     """The report cannot be built: no store, no such experiment, no such sweep."""
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One table cell: the values of the seeds of a grid point that recorded this metric."""
-
-    values: tuple[float, ...]
-
-    @property
-    def n(self) -> int:
-        return len(self.values)
-
-    @property
-    def mean(self) -> float:
-        return statistics.fmean(self.values)
-
-    @property
-    def std(self) -> float | None:
-        """Sample standard deviation (ddof=1) over seeds; None for a single seed."""
-        return statistics.stdev(self.values) if self.n >= 2 else None
-
-
-@dataclass(frozen=True)
-class Column:
-    key: str  # "loss" or "{protocol}@e{epoch}"
-    metric: str  # the MLflow metric behind it
-    higher_is_better: bool
-    protocol: str | None = None
-    epoch: int | None = None
-
-
-@dataclass(frozen=True)
-class TrialRecord:
-    run_id: str
-    name: str
-    index: int
-    seed: str | None
-    knobs: tuple[str | None, ...]  # the trial's value of each knob, as logged (params are str)
-    status: str
-    loss_curve: tuple[tuple[int, float], ...]  # (epoch, epoch/loss)
-
-
-@dataclass
-class Row:
-    knobs: tuple[str | None, ...]
-    label: str
-    trials: list[TrialRecord]
-    cells: dict[str, Cell] = field(default_factory=dict)
-
-
-@dataclass
-class Report:
-    sweep: str
-    experiment: str
-    tracking_uri: str
-    parent_run_id: str
-    knob_keys: list[str]
-    columns: list[Column]
-    rows: list[Row]
-    trials: list[TrialRecord]
-    eval_runs: int  # evaluation runs that fed the table
-
-    @property
-    def has_evals(self) -> bool:
-        return any(c.protocol for c in self.columns)
-
-    def best_rows(self, column: Column) -> set[int]:
-        """Indices of the rows with the best mean in `column` (ties all win).
-
-        Nothing is best with fewer than two rows to compare."""
-        means = {
-            i: row.cells[column.key].mean
-            for i, row in enumerate(self.rows)
-            if column.key in row.cells
-        }
-        if len(means) < 2:
-            return set()
-        best = max(means.values()) if column.higher_is_better else min(means.values())
-        return {i for i, mean in means.items() if mean == best}
 
 
 def build_report(tracking_uri: str, experiment: str | None, sweep_name: str) -> Report:
@@ -256,8 +181,13 @@ def _eval_cells(
         if trial not in trial_ids or metric not in run.metrics:
             continue
         epoch = int(tags.get(CHECKPOINT_EPOCH_TAG, -1))
+        split = run.params.get(SPLIT_PARAM, DEFAULT_SPLIT)
         key = f"{protocol}@e{epoch}" if epoch >= 0 else protocol
-        columns.setdefault(key, Column(key, metric, True, protocol, epoch if epoch >= 0 else None))
+        if split != DEFAULT_SPLIT:  # its own column: a cell never mixes splits
+            key = f"{key}/{split}"
+        columns.setdefault(
+            key, Column(key, metric, True, protocol, epoch if epoch >= 0 else None, split)
+        )
         started = run.start_time or 0
         if (trial, key) not in latest or started >= latest[(trial, key)][0]:
             latest[(trial, key)] = (started, run.metrics[metric])
@@ -267,6 +197,7 @@ def _eval_cells(
             PROTOCOLS.index(c.protocol) if c.protocol in PROTOCOLS else len(PROTOCOLS),
             c.protocol,
             c.epoch if c.epoch is not None else -1,
+            c.split != DEFAULT_SPLIT,
         ),
     )
     values = {

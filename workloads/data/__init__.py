@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING
 from workloads.data.base import (
     FIND_COLUMNS,
     ROW_COLUMNS,
+    SELECTION_SHARE,
     Augmentation,
     Columns,
     DatasetInfo,
     check_keep,
     check_split,
+    selection_fit_rows,
 )
 from workloads.data.decode_stage import stream_settings
 from workloads.data.registry import allowed_sources, builtin_names, source_for
@@ -30,12 +32,14 @@ __all__ = [
     "Columns",
     "FIND_COLUMNS",
     "ROW_COLUMNS",
+    "SELECTION_SHARE",
     "DatasetInfo",
     "allowed_sources",
     "build_dataset",
     "builtin_names",
     "describe_source",
     "holds_one_split",
+    "selection_fit_rows",
     "validate_source",
 ]
 

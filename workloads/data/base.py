@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     import ray.data
 
 SPLITS: tuple[str, ...] = ("train", "val")
+# The selection split: settings are chosen by fitting on the first part of the train split
+# and scoring on its last SELECTION_SHARE, so val stays unread until numbers are reported.
+SELECTION_SHARE = 0.2
 ROW_COLUMNS: tuple[str, ...] = ("image", "label", "id", "ok")
 # MAE's RandomResizedCrop (torchvision's parameters): area share and aspect-ratio range.
 DEFAULT_CROP_SCALE = (0.2, 1.0)
@@ -144,6 +147,11 @@ class DataSource(ABC):
 def check_split(split: str) -> None:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
+
+
+def selection_fit_rows(num_rows: int) -> int:
+    """How many of a train split's first rows the selection split fits on; the rest score."""
+    return round(num_rows * (1 - SELECTION_SHARE))
 
 
 def check_keep(keep: Sequence[str]) -> None:
