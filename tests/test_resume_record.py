@@ -139,3 +139,40 @@ def test_each_worker_resumes_its_own_random_generators(saved):
         assert draws[2] == expected[rank][2]
     # A run with more workers than the checkpoint's has nothing to restore for the new ranks.
     assert resume_point(Checkpoint.from_directory(str(folder)), 2).random_state is None
+
+
+def test_a_checkpoint_record_cut_short_by_a_kill_is_recorded_again_whole(tmp_path):
+    """A kill between MLflow creating a checkpoint's LoggedModel (PENDING) and storing its
+    MLmodel file (READY) leaves a half record; the resumed run, redoing that epoch, must record
+    it whole rather than keep pointing at the half one. Whole records are kept as they are."""
+    import mlflow
+    from mlflow.entities import LoggedModelStatus
+
+    from orchestrator.tracking.names import MODEL_TYPE
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "cut")
+    run_id = tracker.open_run("cut", params={}, tags={}).run_id
+    first = tracker.reporter(run_id, system_metrics=False, commit_on_checkpoint=True)
+    first.start()
+    whole = first.log_checkpoint(f"{tmp_path}/checkpoint_epoch_0001", 1, 4, {"loss": 1.0})
+    first.close()
+    mlflow.set_tracking_uri(tracker.tracking_uri)
+    half = mlflow.initialize_logged_model(  # what create_external_model does before its MLmodel
+        name="checkpoint-epoch-0002",
+        source_run_id=run_id,
+        experiment_id=tracker.experiment_id,
+        model_type=MODEL_TYPE,
+        params={"epoch": "2", "step": "8", "checkpoint_uri": f"{tmp_path}/checkpoint_epoch_0002"},
+    ).model_id
+
+    resumed = tracker.reporter(run_id, system_metrics=False, commit_on_checkpoint=True)
+    resumed.start()
+    again = resumed.log_checkpoint(f"{tmp_path}/checkpoint_epoch_0001", 1, 4, {"loss": 1.0})
+    redone = resumed.log_checkpoint(f"{tmp_path}/checkpoint_epoch_0002", 2, 8, {"loss": 0.9})
+    resumed.close()
+
+    assert again == whole  # a whole record is not made twice
+    models = tracker.checkpoint_models(run_id)
+    assert [(m.params["epoch"], m.model_id) for m in models] == [("1", whole), ("2", redone)]
+    assert redone != half
+    assert tracker.client.get_logged_model(redone).status == LoggedModelStatus.READY

@@ -27,7 +27,10 @@ from orchestrator.tracking import CHECKPOINT_URI_TAG, Tracker
 
 pytestmark = pytest.mark.slow
 
-EPOCHS, STEPS_PER_EPOCH = 3, 4  # 128 images / batch 32
+# 128 images / batch 32. Epochs do not wait for their checkpoint's upload (background upload
+# to object storage), so the run must outlast the ~2 s Ray Train's controller takes to
+# register epoch 1, when the first run is killed: with 3 epochs it had finished by then.
+EPOCHS, STEPS_PER_EPOCH = 8, 4
 SETTINGS = [
     *TINY_MODEL,
     "data.num_images=128",
@@ -161,9 +164,9 @@ def test_s3_checkpoints_resume_and_evaluate_with_workers_logging_to_a_server(
         # Checkpoints live in the bucket, and MLflow's models point at them there.
         stored = s3_objects(s3_client, bucket, run_prefix)
         models = tracker.checkpoint_models(run_id)
-        assert [m.params["epoch"] for m in models] == ["1", "2", "3"]
+        assert [m.params["epoch"] for m in models] == [str(e) for e in range(1, EPOCHS + 1)]
         for model in models:
-            uri = f"{storage}/s3run/checkpoint_epoch_000{model.params['epoch']}"
+            uri = f"{storage}/s3run/checkpoint_epoch_{int(model.params['epoch']):04d}"
             assert model.tags[CHECKPOINT_URI_TAG] == uri
             assert f"{uri.removeprefix(f's3://{bucket}/')}/checkpoint.pt" in stored
 
@@ -205,7 +208,7 @@ def test_s3_checkpoints_resume_and_evaluate_with_workers_logging_to_a_server(
         assert lineage.returncode == 0, lineage.stderr[-3000:]
 
         # The eval run read the s3:// checkpoint and its lineage says so.
-        last_uri = f"{storage}/s3run/checkpoint_epoch_0003"
+        last_uri = f"{storage}/s3run/checkpoint_epoch_{EPOCHS:04d}"
         (checkpoint,) = json.loads(lineage.stdout)["runs"][0]["checkpoints"]
         assert checkpoint["uri"] == last_uri
         (evaluation,) = checkpoint["evals"]

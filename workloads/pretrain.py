@@ -11,7 +11,8 @@ The session (`workloads/session.py`) is where the loop runs: `train_loop_per_wor
 Train's entry point (a worker group's worker); the in-process path of one-worker runs calls
 `pretrain` with its own session.
 
-The config is plain data (the resolved spec as a dict), so nothing here depends on the
+The config is plain data (`workloads/run_spec.py::PretrainLoopConfig`: the resolved spec's JSON
+dump, every default filled in by the orchestrator), so nothing here depends on the
 orchestrator's spec classes.
 """
 
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import random
-import tempfile
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -29,12 +29,9 @@ from torch import nn
 
 from workloads.checkpoint import (
     ResumePoint,
-    checkpoint_dir_name,
     record_resume,
     restore_random_state,
     resume_point,
-    write_checkpoint,
-    write_random_state,
 )
 from workloads.console import say
 from workloads.data.stream import batch_shuffle_options
@@ -47,7 +44,9 @@ from workloads.model_input import check_skipped_share
 from workloads.optim import Schedule, build_optimizer, make_schedule
 from workloads.progress import EpochProgress
 from workloads.run_reporter import NullReporter, Reporter
+from workloads.run_spec import PretrainLoopConfig, RunSpecDump, TrainSection
 from workloads.session import RayTrainSession, Session
+from workloads.training_checkpoint import PreemptionNotice, save_checkpoint
 
 
 def build_model(spec: Mapping[str, Any]) -> nn.Module:
@@ -56,17 +55,24 @@ def build_model(spec: Mapping[str, Any]) -> nn.Module:
     return method.build(spec["model"], method.knobs.model_validate(spec["method"]))
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
+def train_loop_per_worker(config: PretrainLoopConfig) -> None:
     """Ray Train's entry point: the loop in one worker of a worker group."""
     # Ray hard-sets `ray.train` to INFO inside workers (LoggingConfig cannot lower it): its
     # per-report lines would bury the progress lines. They stay in the session's worker logs.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
-    pretrain(config, RayTrainSession(async_upload=config.get("async_checkpoint_upload", False)))
+    session = RayTrainSession(
+        async_upload=config["async_checkpoint_upload"],
+        run_path=config["run_path"],
+        storage_filesystem=config["storage_filesystem"],
+    )
+    # With background upload, rank 0 records checkpoints from Ray Train's upload thread while
+    # the loop logs: its reporter keeps their calls one at a time and in order.
+    pretrain({**config, "reporter": session.in_report_order(config["reporter"])}, session)
 
 
-def pretrain(config: dict[str, Any], session: Session) -> None:
+def pretrain(config: PretrainLoopConfig, session: Session) -> None:
     """Train from the session's latest checkpoint (or from scratch) to `train.epochs`."""
-    train: dict[str, Any] = config["spec"]["train"]
+    train = config["spec"]["train"]
     rank = session.rank
     _seed_everything(train["seed"] * 1000 + rank)
     setup, resumed = _set_up(config, session)
@@ -90,7 +96,7 @@ def pretrain(config: dict[str, Any], session: Session) -> None:
                 train["epochs"],
                 setup.schedule.steps_per_epoch,
                 enabled=rank == 0,
-                every_s=config.get("progress_every_s"),
+                every_s=config["progress_every_s"],
             )
             batches = _epoch_batches(shard, config["spec"], epoch, rank, setup)
             notice.epoch = epoch
@@ -114,37 +120,10 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-class PreemptionNotice:
-    """After each step, asks the session whether a node of the run is being preempted; at the
-    first notice, saves a checkpoint at that step (mid-epoch), so the restarted run continues
-    from it rather than from the last epoch's checkpoint. Training then goes on: the run is
-    restarted when the node is gone, or finishes if the notice was a false alarm."""
-
-    def __init__(self, setup: WorkerSetup, config: Mapping[str, Any], session: Session) -> None:
-        self.setup, self.config, self.session = setup, config, session
-        self.epoch = 0  # the epoch being trained, from 0
-        self.last_metrics: dict[str, float] = {}  # the last epoch's report
-        self.saved = False
-
-    def check(self, stats: EpochStats) -> None:
-        if self.saved or not self.session.preemption_notice():
-            return
-        self.saved = True
-        step = stats.step
-        if self.session.rank == 0:
-            say(f"preemption notice: checkpoint at step {step} (epoch {self.epoch + 1})")
-        # The last epoch's metrics (what a scheduler already saw) with this step and the
-        # running loss of the unfinished epoch.
-        metrics = {**self.last_metrics, "epoch": self.epoch, "step": step}
-        if stats.losses:
-            metrics["loss"] = sum(stats.losses) / len(stats.losses)
-        _save_checkpoint(self.setup, metrics, self.config, self.session, mid_epoch=True)
-
-
-def _set_up(config: Mapping[str, Any], session: Session) -> tuple[WorkerSetup, ResumePoint | None]:
+def _set_up(config: PretrainLoopConfig, session: Session) -> tuple[WorkerSetup, ResumePoint | None]:
     """Model, optimizer and AMP scaler (restored from the last checkpoint if there is one),
     wrapped for data-parallel training; rank 0's reporter; the live metrics."""
-    spec: dict[str, Any] = config["spec"]
+    spec = config["spec"]
     train, schedule = spec["train"], config["schedule"]
     device = session.device
     model = build_model(spec)
@@ -157,13 +136,13 @@ def _set_up(config: Mapping[str, Any], session: Session) -> tuple[WorkerSetup, R
     model = session.prepare_model(model)
     if resumed:
         resumed.restore_optimizer(optimizer)
-    if train.get("compile"):
+    if train["compile"]:
         # Compiled after prepare_model, i.e. around DDP: that is the order PyTorch documents
         # for DDP (its DDPOptimizer splits the graph at gradient buckets so all-reduce
         # overlaps the backward); compiling inside DDP would all-reduce after the backward.
         model = torch.compile(model)
     rank = session.rank
-    reporter: Reporter = (config.get("reporter") if rank == 0 else None) or NullReporter()
+    reporter: Reporter = (config["reporter"] if rank == 0 else None) or NullReporter()
     live = TrainingMetrics(session.experiment_name, spec["method"]["name"], rank)
     setup = WorkerSetup(
         model=model,
@@ -180,7 +159,7 @@ def _set_up(config: Mapping[str, Any], session: Session) -> tuple[WorkerSetup, R
 
 
 def _epoch_batches(
-    shard: Any, spec: Mapping[str, Any], epoch: int, rank: int, setup: WorkerSetup
+    shard: Any, spec: RunSpecDump, epoch: int, rank: int, setup: WorkerSetup
 ) -> Iterable[dict[str, torch.Tensor]]:
     """One pass over the worker's shard, in a new row order every epoch."""
     train = spec["train"]
@@ -192,8 +171,8 @@ def _epoch_batches(
         pin_memory=setup.device.type == "cuda",
         # A new row order every epoch (file/block order is reshuffled upstream).
         **batch_shuffle_options(
-            spec["data"].get("shuffle", "buffer"),
-            spec["data"].get("shuffle_buffer", 1024),
+            spec["data"]["shuffle"],
+            spec["data"]["shuffle_buffer"],
             train["seed"],
             epoch,
             rank,
@@ -202,7 +181,7 @@ def _epoch_batches(
 
 
 def _epoch_metrics(
-    setup: WorkerSetup, stats: EpochStats, config: Mapping[str, Any], epoch: int, session: Session
+    setup: WorkerSetup, stats: EpochStats, config: PretrainLoopConfig, epoch: int, session: Session
 ) -> dict[str, float]:
     """The epoch's metrics over every worker (plus kNN accuracy when the monitor is due);
     raises DataQualityError when too many images were undecodable."""
@@ -220,7 +199,7 @@ def _epoch_metrics(
         "data/skipped": skipped,
         "epoch_time_s": stats.elapsed_s,
     }
-    monitor = config.get("knn_monitor")
+    monitor = config["knn_monitor"]
     if monitor and (epoch + 1) % monitor["every"] == 0:
         metrics.update(
             knn_during_training(unwrap(setup.model), monitor, setup.device, session.dataset_shard)
@@ -232,7 +211,7 @@ def _epoch_metrics(
 
 
 def _report_epoch(
-    setup: WorkerSetup, metrics: dict[str, float], config: Mapping[str, Any], session: Session
+    setup: WorkerSetup, metrics: dict[str, float], config: PretrainLoopConfig, session: Session
 ) -> None:
     """The epoch's metrics to the reporter and to the session, with a checkpoint when due."""
     train, rank = config["spec"]["train"], session.rank
@@ -248,45 +227,10 @@ def _report_epoch(
     if epoch % train["checkpoint_every"] and epoch != train["epochs"]:
         session.report(metrics)
         return
-    _save_checkpoint(setup, metrics, config, session, mid_epoch=False)
+    save_checkpoint(setup, metrics, config, session, mid_epoch=False)
 
 
-def _save_checkpoint(
-    setup: WorkerSetup,
-    metrics: dict[str, float],
-    config: Mapping[str, Any],
-    session: Session,
-    *,
-    mid_epoch: bool,
-) -> None:
-    """Report `metrics` with a checkpoint of the training state after `metrics["epoch"]`
-    epochs and `metrics["step"]` steps. An epoch's checkpoint is also recorded by the
-    reporter (a model to evaluate); a mid-epoch one only serves a resume."""
-    epoch, step = int(metrics["epoch"]), int(metrics["step"])
-    dir_name = checkpoint_dir_name(epoch, step if mid_epoch else None)
-    folder = tempfile.mkdtemp(prefix="mimray-checkpoint-")
-    # Every worker keeps its own random generators; the rest is rank 0's, since DDP keeps
-    # replicas identical and one copy of the state is enough.
-    write_random_state(folder, session.rank, setup.device)
-    if session.rank == 0:
-        write_checkpoint(
-            folder,
-            setup.model,
-            setup.optimizer,
-            setup.scaler,
-            epoch=epoch,
-            step=step,
-            spec=config["spec"],
-        )
-
-    def record() -> None:
-        if not mid_epoch:
-            setup.reporter.log_checkpoint(f"{config['run_path']}/{dir_name}", epoch, step, metrics)
-
-    session.report(metrics, checkpoint_folder=folder, dir_name=dir_name, on_checkpoint=record)
-
-
-def _per_worker_batch(train: Mapping[str, Any], world_size: int) -> int:
+def _per_worker_batch(train: TrainSection, world_size: int) -> int:
     return max(1, train["batch_size"] // world_size)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from orchestrator.config import ConfigError, EvalSpec, flatten
 from orchestrator.evaluation.checkpoints import Checkpoint
-from orchestrator.evaluation.data import EvalData, describe_eval_data, labelled_dataset
+from orchestrator.evaluation.data import EvalData, describe_eval_data, eval_datasets
 from orchestrator.fit.in_process import InProcessTrainer
 from orchestrator.fit.ray_setup import ensure_ray, runs_in_process, worker_scaling
 from orchestrator.tracking import (
@@ -31,6 +31,10 @@ from orchestrator.tracking.lookup import is_result_metric
 from orchestrator.tracking.provenance import commit_tags
 from workloads.checkpoint import read_checkpoint_spec
 from workloads.evaluation.loop import eval_loop_per_worker, evaluate
+from workloads.run_spec import EvalLoopConfig
+
+# Labelled splits of a fine-tune up to this many decoded bytes are read once, not every epoch.
+FINETUNE_CACHE_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,10 @@ def _open_eval_run(
         parent_run_id=checkpoint.run_id,
     )
     tracker.log_model_input(handle.run_id, checkpoint.model_id)
-    for info, context in ((data.train, "eval-train"), (data.val, "eval-val")):
+    contexts = ("eval-train", "eval-val")
+    if data.selection_of is not None:  # both parts of train: train[:N] fits, train[N:] scores
+        contexts = ("eval-selection-fit", "eval-selection-score")
+    for info, context in zip((data.train, data.val), contexts, strict=True):
         tracker.log_dataset(
             handle.run_id,
             name=f"{info.source.rstrip('/').rsplit('/', 1)[-1]}-{info.split}",
@@ -148,26 +155,29 @@ def _build_trainer(
 
     DataContext.get_current().enable_progress_bars = False
     train_rows = data.train.num_rows
-    datasets = {
-        "train": labelled_dataset(data.train, data.img_size, spec.data.seed, data.columns),
-        "val": labelled_dataset(data.val, data.img_size, spec.data.seed, data.columns),
-    }
+    datasets = eval_datasets(data, spec.data.seed)
     if spec.protocol == "finetune":
         train_rows = round(train_rows * spec.finetune.label_fraction)
         datasets["train"] = datasets["train"].limit(train_rows)  # a fixed subset of labels
         # Flips are drawn in the worker from the eval seed (`protocols.finetune`), so a rerun
         # flips the same images.
+        pixels = (train_rows + data.val.num_rows) * data.img_size**2 * 3
+        if pixels <= FINETUNE_CACHE_BYTES:
+            # Fine-tuning reads both splits every epoch; re-running the read and decode tasks
+            # each time costs far more than the steps on a small labelled set. Read once and
+            # keep them in Ray's object store (same rows, same order, so the same numbers).
+            datasets = {split: dataset.materialize() for split, dataset in datasets.items()}
     # Ray storage next to the pretrain run's: <storage>/<pretrain run>/checkpoint_epoch_N
     storage_path = checkpoint.uri.rsplit("/", 2)[0]
     name = f"eval-{spec.protocol}-{checkpoint.model_id}-{spec.fingerprint()}"
-    config = {
-        "eval": spec.model_dump(mode="json"),
-        "model": pretrain_spec["model"],
-        "checkpoint_uri": checkpoint.uri,
-        "num_classes": data.train.num_classes,
-        "steps_per_epoch": train_rows // spec.finetune.batch_size,
-        "reporter": reporter,
-    }
+    config = EvalLoopConfig(
+        eval=spec.model_dump(mode="json"),
+        model=pretrain_spec["model"],
+        checkpoint_uri=checkpoint.uri,
+        num_classes=data.train.num_classes,
+        steps_per_epoch=train_rows // spec.finetune.batch_size,
+        reporter=reporter,
+    )
     if runs_in_process(spec):
         # One CPU worker evaluates in this process, as a one-worker pretrain run trains: no
         # worker group to start (the most of a small evaluation's wall time), and never a

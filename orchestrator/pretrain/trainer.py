@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.config import RunSpec
-from orchestrator.evaluation.data import describe_eval_data, labelled_dataset
+from orchestrator.evaluation.data import describe_eval_data, eval_datasets
 from orchestrator.fit.in_process import InProcessTrainer
 from orchestrator.fit.ray_setup import data_config, runs_in_process, worker_scaling
 from workloads.data import build_dataset
@@ -19,13 +19,14 @@ from workloads.methods import train_img_size
 from workloads.optim import Schedule
 from workloads.pretrain import pretrain, train_loop_per_worker
 from workloads.progress import progress_every_s
-
-# Whether worker groups upload checkpoints to object storage in the background.
-ASYNC_UPLOAD = False
+from workloads.run_spec import KnnMonitorSettings, PretrainLoopConfig
 
 
-def is_remote(storage_path: str) -> bool:
-    """Whether Ray storage is an object store (`s3://`, `gs://`, ...) rather than a folder."""
+def is_remote(storage_path: str, storage_filesystem: Any = None) -> bool:
+    """Whether Ray storage is an object store (`s3://`, `gs://`, or a pyarrow filesystem other
+    than the local one) rather than a folder."""
+    if storage_filesystem is not None:
+        return storage_filesystem.type_name != "local"
     return "://" in storage_path and not storage_path.startswith("file://")
 
 
@@ -36,9 +37,15 @@ def build_trainer(
     schedule: Schedule,
     reporter: Any,
     callbacks: list[Any] | None = None,
+    storage_filesystem: Any = None,
 ) -> Any:
     """The trainer of one pretrain run (a sweep trial builds the same): in this process for one
-    CPU worker, else a Ray Train V2 `TorchTrainer`; either is run with `.fit()`."""
+    CPU worker, else a Ray Train V2 `TorchTrainer`; either is run with `.fit()`.
+
+    `storage_filesystem` (worker groups only): a pyarrow filesystem the caller opened for the
+    storage, passed to Ray Train as `RunConfig.storage_filesystem` (then `storage_path` is a
+    path on it, without a URI scheme), for storage whose endpoint or keys the Ray nodes do not
+    have in their environment."""
     from ray.data import DataContext
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
     from ray.train.torch import TorchTrainer
@@ -49,22 +56,26 @@ def build_trainer(
 
     monitor, monitor_datasets = knn_monitor(spec)
     run_path = f"{storage_path}/{name}"
-    config = {
-        "knn_monitor": monitor,
-        "spec": spec.model_dump(mode="json"),
-        "schedule": schedule,
-        "reporter": reporter,
-        "run_path": run_path,
+    config = PretrainLoopConfig(
+        knn_monitor=monitor,
+        spec=spec.model_dump(mode="json"),
+        schedule=schedule,
+        reporter=reporter,
+        run_path=run_path,
         # Read here: the workers of a running cluster do not see this process' environment.
-        "progress_every_s": progress_every_s(),
-        # Off: with background upload a checkpoint is recorded in MLflow (and the epoch's step
-        # metrics committed with it) only at the next report, so a run killed in between
-        # resumes after an epoch that MLflow never recorded. On once the record can follow
-        # the upload itself (see docs/configuration.md, "Resume and preemption").
-        "async_checkpoint_upload": ASYNC_UPLOAD and is_remote(storage_path),
-    }
+        progress_every_s=progress_every_s(),
+        # Object storage: a worker group uploads in Ray Train's background thread while the
+        # next steps train, and rank 0 records each checkpoint in MLflow from that thread as
+        # soon as its files are stored, before Ray Train can resume from it
+        # (workloads/session.py). A folder is written in step, and so are the checkpoints of
+        # one-worker runs in this process (their own store, fit/in_process.py).
+        async_checkpoint_upload=is_remote(storage_path, storage_filesystem),
+        storage_filesystem=storage_filesystem,
+    )
     datasets = {"train": training_stream(spec), **monitor_datasets}
     if runs_in_process(spec):
+        if storage_filesystem is not None:
+            raise ValueError("storage_filesystem is for worker groups; this run trains in process")
         return InProcessTrainer(
             loop=pretrain,
             train_loop_config=config,
@@ -83,6 +94,7 @@ def build_trainer(
         run_config=RunConfig(
             name=name,
             storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
             failure_config=FailureConfig(max_failures=spec.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=spec.train.keep_checkpoints),
             logging_config=LoggingConfig(log_level="WARNING"),
@@ -93,7 +105,7 @@ def build_trainer(
     )
 
 
-def knn_monitor(spec: RunSpec) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+def knn_monitor(spec: RunSpec) -> tuple[KnnMonitorSettings | None, dict[str, Any]]:
     """Loop settings and labelled datasets for kNN during training: the first chained kNN
     evaluation with `every: N` is also computed in the loop every N epochs and reported with
     the epoch's metrics, so sweep schedulers (ASHA on `knn/top1`) see it."""
@@ -101,20 +113,15 @@ def knn_monitor(spec: RunSpec) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     if evaluation is None:
         return None, {}
     data = describe_eval_data(evaluation, spec.model_dump(mode="json"))
-    settings = {
-        "every": evaluation.every,
-        "k": evaluation.knn.k,
-        "temperature": evaluation.knn.temperature,
-        "batch_size": evaluation.knn.batch_size,
-        "pool": evaluation.pool,
-        "num_classes": data.train.num_classes,
-    }
-    datasets = {
-        "knn_train": labelled_dataset(
-            data.train, data.img_size, evaluation.data.seed, data.columns
-        ),
-        "knn_val": labelled_dataset(data.val, data.img_size, evaluation.data.seed, data.columns),
-    }
+    settings = KnnMonitorSettings(
+        every=evaluation.every,
+        k=evaluation.knn.k,
+        temperature=evaluation.knn.temperature,
+        batch_size=evaluation.knn.batch_size,
+        pool=evaluation.pool,
+        num_classes=data.train.num_classes,
+    )
+    datasets = {f"knn_{k}": v for k, v in eval_datasets(data, evaluation.data.seed).items()}
     return settings, datasets
 
 

@@ -130,14 +130,7 @@ class MlflowReporter:
         self.flush()
         if self.commit_on_checkpoint:
             if self._recorded_checkpoints is None:
-                self._recorded_checkpoints = {
-                    int(m.params["epoch"]): m.model_id
-                    for m in self._client.search_logged_models(
-                        experiment_ids=[self.experiment_id],
-                        filter_string=f"source_run_id = '{self.run_id}'",
-                    )
-                    if "epoch" in m.params
-                }
+                self._recorded_checkpoints = self._finished_records()
             if epoch in self._recorded_checkpoints:
                 # Redone after a lost registration: same directory (deterministic name),
                 # rewritten in place, so the recorded model already points at it.
@@ -164,6 +157,25 @@ class MlflowReporter:
                 dataset_digest=dataset[1] if dataset else None,
             )
         return model.model_id
+
+    def _finished_records(self) -> dict[int, str]:
+        """Epoch -> model id of the checkpoints this run recorded in full. A record that a kill
+        cut short (MLflow creates a LoggedModel PENDING and makes it READY once its MLmodel
+        file is stored) is deleted, so that the epoch, redone, is recorded again whole."""
+        from mlflow.entities import LoggedModelStatus
+
+        finished: dict[int, str] = {}
+        for model in self._client.search_logged_models(
+            experiment_ids=[self.experiment_id],
+            filter_string=f"source_run_id = '{self.run_id}'",
+        ):
+            if "epoch" not in model.params:
+                continue
+            if model.status == LoggedModelStatus.READY:
+                finished[int(model.params["epoch"])] = model.model_id
+            else:
+                self._client.delete_logged_model(model.model_id)
+        return finished
 
     def _origin(self) -> tuple[dict[str, str], tuple[str, str] | None]:
         """Where this run's checkpoints come from: the run's source tags (the mimray command and

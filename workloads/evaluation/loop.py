@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -29,6 +29,7 @@ from workloads.evaluation.heads import load_encoder
 from workloads.evaluation.knn_once import knn_once
 from workloads.evaluation.protocols import extract_features, finetune, linear_probe
 from workloads.run_reporter import NullReporter, Reporter
+from workloads.run_spec import EvalLoopConfig
 from workloads.session import RayTrainSession, Session
 
 RESULT_FILE = "result.json"
@@ -66,18 +67,18 @@ def gather_everywhere(features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
-def eval_loop_per_worker(config: dict[str, Any]) -> None:
+def eval_loop_per_worker(config: EvalLoopConfig) -> None:
     """Ray Train's entry point: the evaluation in one worker of a worker group."""
     evaluate(config, RayTrainSession())
 
 
-def evaluate(config: dict[str, Any], session: Session) -> None:
+def evaluate(config: EvalLoopConfig, session: Session) -> None:
     """Evaluate the configured checkpoint and report the result (with its `result.json`)."""
-    spec: Mapping[str, Any] = config["eval"]
+    spec = config["eval"]
     protocol = spec["protocol"]
     rank, world_size = session.rank, session.world_size
     device = session.device
-    reporter: Reporter = config.get("reporter") or NullReporter()
+    reporter: Reporter = config["reporter"] or NullReporter()
     if rank != 0:
         reporter = NullReporter()
 

@@ -22,8 +22,7 @@ fine-tuning is the caller's (`train_epoch(epoch)`, see `loop.py`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +40,7 @@ from workloads.evaluation.knn import knn_top1
 from workloads.model_input import to_model_input
 from workloads.models.vit import ViTEncoder
 from workloads.optim import lr_at, scaled_lr, set_lr
+from workloads.run_spec import FinetuneSection, LinearSection
 
 # (uint8 images (B, H, W, C), int64 labels (B,)) batches of one pass over a split.
 Batches = Iterable[tuple[Tensor, Tensor]]
@@ -120,7 +120,7 @@ def linear_probe(
     train: tuple[Tensor, Tensor],
     val: tuple[Tensor, Tensor],
     num_classes: int,
-    config: Mapping[str, Any],
+    config: LinearSection,
     *,
     seed: int = 0,
     rank: int = 0,
@@ -188,7 +188,7 @@ def finetune(
     train_epoch: Callable[[int], Batches],
     val_epoch: Callable[[], Batches],
     num_classes: int,
-    config: Mapping[str, Any],
+    config: FinetuneSection,
     *,
     steps_per_epoch: int,
     global_batch_size: int,
@@ -223,7 +223,7 @@ def finetune(
         for images, labels in train_epoch(epoch):
             if len(losses) == steps_per_epoch:
                 continue
-            if config.get("hflip", False):
+            if config["hflip"]:
                 images = random_hflip(images, flips)
             set_lr(optimizer, lr_at(step, total_steps, warmup_steps, peak_lr))
             logits = model(to_model_input(images, device))
