@@ -141,38 +141,60 @@ def test_each_worker_resumes_its_own_random_generators(saved):
     assert resume_point(Checkpoint.from_directory(str(folder)), 2).random_state is None
 
 
-def test_a_checkpoint_record_cut_short_by_a_kill_is_recorded_again_whole(tmp_path):
+@pytest.mark.parametrize("resumed_from_it", [False, True], ids=["epoch-redone", "resumed-from"])
+def test_a_checkpoint_record_cut_short_by_a_kill_is_recorded_again_whole(tmp_path, resumed_from_it):
     """A kill between MLflow creating a checkpoint's LoggedModel (PENDING) and storing its
-    MLmodel file (READY) leaves a half record; the resumed run, redoing that epoch, must record
-    it whole rather than keep pointing at the half one. Whole records are kept as they are."""
+    MLmodel file (READY) leaves a half record. The resumed run records that checkpoint whole,
+    whether it redoes the epoch (the checkpoint was never registered) or resumes from it (it
+    was: the epoch is never redone, so its record must not wait for a redo). Whole records are
+    kept as they are."""
     import mlflow
     from mlflow.entities import LoggedModelStatus
 
-    from orchestrator.tracking.names import MODEL_TYPE
+    from orchestrator.tracking.names import CHECKPOINT_URI_TAG, MODEL_TYPE
 
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "cut")
     run_id = tracker.open_run("cut", params={}, tags={}).run_id
     first = tracker.reporter(run_id, system_metrics=False, commit_on_checkpoint=True)
     first.start()
+    first.log_metrics({"epoch/loss": 1.0}, 1)
     whole = first.log_checkpoint(f"{tmp_path}/checkpoint_epoch_0001", 1, 4, {"loss": 1.0})
     first.close()
+    # Epoch 2: its metrics are committed just before its checkpoint record is made (what
+    # `log_checkpoint` does first), then the kill lands inside the record.
+    tracker.client.log_metric(run_id, "epoch/loss", 0.9, step=2)
     mlflow.set_tracking_uri(tracker.tracking_uri)
+    uri_2 = f"{tmp_path}/checkpoint_epoch_0002"
     half = mlflow.initialize_logged_model(  # what create_external_model does before its MLmodel
         name="checkpoint-epoch-0002",
         source_run_id=run_id,
         experiment_id=tracker.experiment_id,
         model_type=MODEL_TYPE,
-        params={"epoch": "2", "step": "8", "checkpoint_uri": f"{tmp_path}/checkpoint_epoch_0002"},
+        tags={CHECKPOINT_URI_TAG: uri_2},
+        params={"epoch": "2", "step": "8", "checkpoint_uri": uri_2},
     ).model_id
 
     resumed = tracker.reporter(run_id, system_metrics=False, commit_on_checkpoint=True)
     resumed.start()
-    again = resumed.log_checkpoint(f"{tmp_path}/checkpoint_epoch_0001", 1, 4, {"loss": 1.0})
-    redone = resumed.log_checkpoint(f"{tmp_path}/checkpoint_epoch_0002", 2, 8, {"loss": 0.9})
+    if resumed_from_it:  # the next checkpoint this attempt makes is epoch 3's
+        resumed.log_metrics({"epoch/loss": 0.8}, 3)
+        resumed.log_checkpoint(f"{tmp_path}/checkpoint_epoch_0003", 3, 12, {"loss": 0.8})
+        epochs = ["1", "2", "3"]
+    else:
+        again = resumed.log_checkpoint(f"{tmp_path}/checkpoint_epoch_0001", 1, 4, {"loss": 1.0})
+        assert again == whole  # a whole record is not made twice
+        resumed.log_checkpoint(uri_2, 2, 8, {"loss": 0.9})
+        epochs = ["1", "2"]
     resumed.close()
 
-    assert again == whole  # a whole record is not made twice
     models = tracker.checkpoint_models(run_id)
-    assert [(m.params["epoch"], m.model_id) for m in models] == [("1", whole), ("2", redone)]
-    assert redone != half
-    assert tracker.client.get_logged_model(redone).status == LoggedModelStatus.READY
+    assert [m.params["epoch"] for m in models] == epochs
+    assert models[0].model_id == whole
+    second = models[1]
+    assert second.model_id != half
+    assert second.params == {"epoch": "2", "step": "8", "checkpoint_uri": uri_2}
+    assert second.tags[CHECKPOINT_URI_TAG] == uri_2
+    # The whole record carries the epoch's loss, as a record made in one go does.
+    recorded = tracker.client.get_logged_model(second.model_id)
+    assert recorded.status == LoggedModelStatus.READY
+    assert [(m.key, m.value, m.step) for m in recorded.metrics] == [("checkpoint/loss", 0.9, 2)]

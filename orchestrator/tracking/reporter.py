@@ -120,9 +120,6 @@ class MlflowReporter:
     def log_checkpoint(
         self, uri: str, epoch: int, step: int, metrics: Mapping[str, float]
     ) -> str | None:
-        import mlflow
-        from mlflow.entities import LoggedModelOutput
-
         # The checkpoint is saved (the loop logs it after `ray.train.report` returned): what
         # led to it can no longer be redone by a restart.
         self._buffer.extend(self._uncommitted)
@@ -130,52 +127,77 @@ class MlflowReporter:
         self.flush()
         if self.commit_on_checkpoint:
             if self._recorded_checkpoints is None:
-                self._recorded_checkpoints = self._finished_records()
+                self._recorded_checkpoints = self._whole_records()
             if epoch in self._recorded_checkpoints:
                 # Redone after a lost registration: same directory (deterministic name),
                 # rewritten in place, so the recorded model already points at it.
                 return self._recorded_checkpoints[epoch]
-        source, dataset = self._origin()
+        source, _ = self._origin()
+        return self._record(
+            f"checkpoint-epoch-{epoch:04d}",
+            {**source, CHECKPOINT_URI_TAG: uri},
+            {"epoch": str(epoch), "step": str(step), "checkpoint_uri": uri},
+            metrics.get("loss"),
+        )
+
+    def _record(
+        self, name: str, tags: Mapping[str, str], params: Mapping[str, str], loss: float | None
+    ) -> str:
+        """A checkpoint's LoggedModel, output of the run at its step, with its loss."""
+        import mlflow
+        from mlflow.entities import LoggedModelOutput
+
+        _, dataset = self._origin()
         model = mlflow.create_external_model(
-            name=f"checkpoint-epoch-{epoch:04d}",
+            name=name,
             source_run_id=self.run_id,
             experiment_id=self.experiment_id,
             model_type=MODEL_TYPE,
-            tags={**source, CHECKPOINT_URI_TAG: uri},
-            params={"epoch": str(epoch), "step": str(step), "checkpoint_uri": uri},
+            tags=dict(tags),
+            params=dict(params),
         )
+        step = int(params["step"])
         self._client.log_outputs(self.run_id, [LoggedModelOutput(model.model_id, step)])
-        if "loss" in metrics:
+        if loss is not None:
             # With the training data set named: MLflow lists a model's data sets from its metrics.
             self._client.log_metric(
                 self.run_id,
                 "checkpoint/loss",
-                float(metrics["loss"]),
-                step=epoch,
+                float(loss),
+                step=int(params["epoch"]),
                 model_id=model.model_id,
                 dataset_name=dataset[0] if dataset else None,
                 dataset_digest=dataset[1] if dataset else None,
             )
         return model.model_id
 
-    def _finished_records(self) -> dict[int, str]:
-        """Epoch -> model id of the checkpoints this run recorded in full. A record that a kill
-        cut short (MLflow creates a LoggedModel PENDING and makes it READY once its MLmodel
-        file is stored) is deleted, so that the epoch, redone, is recorded again whole."""
+    def _whole_records(self) -> dict[int, str]:
+        """Epoch -> model id of the checkpoints this run recorded, each whole.
+
+        A record that a kill cut short (MLflow creates a LoggedModel PENDING and makes it READY
+        once its MLmodel file is stored) is made again from its own name, tags and params, and
+        the half one deleted: its checkpoint may be the very one this attempt resumed from,
+        which is never redone, so waiting for a redo would lose it."""
         from mlflow.entities import LoggedModelStatus
 
-        finished: dict[int, str] = {}
+        records: dict[int, str] = {}
         for model in self._client.search_logged_models(
             experiment_ids=[self.experiment_id],
             filter_string=f"source_run_id = '{self.run_id}'",
         ):
             if "epoch" not in model.params:
                 continue
+            epoch = int(model.params["epoch"])
             if model.status == LoggedModelStatus.READY:
-                finished[int(model.params["epoch"])] = model.model_id
-            else:
-                self._client.delete_logged_model(model.model_id)
-        return finished
+                records[epoch] = model.model_id
+                continue
+            self._client.delete_logged_model(model.model_id)
+            kept = (*SOURCE_TAGS, CHECKPOINT_URI_TAG)
+            tags = {key: value for key, value in model.tags.items() if key in kept}
+            losses = self._client.get_metric_history(self.run_id, "epoch/loss")
+            loss = next((m.value for m in losses if m.step == epoch), None)
+            records[epoch] = self._record(model.name, tags, model.params, loss)
+        return records
 
     def _origin(self) -> tuple[dict[str, str], tuple[str, str] | None]:
         """Where this run's checkpoints come from: the run's source tags (the mimray command and
