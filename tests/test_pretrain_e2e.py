@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import TINY_MODEL
 from interruption import file_states
+from mlflow.entities import LoggedModelStatus
 
 from orchestrator.config import load_spec
 from orchestrator.pretrain.launch import run_pretrain
@@ -74,9 +75,26 @@ def test_pretrain_records_run_and_checkpoints_then_resumes_same_run(ray_session,
     assert steps == list(range(1, 13))
     assert [m.params["epoch"] for m in tracker.checkpoint_models(first.run_id)] == ["1", "2", "3"]
 
-    # Once the last epoch is checkpointed, the same command trains nothing and reports it.
+    # A kill inside the final checkpoint's record leaves it half made (PENDING, what MLflow
+    # creates before the record's MLmodel file is stored): replace the whole one by that.
+    final = tracker.checkpoint_models(first.run_id)[-1]
+    tracker.client.delete_logged_model(final.model_id)
+    tracker.client.create_logged_model(
+        experiment_id=tracker.experiment_id,
+        name=final.name,
+        source_run_id=first.run_id,
+        tags=dict(final.tags),
+        params=dict(final.params),
+        model_type=final.model_type,
+    )
+
+    # Once the last epoch is checkpointed, the same command trains nothing and reports it,
+    # its final record made whole first.
     third = run_pretrain(load_spec("demo", [*TINY, "train.epochs=3"]), name="tiny")
     assert (third.resumed, third.run_id, third.epochs_done) == (True, first.run_id, 3)
+    models = tracker.checkpoint_models(first.run_id)
+    assert [m.params for m in models][-1] == dict(final.params)
+    assert tracker.client.get_logged_model(models[-1].model_id).status == LoggedModelStatus.READY
     assert third.checkpoint_uri == second.checkpoint_uri
     assert len(tracker.metric_history(first.run_id, "train/loss")) == 12
     # The data is declared once, however often the run is resumed.

@@ -67,6 +67,12 @@ def execute_run(
     spec = run.spec
     tracker = Tracker(run.tracking_uri, spec.tracking.experiment)
     if run.resumed:
+        # A checkpoint record a kill cut short is made whole before it is read: the final
+        # one would otherwise mark a run finished with a half record.
+        records = tracker.reporter(run.run_id, system_metrics=False)
+        records.start()
+        records.whole_records()
+        records.close()
         done = _already_complete(tracker, run)
         if done is not None:
             return done

@@ -127,7 +127,7 @@ class MlflowReporter:
         self.flush()
         if self.commit_on_checkpoint:
             if self._recorded_checkpoints is None:
-                self._recorded_checkpoints = self._whole_records()
+                self._recorded_checkpoints = self.whole_records()
             if epoch in self._recorded_checkpoints:
                 # Redone after a lost registration: same directory (deterministic name),
                 # rewritten in place, so the recorded model already points at it.
@@ -171,13 +171,14 @@ class MlflowReporter:
             )
         return model.model_id
 
-    def _whole_records(self) -> dict[int, str]:
+    def whole_records(self) -> dict[int, str]:
         """Epoch -> model id of the checkpoints this run recorded, each whole.
 
         A record that a kill cut short (MLflow creates a LoggedModel PENDING and makes it READY
         once its MLmodel file is stored) is made again from its own name, tags and params, and
         the half one deleted: its checkpoint may be the very one this attempt resumed from,
-        which is never redone, so waiting for a redo would lose it."""
+        which is never redone, so waiting for a redo would lose it. Called by a resumed run
+        before it reads its records, and by an attempt's first checkpoint."""
         from mlflow.entities import LoggedModelStatus
 
         records: dict[int, str] = {}
