@@ -266,3 +266,21 @@ def test_eval_targets_and_lineage_of_a_sweep(store):
     narrow = lineage(store["uri"], trials[("4", "1")])
     assert narrow["sweep"]["name"] == "kgrid"
     assert [r["run_id"] for r in narrow["runs"]] == [trials[("4", "1")]]
+
+
+def test_upload_process_reports_a_failed_upload_and_leaves_nothing_behind(store, tmp_path):
+    """The report's upload runs in a child process that opens the store early: an upload the
+    store refuses comes back as an error naming it, and a report that fails before uploading
+    leaves no process behind."""
+    from orchestrator.tracking.artifacts import ArtifactUploader
+
+    page = tmp_path / "report.md"
+    page.write_text("x")
+    uploader = ArtifactUploader(store["uri"])
+    with pytest.raises(RuntimeError, match="0123456789abcdef0123456789abcdef"):
+        uploader.attach("0123456789abcdef0123456789abcdef", [page], "report")
+    assert not uploader._process.is_alive()
+
+    unused = ArtifactUploader(store["uri"])
+    unused.close()
+    assert not unused._process.is_alive()

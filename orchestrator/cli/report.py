@@ -34,19 +34,30 @@ def report(sweep: str, out: Path | None, experiment: str | None, tracking_uri: s
     from orchestrator.report.render import report_paths, rich_table, write_report
     from orchestrator.report.table import ReportError, attach_report, build_report
     from orchestrator.tracking import resolve_tracking_uri
+    from orchestrator.tracking.artifacts import ArtifactUploader
     from orchestrator.tracking.rest_reads import usable
 
     uri = resolve_tracking_uri(tracking_uri)
+    # The reads need no MLflow (`sql_reads`, `rest_reads`); the upload at the end does: a child
+    # process imports it and opens the store meanwhile, on the other core. Opening a store
+    # through MLflow creates it where there is none, so the child starts before the reads only
+    # for a server or an SQLite file already there; otherwise once the reads found the sweep.
+    uploader = ArtifactUploader(uri) if _store_is_there(uri) else None
     if usable(uri):
-        # Reads from a server need neither MLflow nor matplotlib (`rest_reads`); the upload
-        # and the plots at the end do: importing them now overlaps the wait for the server.
-        _import_meanwhile("mlflow", "matplotlib.figure")
+        # Reads from a server wait on it: importing matplotlib for the plots overlaps that.
+        _import_meanwhile("matplotlib.figure")
     try:
         built = build_report(uri, experiment, sweep)
     except ReportError as err:
+        if uploader is not None:
+            uploader.close()
         fail(str(err))
+    uploader = uploader or ArtifactUploader(uri)
     paths = write_report(built, report_paths(out, sweep))
-    logged = attach_report(built, paths)
+    try:
+        logged = attach_report(built, paths, uploader)
+    except RuntimeError as err:
+        fail(f"the report was written to {paths[0].parent} but not attached to MLflow: {err}")
     console.print(rich_table(built))
     for pair in compare_pairs(built):
         measured = "; ".join(f"{c.column.key} {c.verdict}" for c in pair.comparisons)
@@ -61,6 +72,16 @@ def report(sweep: str, out: Path | None, experiment: str | None, tracking_uri: s
         )
     console.print(f"wrote {', '.join(str(p) for p in paths)}")
     console.print(f"attached to MLflow parent run {built.parent_run_id}: {', '.join(logged)}")
+
+
+def _store_is_there(uri: str) -> bool:
+    """A tracking server, or an SQLite store whose file exists (and holds something)."""
+    if uri.startswith(("http://", "https://")):
+        return True
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+        return path.is_file() and path.stat().st_size > 0
+    return False
 
 
 def _import_meanwhile(*modules: str) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from orchestrator.errors import ConfigError
 from orchestrator.report.records import Cell, Column, Report, Row, TrialRecord
-from orchestrator.tracking.artifacts import attach_files
+from orchestrator.tracking.artifacts import ArtifactUploader, attach_files
 from orchestrator.tracking.lookup import (
     RunReader,
     TrackedRun,
@@ -107,8 +107,13 @@ def build_report(tracking_uri: str, experiment: str | None, sweep_name: str) -> 
     )
 
 
-def attach_report(report: Report, paths: Iterable[Path]) -> list[str]:
-    """Log the rendered files under `report/` of the sweep's parent run; their artifact paths."""
+def attach_report(
+    report: Report, paths: Iterable[Path], uploader: ArtifactUploader | None = None
+) -> list[str]:
+    """Log the rendered files under `report/` of the sweep's parent run (through `uploader`,
+    opened on the report's store beforehand, if given); their artifact paths."""
+    if uploader is not None:
+        return uploader.attach(report.parent_run_id, paths, "report")
     return attach_files(report.tracking_uri, report.parent_run_id, paths, "report")
 
 
