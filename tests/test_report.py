@@ -74,7 +74,14 @@ def _record_sweep(tmp, tracker: Tracker, name: str, ks: str, seeds: int) -> dict
 
 
 def _record_eval(
-    tracker: Tracker, sweep: str, trial_id: str, protocol: str, epoch: int, top1: float, key=""
+    tracker: Tracker,
+    sweep: str,
+    trial_id: str,
+    protocol: str,
+    epoch: int,
+    top1: float,
+    key="",
+    split: str | None = None,
 ) -> None:
     reporter = tracker.reporter(trial_id, system_metrics=False)
     reporter.start()
@@ -82,7 +89,7 @@ def _record_eval(
     reporter.close()
     handle = tracker.open_run(
         key=f"eval:{trial_id}:{protocol}:e{epoch}{key}",
-        params={"protocol": protocol},
+        params={"protocol": protocol, **({"eval.data.split": split} if split else {})},
         tags={
             KIND_TAG: "eval",
             EVAL_PROTOCOL_TAG: protocol,
@@ -284,3 +291,28 @@ def test_upload_process_reports_a_failed_upload_and_leaves_nothing_behind(store,
     unused = ArtifactUploader(store["uri"])
     unused.close()
     assert not unused._process.is_alive()
+
+
+def test_selection_split_scores_get_their_own_column(tmp_path):
+    """Evaluations scored on the selection split (`eval.data.split: selection`) are for
+    choosing settings: the report shows them in a column of their own and never averages them
+    into the val column that results are reported from."""
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", EXPERIMENT)
+    sweep = _record_sweep(tmp_path, tracker, "sel", "[2, 4]", seeds=1)
+    val = {"2": 0.40, "4": 0.60}
+    selection = {"2": 0.90, "4": 0.10}
+    for k in ("2", "4"):
+        trial = sweep["trials"][(k, "0")]
+        _record_eval(tracker, "sel", trial, "knn", 3, val[k])
+        time.sleep(0.01)  # the selection runs are the newest: they must still not replace val
+        _record_eval(tracker, "sel", trial, "knn", 3, selection[k], key=":sel", split="selection")
+
+    report = build_report(tracker.tracking_uri, EXPERIMENT, "sel")
+    assert [c.key for c in report.columns] == ["loss", "knn@e3", "knn@e3/selection"]
+    for row in report.rows:
+        k = row.knobs[0]
+        assert row.cells["knn@e3"].values == (val[k],)
+        assert row.cells["knn@e3/selection"].values == (selection[k],)
+    text = render_markdown(report)
+    assert "| k | seeds | loss | knn@e3 | knn@e3/selection |" in text.splitlines()
+    assert "`PROTOCOL@eN/selection`: scored on the selection split" in text
