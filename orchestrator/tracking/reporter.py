@@ -182,6 +182,7 @@ class MlflowReporter:
         from mlflow.entities import LoggedModelStatus
 
         records: dict[int, str] = {}
+        losses: dict[int, float] | None = None  # epoch -> epoch/loss, read once if needed
         for model in self._client.search_logged_models(
             experiment_ids=[self.experiment_id],
             filter_string=f"source_run_id = '{self.run_id}'",
@@ -195,9 +196,10 @@ class MlflowReporter:
             self._client.delete_logged_model(model.model_id)
             kept = (*SOURCE_TAGS, CHECKPOINT_URI_TAG)
             tags = {key: value for key, value in model.tags.items() if key in kept}
-            losses = self._client.get_metric_history(self.run_id, "epoch/loss")
-            loss = next((m.value for m in losses if m.step == epoch), None)
-            records[epoch] = self._record(model.name, tags, model.params, loss)
+            if losses is None:
+                history = self._client.get_metric_history(self.run_id, "epoch/loss")
+                losses = {m.step: m.value for m in history}
+            records[epoch] = self._record(model.name, tags, model.params, losses.get(epoch))
         return records
 
     def _origin(self) -> tuple[dict[str, str], tuple[str, str] | None]:
