@@ -1,8 +1,17 @@
 """`mimray report` on a sweep that was trained and evaluated for real (not laid out by hand):
 two trials, one epoch, each checkpoint evaluated by kNN as the sweep chains it. Each cell of
-the table must be the metric its eval run recorded, read back from MLflow on its own."""
+the table must be the metric its eval run recorded, read back from MLflow on its own.
+
+The sweep runs as a user starts it, `mimray sweep` in a process with its own local Ray: late
+in a suite, on the test process's shared Ray, its trial once waited forever (Tune's controller
+on an idle trial actor), twice in fresh-clone runs and never alone.
+"""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -33,19 +42,28 @@ sweep:
 """
 
 
-def test_report_of_a_live_sweep_shows_what_its_eval_runs_recorded(workdir, ray_session, tmp_path):
-    from orchestrator.config import load_sweep
+def test_report_of_a_live_sweep_shows_what_its_eval_runs_recorded(workdir, tmp_path):
     from orchestrator.report.table import build_report
-    from orchestrator.sweep.runner import run_sweep
 
     (workdir / "live.yaml").write_text(SWEEP.format(model=tiny_model_yaml()))
-    sweep, trials = load_sweep("live.yaml")
-    result = run_sweep(sweep, trials)
-    assert [o.status for o in result.outcomes] == ["FINISHED", "FINISHED"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    swept = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "sweep", "live.yaml"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert swept.returncode == 0, swept.stdout[-3000:] + swept.stderr[-3000:]
 
     # What MLflow holds, read without the report code: each trial's kNN top-1 from its eval run.
     tracker = Tracker(resolve_tracking_uri(), "live")
     runs = tracker.client.search_runs([tracker.experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("mimray.kind") == "sweep"]
+    assert [r.info.status for r in runs if r.data.tags.get("mimray.kind") == "trial"] == [
+        "FINISHED",
+        "FINISHED",
+    ]
     trial_patch = {
         r.info.run_id: r.data.params["model.patch_size"]
         for r in runs
@@ -77,9 +95,9 @@ def test_report_of_a_live_sweep_shows_what_its_eval_runs_recorded(workdir, ray_s
     for patch, top1 in recorded.items():
         row = next(line for line in table.splitlines() if line.startswith(f"| {patch} |"))
         assert f"{top1 * 100:.1f} (n=1)" in row, row
-    artifacts = tracker.client.list_artifacts(result.parent_run_id, "report")
+    artifacts = tracker.client.list_artifacts(parent.info.run_id, "report")
     assert sorted(a.path for a in artifacts) == ["report/report.html", "report/report.md"]
     attached = tracker.client.download_artifacts(
-        result.parent_run_id, "report/report.md", str(tmp_path)
+        parent.info.run_id, "report/report.md", str(tmp_path)
     )
     assert open(attached, encoding="utf-8").read() == table
