@@ -81,18 +81,62 @@ def cluster_temp_dir():
     subprocess.run(["rm", "-rf", str(path)], check=False)
 
 
+def _start_local_ray():
+    import ray
+
+    # address="local": a new instance even where a `ray start` cluster left its address in
+    # /tmp/ray (ray.init would join that one, and refuse num_cpus for it).
+    ray.init(address="local", num_cpus=2, include_dashboard=True)
+
+
 @pytest.fixture(scope="session")
-def ray_session():
-    """Start local Ray once per test process (pytest-xdist runs two); every test of that
-    process that needs Ray shares it (start-up costs seconds)."""
+def _shared_ray():
+    """Local Ray, started once per test process (pytest-xdist runs two)."""
     import ray
 
     if not ray.is_initialized():
-        # address="local": a new instance even where a `ray start` cluster left its address in
-        # /tmp/ray (ray.init would join that one, and refuse num_cpus for it).
-        ray.init(address="local", num_cpus=2, include_dashboard=True)
+        _start_local_ray()
     yield ray
     ray.shutdown()
+
+
+ACTOR_START_S = 90.0  # an actor starts in seconds, minutes only on a machine far overloaded
+
+
+@pytest.fixture(scope="module")
+def ray_session(_shared_ray):
+    """The test process's Ray, shared by every test that needs it (start-up costs seconds),
+    checked once per test file: an actor must start.
+
+    Ray 2.60's driver can stop hearing that its actors started: in three fresh-clone runs,
+    late in one test process, the GCS logged a Tune trial actor as created while the driver's
+    core worker never got its ALIVE notice (its last: PENDING_CREATION), and Tune waited
+    forever; so did every later in-process sweep of that process. Users' drivers are one CLI
+    process per run. A test process that has fallen into this state gets a fresh Ray, and says
+    so, instead of a hang that ends at the 900 s timeout."""
+    ray = _shared_ray
+
+    @ray.remote(num_cpus=0)
+    class Probe:
+        def ready(self) -> bool:
+            return True
+
+    probe = Probe.remote()
+    try:
+        ray.get(probe.ready.remote(), timeout=ACTOR_START_S)
+    except ray.exceptions.GetTimeoutError:
+        import warnings
+
+        warnings.warn(
+            f"no actor started in {ACTOR_START_S:.0f} s on this test process's Ray: "
+            "restarting it (Ray driver lost its actor notifications)",
+            stacklevel=1,
+        )
+        ray.shutdown()
+        _start_local_ray()
+    else:
+        ray.kill(probe)
+    yield ray
 
 
 @pytest.fixture
