@@ -179,6 +179,21 @@ class LocalRayCluster:
         with urllib.request.urlopen(request, timeout=30) as answer:
             return json.load(answer)["data"]["result"]["result"]
 
+    def _get(self, path: str) -> dict:
+        request = urllib.request.Request(
+            f"{self.dashboard_url}{path}", headers={"Authorization": f"Bearer {self.token}"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return json.load(answer)
+
+    def job_logs(self, job_id: str) -> str:
+        """A job's logs from the Jobs API over HTTP: for polls, which would cost a second of
+        CPU per `mimray jobs logs` process (the CLI itself is checked once per test)."""
+        return self._get(f"/api/jobs/{job_id}/logs")["logs"]
+
+    def job_status(self, job_id: str) -> str:
+        return self._get(f"/api/jobs/{job_id}")["status"]
+
     def alive_nodes(self) -> list[dict]:
         return self.state("nodes", state="ALIVE")
 

@@ -168,21 +168,15 @@ def _jobs_stop_ends_a_live_job(cluster, project, env, tmp_path) -> None:
     assert started.returncode == 0, started.stderr[-3000:]
 
     def running() -> bool:
-        logs = mimray(["jobs", "logs", "long", *address], project, env).stdout
-        return "[mimray] trials: 1 running" in logs
+        return "[mimray] trials: 1 running" in cluster.job_logs("long")
 
-    wait_until(running, 240, "the long sweep's trial to start", interval=2)
+    wait_until(running, 240, "the long sweep's trial to start", interval=1)
     assert cluster.state("actors", class_name="ImplicitFunc", state="ALIVE")
     stopped = mimray(["jobs", "stop", "long", *address], project, env)
     assert stopped.returncode == 0 and stopped.stdout.startswith("long: stopping"), stopped.stdout
-    wait_until(
-        lambda: mimray(["jobs", "status", "long", *address], project, env).stdout.startswith(
-            "long: STOPPED"
-        ),
-        60,
-        "the long job to be STOPPED",
-        interval=1,
-    )
+    wait_until(lambda: cluster.job_status("long") == "STOPPED", 60, "the long job to be STOPPED")
+    status = mimray(["jobs", "status", "long", *address], project, env)
+    assert status.stdout.startswith("long: STOPPED"), status.stdout
     wait_until(
         lambda: not cluster.state("actors", class_name="ImplicitFunc", state="ALIVE"),
         60,
