@@ -102,7 +102,9 @@ def test_fifteen_percent_corrupt_fails_naming_share_and_threshold(
     ray_session, workdir, bucket, s3_client
 ):
     upload_parquet(s3_client, bucket, "bad/train.parquet", count=200, corrupt=30)
-    spec = load_spec(None, [*TINY, f"data.source=s3://{bucket}/bad", "train.batch_size=40"])
+    # One worker: the in-process path's failure (a worker group's is the CLI test's below).
+    sets = [*TINY, f"data.source=s3://{bucket}/bad", "train.batch_size=40"]
+    spec = load_spec(None, [*sets, "scaling.num_workers=1"])
     with pytest.raises(Exception) as failed:
         run_pretrain(spec, name="too-corrupt")
     message = str(failed.value)
@@ -135,6 +137,7 @@ def test_empty_images_in_a_folder_are_skipped_and_counted(ray_session, workdir, 
         f"data.source={tmp_path / 'images'}",
         "train.batch_size=32",
         "data.max_skipped_share=0.05",
+        "scaling.num_workers=1",  # counted in-process (two workers' counts add up above)
     ]
     result = run_pretrain(load_spec(None, [*TINY, *args]), name="empty-files")
     tracker = Tracker(resolve_tracking_uri(), "s3")

@@ -57,7 +57,8 @@ def test_killed_run_resumes_from_its_last_checkpoint_not_from_scratch(ray_sessio
         # The run id is printed once the driver created the store and the run: opened
         # earlier, two processes would race in MLflow's schema creation.
         found = re.search(r"MLflow run (\w+)", output)
-        if not found:
+        # A checkpoint is on disk before MLflow records it: the query waits for that.
+        if not found or not any((workdir / "mimray-runs" / "ray" / "cut").glob("checkpoint_*")):
             return None
         tracker = tracker or Tracker(resolve_tracking_uri(), "resume")
         return found.group(1) if tracker.checkpoint_models(found.group(1)) else None

@@ -125,6 +125,7 @@ def test_killed_sweep_keeps_its_finished_trial_and_resumes_the_other_from_its_ch
     # (one trial at a time here: the second had not started). Runs opened or data declared
     # at set-up would show up here.
     second_run_before_start = []
+    looked = [0.0]  # when MLflow was last searched
 
     def second_trial_checkpointed_epoch_1(output: str) -> bool:
         nonlocal tracker
@@ -133,6 +134,12 @@ def test_killed_sweep_keeps_its_finished_trial_and_resumes_the_other_from_its_ch
         if "[mimray] sweep 'cut'" not in output:
             return False
         tracker = tracker or Tracker(resolve_tracking_uri(), "sweeps")
+        # Until the second trial has a checkpoint on disk (before MLflow records it), a look
+        # every half second: each search costs the trials CPU.
+        checkpointed = any((workdir / "mimray-runs" / "ray" / INTERRUPTED).glob("checkpoint_*"))
+        if not checkpointed and time.monotonic() < looked[0] + 0.5:
+            return False
+        looked[0] = time.monotonic()
         # A trial's run exists from the moment the trial starts.
         runs = {r.info.run_name: r for r in _child_runs(tracker)}
         if KEPT in runs and runs[KEPT].info.status != "FINISHED":  # one search: one moment
@@ -157,7 +164,7 @@ def test_killed_sweep_keeps_its_finished_trial_and_resumes_the_other_from_its_ch
         trainer_pids=lambda: alive_actor_pids(gcs, "ImplicitFunc"),
         interval_s=0.05,
     )
-    # Looked at while planned (the first trial trains for seconds, looked at every 0.05 s).
+    # Looked at while planned (the first trial trains for seconds, looked at every 0.5 s).
     assert second_run_before_start and not any(second_run_before_start)
     interrupted_path = workdir / "mimray-runs" / "ray" / INTERRUPTED
     on_disk = checkpointed_epochs(p.name for p in interrupted_path.glob("checkpoint_epoch_*"))

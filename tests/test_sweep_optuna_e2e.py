@@ -57,6 +57,9 @@ def test_optuna_sweep_is_recorded_like_any_sweep_and_restores_after_a_driver_kil
         nonlocal tracker
         if "[mimray] sweep 'opt'" not in output:  # the store exists from here on
             return False
+        # The third trial's checkpoint is on disk before MLflow records it.
+        if not any((workdir / "mimray-runs" / "ray" / NAMES[2]).glob("checkpoint_*")):
+            return False
         tracker = tracker or Tracker(resolve_tracking_uri(), "opt")
         runs = _runs(tracker, "trial")
         return (
