@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from broken_data import write_folder_with_empty_images
 from click.testing import CliRunner
 from conftest import TINY_MODEL, moto_checks_credentials
 from PIL import Image
+from waiting import wait_until
 
 from orchestrator.cli.main import main
 from orchestrator.config import load_spec
@@ -88,11 +90,22 @@ def test_push_inspect_then_pretrain_from_s3(ray_session, workdir, bucket):
     assert uri in inputs[0].dataset.source
 
 
+def alive(class_name: str) -> list:
+    from ray.util.state import list_actors
+
+    return list_actors(filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")])
+
+
 def test_two_corrupt_of_400_train_and_are_counted(ray_session, workdir, bucket, s3_client):
     # As CIFAR-10 is published: the image struct is named `img`, found without being named.
     upload_parquet(s3_client, bucket, "hf/train.parquet", count=400, corrupt=2, image_column="img")
     spec = load_spec(None, [*TINY, f"data.source=s3://{bucket}/hf", "train.batch_size=40"])
+    ctrl_c = signal.getsignal(signal.SIGINT)
     result = run_pretrain(spec, name="two-corrupt")
+    # The run's worker group ends with it: Ray Train leaves a Ctrl-C handler holding its
+    # controller (and data actors) alive after `fit`; mimray puts the caller's handler back.
+    assert signal.getsignal(signal.SIGINT) is ctrl_c
+    wait_until(lambda: not alive("TrainController"), 60, "the run's TrainController to end")
     tracker = Tracker(resolve_tracking_uri(), "s3")
     assert tracker.metric_history(result.run_id, "data/skipped") == [(1, 2.0)]
     assert tracker.metric_history(result.run_id, "data/images_seen") == [(1, 400.0)]

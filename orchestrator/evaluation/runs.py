@@ -15,6 +15,7 @@ from typing import Any
 from orchestrator.config import ConfigError, EvalSpec, flatten
 from orchestrator.evaluation.checkpoints import Checkpoint
 from orchestrator.evaluation.data import EvalData, describe_eval_data, eval_datasets
+from orchestrator.fit.fit_call import fit
 from orchestrator.fit.in_process import InProcessTrainer
 from orchestrator.fit.ray_setup import ensure_ray, runs_in_process, worker_scaling
 from orchestrator.tracking import (
@@ -72,7 +73,7 @@ def evaluate_checkpoint(
     trainer = _build_trainer(checkpoint, spec, data, pretrain_spec, reporter)
     tracker.mark_running(run_id)
     try:
-        result = trainer.fit()
+        result = fit(trainer)
     except BaseException as err:
         tracker.finish_run(run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise

@@ -15,6 +15,7 @@ from typing import Any
 from orchestrator import console_log
 from orchestrator.config import RunSpec, check_name
 from orchestrator.evaluation.chained import run_chained_evaluations
+from orchestrator.fit.fit_call import fit
 from orchestrator.fit.ray_setup import ensure_ray
 from orchestrator.pretrain.prepare import (
     PreparedRun,
@@ -90,7 +91,7 @@ def execute_run(
     tracker.mark_running(run.run_id)
     try:
         # One CPU worker trains in this process (`fit/in_process.py`), more in a worker group.
-        result = trainer.fit()
+        result = fit(trainer)
     except SystemExit:
         # Tune stops an in-process trial (ASHA) by exiting its thread at a report: the epochs
         # it reported are checkpointed, and the sweep counts the trial as complete.
