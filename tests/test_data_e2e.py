@@ -16,6 +16,7 @@ import pytest
 from broken_data import write_folder_with_empty_images
 from click.testing import CliRunner
 from conftest import TINY_MODEL, moto_checks_credentials
+from interruption import actors
 from PIL import Image
 from waiting import wait_until
 
@@ -90,10 +91,9 @@ def test_push_inspect_then_pretrain_from_s3(ray_session, workdir, bucket):
     assert uri in inputs[0].dataset.source
 
 
-def alive(class_name: str) -> list:
-    from ray.util.state import list_actors
-
-    return list_actors(filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")])
+def alive(ray_session, class_name: str) -> list:
+    # This test process's Ray by its address: cluster tests may run other instances beside it.
+    return actors(ray_session.get_runtime_context().gcs_address, class_name)
 
 
 def test_two_corrupt_of_400_train_and_are_counted(ray_session, workdir, bucket, s3_client):
@@ -105,7 +105,9 @@ def test_two_corrupt_of_400_train_and_are_counted(ray_session, workdir, bucket, 
     # The run's worker group ends with it: Ray Train leaves a Ctrl-C handler holding its
     # controller (and data actors) alive after `fit`; mimray puts the caller's handler back.
     assert signal.getsignal(signal.SIGINT) is ctrl_c
-    wait_until(lambda: not alive("TrainController"), 60, "the run's TrainController to end")
+    wait_until(
+        lambda: not alive(ray_session, "TrainController"), 60, "the run's TrainController to end"
+    )
     tracker = Tracker(resolve_tracking_uri(), "s3")
     assert tracker.metric_history(result.run_id, "data/skipped") == [(1, 2.0)]
     assert tracker.metric_history(result.run_id, "data/images_seen") == [(1, 400.0)]
