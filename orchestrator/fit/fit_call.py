@@ -5,10 +5,9 @@ that aborts the run's controller actor, and leaves it installed after the run: t
 closure keeps the finished run's controller (and the data actors it holds) alive until the
 process exits or the next run's `fit` replaces it. In a process that runs several fits
 (`mimray pretrain` with chained evaluations, a notebook, the test suite) the old controller was
-then torn down while the next run's actors started; a test process whose driver had been
-through that stopped receiving actor notices (see DESIGN.md). Restoring the previous handler
-after the run drops the closure, so the controller ends with its run, and Ctrl-C after the
-run is the caller's again. Only the standard library's `signal` is used.
+torn down only while the next run's actors started. Restoring the previous handler after the
+run drops the closure, so the controller ends with its run, and Ctrl-C after the run is the
+caller's again. Only the standard library's `signal` is used.
 """
 
 from __future__ import annotations
