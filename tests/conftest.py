@@ -39,19 +39,18 @@ except SystemExit as done:
 # other process idles; the many short files fill the gaps at the end. (xdist's own order puts
 # files with many tests first: `--no-loadscope-reorder` in pyproject keeps this one.)
 LONGEST_FIRST = (  # seconds per file in a fresh-clone run, both processes busy
-    "test_cluster_e2e.py",  # 312 (two tests)
+    "test_cluster_e2e.py",  # two tests on one cluster
     "test_s3_checkpoints_e2e.py",  # 249
     "test_sweep_e2e.py",  # 247
     "test_data_e2e.py",  # 246
     "test_preemption_e2e.py",  # 239
-    "test_cluster_s3_restore.py",  # 233
-    "test_sweep_on_demand_e2e.py",  # 224
     "test_sweep_failures_e2e.py",  # 154
     "test_sweep_optuna_e2e.py",  # 147
     "test_observability_e2e.py",  # 100
     "test_checkpoint_upload.py",  # 87
     "test_promote_e2e.py",  # 85
     "test_pretrain_e2e.py",  # 79
+    "test_cluster_autoscaler_e2e.py",  # 80
 )
 
 

@@ -211,7 +211,7 @@ class LocalRayCluster:
         for group in self.groups:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(group, signal.SIGTERM)
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 5
         while time.monotonic() < deadline and any(_group_alive(g) for g in self.groups):
             time.sleep(0.5)
         for group in self.groups:
