@@ -99,7 +99,7 @@ def _shared_ray():
     ray.shutdown()
 
 
-ACTOR_START_S = 90.0  # an actor starts in seconds, minutes only on a machine far overloaded
+ACTOR_START_S = 40.0  # an actor starts in seconds; room for a machine with every core busy
 
 
 @pytest.fixture(scope="module")
