@@ -23,6 +23,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import yaml
+from tiny_model import tiny_model
 from waiting import wait_until
 
 RAY = str(Path(sys.executable).parent / "ray")
@@ -249,3 +251,29 @@ def run_mimray(
         text=True,
         timeout=timeout,
     )
+
+
+def cluster_sweep(
+    name: str,
+    worker_resources: dict[str, float],
+    grid: list[float],
+    storage: Path | str,
+    epochs: int = 1,
+    knob: str = "method.mask_ratio",
+) -> str:
+    """A tiny MAE sweep file over `knob`, one CPU worker per trial asking `worker_resources`,
+    its storage at `storage` (a folder every local node shares, as NFS would be, or s3://)."""
+    spec = {
+        "name": name,
+        "base": {
+            "method": {"name": "mae"},
+            "model": tiny_model(),
+            "data": {"source": "shapes", "num_images": 64},
+            "train": {"epochs": epochs, "batch_size": 32},
+            "scaling": {"num_workers": 1, "worker_resources": worker_resources},
+            "tracking": {"experiment": name, "system_metrics": False},
+            "storage": {"path": str(storage)},
+        },
+        "sweep": {"grid": {knob: grid}},
+    }
+    return yaml.safe_dump(spec, sort_keys=False)

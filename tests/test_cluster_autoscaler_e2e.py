@@ -11,30 +11,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from local_ray_cluster import LocalRayCluster, port_for_a_config, run_mimray
-from tiny_model import tiny_model
+from local_ray_cluster import LocalRayCluster, cluster_sweep, port_for_a_config, run_mimray
 from waiting import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 mimray = functools.partial(run_mimray, timeout=540)
-
-
-def tiny_sweep(name: str, worker_resources: dict[str, float], storage: Path) -> str:
-    spec = {
-        "name": name,
-        "base": {
-            "method": {"name": "mae"},
-            "model": tiny_model(),
-            "data": {"source": "shapes", "num_images": 64},
-            "train": {"epochs": 1, "batch_size": 32},
-            "scaling": {"num_workers": 1, "worker_resources": worker_resources},
-            "tracking": {"experiment": name, "system_metrics": False},
-            "storage": {"path": str(storage)},
-        },
-        "sweep": {"grid": {"method.mask_ratio": [0.75]}},
-    }
-    return yaml.safe_dump(spec, sort_keys=False)
 
 
 def fake_cluster_config(gcs_address: str) -> dict:
@@ -68,7 +50,8 @@ def test_autoscaler_adds_the_node_type_a_sweep_needs_and_removes_it_when_idle(
             extra_env={"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"},
         )
         assert [n["resources_total"].get("fake_gpu") for n in cluster.alive_nodes()] == [None]
-        (tmp_path / "sweep.yaml").write_text(tiny_sweep("fake", {"fake_gpu": 1}, tmp_path / "ray"))
+        sweep = cluster_sweep("fake", {"fake_gpu": 1}, [0.75], tmp_path / "ray")
+        (tmp_path / "sweep.yaml").write_text(sweep)
         env = {**os.environ, "RAY_ADDRESS": cluster.gcs_address, "RAY_AUTH_MODE": "disabled"}
         env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
         swept = mimray(["sweep", "sweep.yaml"], tmp_path, env)

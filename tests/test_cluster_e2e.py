@@ -22,44 +22,14 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from broken_data import write_folder_with_empty_images
-from local_ray_cluster import LocalRayCluster, run_mimray
-from tiny_model import TINY_MODEL, tiny_model
+from local_ray_cluster import LocalRayCluster, cluster_sweep, run_mimray
+from tiny_model import TINY_MODEL
 from waiting import wait_until
 
 from orchestrator.sweep.trial import TRIAL_NODE_TAG
 
 pytestmark = pytest.mark.slow
-
-
-def tiny_sweep(
-    name: str,
-    worker_resources: dict[str, float],
-    grid: list[float],
-    storage: Path | str,
-    epochs: int = 1,
-    knob: str = "method.mask_ratio",
-) -> str:
-    spec = {
-        "name": name,
-        "base": {
-            "method": {"name": "mae"},
-            "model": tiny_model(),
-            "data": {"source": "shapes", "num_images": 64},
-            "train": {"epochs": epochs, "batch_size": 32},
-            "scaling": {
-                "num_workers": 1,
-                "cpus_per_worker": 0.5,
-                "worker_resources": worker_resources,
-            },
-            "tracking": {"experiment": name, "system_metrics": False},
-            # Shared by every node, as s3:// is on a real cluster.
-            "storage": {"path": str(storage)},
-        },
-        "sweep": {"grid": {knob: grid}},
-    }
-    return yaml.safe_dump(spec, sort_keys=False)
 
 
 mimray = functools.partial(run_mimray, timeout=540)
@@ -116,9 +86,10 @@ def test_submit_runs_a_sweep_whose_drivers_stay_on_demand_and_workers_on_spot(tm
     # One trial trains in its own process (one CPU worker), the other has a worker group of
     # two, so it keeps a driver process of its own. Every worker needs `trainer`, which only
     # the spot node has, so the trials go one at a time.
-    (project / "sweep.yaml").write_text(
-        tiny_sweep("remote", {"trainer": 0.5}, [1, 2], tmp_path / "ray", knob="scaling.num_workers")
+    sweep = cluster_sweep(
+        "remote", {"trainer": 0.5}, [1, 2], tmp_path / "ray", knob="scaling.num_workers"
     )
+    (project / "sweep.yaml").write_text(sweep)
     db = tmp_path / "mlflow.db"
     env = _client_env(cluster, f"sqlite:///{db}")
     address = ["--address", cluster.dashboard_url]
@@ -212,7 +183,7 @@ def _jobs_stop_ends_a_live_job(cluster, project, env, tmp_path) -> None:
     """`jobs stop` of a sweep that is training: the job ends STOPPED and its trial's process
     (the Tune trial actor that trains in-process on the `trainer` node) is gone."""
     (project / "long.yaml").write_text(
-        tiny_sweep("long", {"trainer": 1}, [0.75], tmp_path / "ray", epochs=200)
+        cluster_sweep("long", {"trainer": 1}, [0.75], tmp_path / "ray", epochs=200)
     )
     address = ["--address", cluster.dashboard_url]
     started = mimray(
@@ -249,7 +220,7 @@ TRIALS = 2  # the first finishes before the stop, the second is cut short
 
 def s3_sweep(storage: str) -> str:
     # Long enough that the second trial is still running when the job is stopped.
-    return tiny_sweep("survivor", {"trainer": 1}, [0.6, 0.7, 0.8][:TRIALS], storage, epochs=8)
+    return cluster_sweep("survivor", {"trainer": 1}, [0.6, 0.7, 0.8][:TRIALS], storage, epochs=8)
 
 
 def wait_for_log(cluster: LocalRayCluster, job: str, needle: str, timeout_s: float) -> str:
