@@ -137,10 +137,11 @@ def test_a_preempted_run_checkpoints_at_the_notice_and_resumes_from_that_step(
             resumed_at = out.find("resuming at epoch")
             return resumed_at >= 0 and next_epoch_end in out[resumed_at:]
 
-        def failed() -> str | None:
-            return None if run.poll() in (None, 0) else ended()
+        def ended_without_it() -> str | None:
+            # Asked again after the run ended: its last lines may have come meanwhile.
+            return None if trained_after_the_resume() else ended()
 
-        wait_until(trained_after_the_resume, 600, next_epoch_end, give_up=failed)
+        wait_until(trained_after_the_resume, 600, next_epoch_end, give_up=ended_without_it)
         out = output()
         took = time.monotonic() - started
         print(f"drained at {drained_at - started:.0f} s; resumed epoch done at {took:.0f} s")
