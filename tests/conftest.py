@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
-import time
 import urllib.request
 import uuid
-from pathlib import Path
 
 import pytest
+from local_ray_cluster import short_temp_dir
 from servers import mimray_ui, moto_server
 from tiny_model import TINY_MODEL
 
@@ -72,12 +70,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture
 def cluster_temp_dir():
-    """A temp folder for a test's own Ray cluster. Short: Ray's socket paths live under it and
-    must stay within 107 bytes."""
-    path = Path(f"/tmp/mrc-{os.getpid()}-{time.monotonic_ns() % 10**6}")
-    path.mkdir()
-    yield path
-    subprocess.run(["rm", "-rf", str(path)], check=False)
+    """A temp folder for a test's own Ray cluster (`local_ray_cluster.short_temp_dir`)."""
+    with short_temp_dir() as path:
+        yield path
 
 
 def _start_local_ray():

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -219,6 +220,18 @@ class LocalRayCluster:
         for group in self.groups:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(group, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def short_temp_dir() -> Iterator[Path]:
+    """A temp folder for a cluster of its own, removed after. Short: Ray's socket paths live
+    under it and must stay within 107 bytes."""
+    path = Path(f"/tmp/mrc-{os.getpid()}-{time.monotonic_ns() % 10**6}")
+    path.mkdir()
+    try:
+        yield path
+    finally:
+        subprocess.run(["rm", "-rf", str(path)], check=False)
 
 
 def port_for_a_config() -> int:

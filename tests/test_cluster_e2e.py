@@ -17,13 +17,11 @@ from __future__ import annotations
 import functools
 import os
 import re
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 from broken_data import write_folder_with_empty_images
-from local_ray_cluster import LocalRayCluster, cluster_sweep, run_mimray
+from local_ray_cluster import LocalRayCluster, cluster_sweep, run_mimray, short_temp_dir
 from tiny_model import TINY_MODEL
 from waiting import wait_until
 
@@ -41,18 +39,15 @@ def cluster():
     on-demand node (1 CPU) and a spot node (2 CPUs) with one `trainer`. Whole CPUs to spare on
     the nodes that train: a Ray Data read task needs one beside the fractional Train workers
     or trial process, or the data pipeline never starts."""
-    # Short: Ray's socket paths live under it and must stay within 107 bytes.
-    temp_dir = Path(f"/tmp/mrc-{os.getpid()}-{time.monotonic_ns() % 10**6}")
-    temp_dir.mkdir()
-    started = LocalRayCluster(temp_dir)
-    try:
-        started.start_head(num_cpus=2, resources={"head": 1})
-        started.add_node(num_cpus=1, resources={"on_demand": 100})
-        started.add_node(num_cpus=2, resources={"trainer": 1})
-        yield started
-    finally:
-        started.stop()
-        subprocess.run(["rm", "-rf", str(temp_dir)], check=False)
+    with short_temp_dir() as temp_dir:
+        started = LocalRayCluster(temp_dir)
+        try:
+            started.start_head(num_cpus=2, resources={"head": 1})
+            started.add_node(num_cpus=1, resources={"on_demand": 100})
+            started.add_node(num_cpus=2, resources={"trainer": 1})
+            yield started
+        finally:
+            started.stop()
 
 
 def _node_ids(cluster: LocalRayCluster, resource: str) -> set[str]:
