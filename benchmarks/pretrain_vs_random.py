@@ -68,7 +68,8 @@ from workloads.evaluation.heads import Pool, load_encoder
 from workloads.evaluation.protocols import extract_features, finetune, knn_metrics, linear_probe
 from workloads.methods import get_method
 from workloads.model_input import to_model_input
-from workloads.optim import build_optimizer, lr_at, scaled_lr, set_lr
+from workloads.optim import build_optimizer, set_lr
+from workloads.schedule import lr_at, scaled_lr
 
 CPU = torch.device("cpu")
 COLUMNS = {

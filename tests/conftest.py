@@ -27,6 +27,7 @@ try:
     main(sys.argv[1:])
 except SystemExit as done:
     print("ray started:", ray.is_initialized())
+    print("models imported:", sorted({"torch", "timm"} & sys.modules.keys()))
     sys.exit(done.code)
 """
 

@@ -30,7 +30,8 @@ from workloads.evaluation.protocols import (
     random_hflip,
 )
 from workloads.methods import get_method
-from workloads.optim import lr_at, set_lr
+from workloads.optim import set_lr
+from workloads.schedule import lr_at
 
 MODEL = tiny_model(img_size=16)
 CPU = torch.device("cpu")

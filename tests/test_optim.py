@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from workloads.models.mae import build_mae
-from workloads.optim import build_optimizer, lr_at, param_groups_weight_decay, scaled_lr, set_lr
+from workloads.optim import build_optimizer, param_groups_weight_decay, set_lr
+from workloads.schedule import lr_at, scaled_lr
 
 PEAK, MIN, WARMUP, TOTAL = 1e-3, 1e-5, 10, 110
 

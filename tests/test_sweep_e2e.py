@@ -308,9 +308,12 @@ sweep:
 @pytest.mark.slow
 def test_random_search_runs_the_drawn_points_and_restores(workdir, ray_session):
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
-    command = [sys.executable, "-m", "orchestrator", "sweep", _sweep_yaml(workdir, RANDOM)]
+    command = [sys.executable, "-c", PROBE, "sweep", _sweep_yaml(workdir, RANDOM)]
     first = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    # The driver plans and watches; the models (torch, timm: seconds of import) load only in
+    # the trials' processes.
+    assert "models imported: []" in first.stdout
     again = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "restoring sweep" in again.stdout and "2 of 2 trials finished" in again.stdout

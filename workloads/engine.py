@@ -24,9 +24,10 @@ from workloads.distributed import unwrap
 from workloads.live_metrics import TrainingMetrics
 from workloads.methods.base import MethodOutput
 from workloads.model_input import select_decodable, to_model_input
-from workloads.optim import Schedule, set_lr
+from workloads.optim import set_lr
 from workloads.progress import EpochProgress
 from workloads.run_reporter import Reporter
+from workloads.schedule import Schedule
 
 
 @dataclass

@@ -41,10 +41,11 @@ from workloads.evaluation.monitor import knn_during_training
 from workloads.live_metrics import TrainingMetrics
 from workloads.methods import get_method
 from workloads.model_input import check_skipped_share
-from workloads.optim import Schedule, build_optimizer, make_schedule
+from workloads.optim import build_optimizer
 from workloads.progress import EpochProgress
 from workloads.run_reporter import NullReporter, Reporter
 from workloads.run_spec import PretrainLoopConfig, RunSpecDump, TrainSection
+from workloads.schedule import Schedule, make_schedule
 from workloads.session import RayTrainSession, Session
 from workloads.training_checkpoint import PreemptionNotice, save_checkpoint
 

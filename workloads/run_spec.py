@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 if TYPE_CHECKING:
-    from workloads.optim import Schedule
     from workloads.run_reporter import Reporter
+    from workloads.schedule import Schedule
 
 
 class ModelSection(TypedDict):

@@ -26,7 +26,7 @@ from orchestrator.evaluation.data import describe_eval_data
 from orchestrator.tracking import RunHandle, Tracker, default_root
 from orchestrator.tracking.provenance import run_tags
 from workloads.data import DatasetInfo, describe_source
-from workloads.optim import Schedule, make_schedule
+from workloads.schedule import Schedule, make_schedule
 
 
 class TrainableData(NamedTuple):

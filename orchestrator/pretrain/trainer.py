@@ -16,10 +16,10 @@ from orchestrator.fit.ray_setup import data_config, runs_in_process, worker_scal
 from workloads.data import build_dataset
 from workloads.data.stream import PRETRAINING_COLUMNS, order_seed, pretraining_view
 from workloads.methods import train_img_size
-from workloads.optim import Schedule
 from workloads.pretrain import pretrain, train_loop_per_worker
 from workloads.progress import progress_every_s
 from workloads.run_spec import KnnMonitorSettings, PretrainLoopConfig
+from workloads.schedule import Schedule
 
 
 def is_remote(storage_path: str, storage_filesystem: Any = None) -> bool:

@@ -12,13 +12,16 @@ Grid and random trials are known before Tune starts; Optuna suggests its trials 
 from __future__ import annotations
 
 import json
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
 from ray.tune import PlacementGroupFactory
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from orchestrator import console_log
 from orchestrator.config import ConfigError, SweepSpec, Trial
@@ -207,7 +210,10 @@ def run_sweep(
                 name=name,
                 storage_path=storage_path,
                 verbose=0,
-                callbacks=[progress],
+                # Tune's CSV and JSON result files but not its TensorBoard ones (the default
+                # loggers are off, see `tuner.fit` below): MLflow holds the curves, and
+                # tensorboardX imports torch into a driver that never trains.
+                callbacks=[progress, CSVLoggerCallback(), JsonLoggerCallback()],
                 # In-process trials have no Ray Train FailureConfig: Tune restarts a crashed
                 # one, and it resumes from its last checkpoint.
                 failure_config=tune.FailureConfig(
@@ -226,7 +232,8 @@ def run_sweep(
     )
     console_log.gate_library_handlers()  # Tune added its handlers on import
     try:
-        grid = tuner.fit()
+        with _environment(TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1"):
+            grid = tuner.fit()
     except KeyboardInterrupt:
         tracker.finish_run(parent_run_id, status="KILLED")
         raise
@@ -246,6 +253,22 @@ def run_sweep(
         else "FINISHED",
     )
     return SweepResult(name, parent_run_id, outcomes, restored, time.perf_counter() - started)
+
+
+@contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """Set environment variables that Tune reads while it runs, and put back what was there
+    (a sweep run in a process that goes on, as in the tests, leaves nothing behind)."""
+    before = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _close_ended_trial_runs(tracker: Tracker, name: str, outcomes: list[TrialOutcome]) -> None:

@@ -17,7 +17,6 @@ from typing import Any
 
 from orchestrator.config import RunSpec, SweepSpec, validate_spec
 from orchestrator.config.sweep import trial_spec
-from orchestrator.pretrain.launch import evaluate_after, execute_run
 from orchestrator.pretrain.prepare import PreparedRun, TrainableData, check_trainable, prepare_run
 from orchestrator.sweep.space import TRIAL_KEY
 from orchestrator.tracking import KIND_TAG, SWEEP_TAG, TRIAL_INDEX_TAG, Tracker
@@ -112,6 +111,10 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     run its chained evaluations."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
+
+    # Imported here, in the trial's process: fitting pulls in the models (timm, ~3 s), which the
+    # sweep's driver, importing this module for the trainable, never needs.
+    from orchestrator.pretrain.launch import evaluate_after, execute_run
 
     run = start_trial(context, config, tune.get_context().get_trial_name())
     result = execute_run(run, callbacks=[TuneReportCallback()])

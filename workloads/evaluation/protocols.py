@@ -39,8 +39,9 @@ from workloads.evaluation.heads import (
 from workloads.evaluation.knn import knn_top1
 from workloads.model_input import to_model_input
 from workloads.models.vit import ViTEncoder
-from workloads.optim import lr_at, scaled_lr, set_lr
+from workloads.optim import set_lr
 from workloads.run_spec import FinetuneSection, LinearSection
+from workloads.schedule import lr_at, scaled_lr
 
 # (uint8 images (B, H, W, C), int64 labels (B,)) batches of one pass over a split.
 Batches = Iterable[tuple[Tensor, Tensor]]
