@@ -12,16 +12,13 @@ Grid and random trials are known before Tune starts; Optuna suggests its trials 
 from __future__ import annotations
 
 import json
-import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
 from ray.tune import PlacementGroupFactory
-from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from orchestrator import console_log
 from orchestrator.config import ConfigError, SweepSpec, Trial
@@ -46,6 +43,7 @@ from orchestrator.sweep.placement import ON_DEMAND, driver_resources, trial_reso
 from orchestrator.sweep.progress import SweepProgress, ray_log_dir
 from orchestrator.sweep.space import TRIAL_KEY, param_space, searcher
 from orchestrator.sweep.trial import SweepContext, knob_values, open_trial_run, run_trial
+from orchestrator.sweep.tune_files import result_file_loggers, without_default_loggers
 from orchestrator.tracking import KIND_TAG, SWEEP_TAG, Tracker, resolve_tracking_uri
 
 # Trial runs opened at once through a tracking server by `open_sweep_runs`.
@@ -210,10 +208,7 @@ def run_sweep(
                 name=name,
                 storage_path=storage_path,
                 verbose=0,
-                # Tune's CSV and JSON result files but not its TensorBoard ones (the default
-                # loggers are off, see `tuner.fit` below): MLflow holds the curves, and
-                # tensorboardX imports torch into a driver that never trains.
-                callbacks=[progress, CSVLoggerCallback(), JsonLoggerCallback()],
+                callbacks=[progress, *result_file_loggers()],
                 # In-process trials have no Ray Train FailureConfig: Tune restarts a crashed
                 # one, and it resumes from its last checkpoint.
                 failure_config=tune.FailureConfig(
@@ -232,7 +227,7 @@ def run_sweep(
     )
     console_log.gate_library_handlers()  # Tune added its handlers on import
     try:
-        with _environment(TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1"):
+        with without_default_loggers():
             grid = tuner.fit()
     except KeyboardInterrupt:
         tracker.finish_run(parent_run_id, status="KILLED")
@@ -253,22 +248,6 @@ def run_sweep(
         else "FINISHED",
     )
     return SweepResult(name, parent_run_id, outcomes, restored, time.perf_counter() - started)
-
-
-@contextmanager
-def _environment(**values: str) -> Iterator[None]:
-    """Set environment variables that Tune reads while it runs, and put back what was there
-    (a sweep run in a process that goes on, as in the tests, leaves nothing behind)."""
-    before = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _close_ended_trial_runs(tracker: Tracker, name: str, outcomes: list[TrialOutcome]) -> None:
