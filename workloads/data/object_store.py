@@ -16,6 +16,7 @@ then us-east-1. pyarrow does not follow S3's wrong-region redirects by itself.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
@@ -216,6 +217,10 @@ def _s3_filesystem(settings: S3Settings) -> pyarrow.fs.S3FileSystem:
     return pyarrow.fs.S3FileSystem(**options)
 
 
+# One client per settings for the process's life (boto3 clients are thread-safe): a new
+# session loads botocore's service data, which cost more than the checks it makes, and every
+# stream built (each epoch's, each evaluation's) checks its location.
+@functools.lru_cache(maxsize=8)
 def _check_client(settings: S3Settings):
     import boto3
     from botocore.config import Config
