@@ -168,19 +168,12 @@ def check_reachable(
         ) from None
 
 
-# (endpoint, bucket) -> the region the store reported, or None when it reported none: asked
-# once per process, not once per shard.
-_BUCKET_REGIONS: dict[tuple[str | None, str], str | None] = {}
-
-
 def bucket_region(bucket: str, settings: S3Settings) -> str:
     """The region `bucket` lives in, as its store reports it; else the configured region."""
-    key = (settings.endpoint_url, bucket)
-    if key not in _BUCKET_REGIONS:
-        _BUCKET_REGIONS[key] = _reported_region(bucket, settings)
-    return _BUCKET_REGIONS[key] or settings.region or DEFAULT_REGION
+    return _reported_region(bucket, settings) or settings.region or DEFAULT_REGION
 
 
+@functools.lru_cache(maxsize=64)  # asked once per process and bucket, not once per shard
 def _reported_region(bucket: str, settings: S3Settings) -> str | None:
     import botocore.exceptions
 
@@ -217,9 +210,8 @@ def _s3_filesystem(settings: S3Settings) -> pyarrow.fs.S3FileSystem:
     return pyarrow.fs.S3FileSystem(**options)
 
 
-# One client per settings for the process's life (boto3 clients are thread-safe): a new
-# session loads botocore's service data, which cost more than the checks it makes, and every
-# stream built (each epoch's, each evaluation's) checks its location.
+# One client per settings for the process (boto3 clients are thread-safe): a new session
+# loads botocore's service data, costlier than the checks every stream built makes.
 @functools.lru_cache(maxsize=8)
 def _check_client(settings: S3Settings):
     import boto3
