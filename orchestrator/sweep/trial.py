@@ -112,7 +112,7 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    # Imported here, in the trial's process: fitting pulls in the models (timm, ~3 s), which the
+    # Imported here, in the trial's process: fitting pulls in the models (torch, timm), which the
     # sweep's driver, importing this module for the trainable, never needs.
     from orchestrator.pretrain.launch import evaluate_after, execute_run
 
