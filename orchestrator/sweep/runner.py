@@ -22,6 +22,7 @@ from ray.tune import PlacementGroupFactory
 
 from orchestrator import console_log
 from orchestrator.config import ConfigError, SweepSpec, Trial
+from orchestrator.environment import environment_variable
 from orchestrator.fit.ray_setup import ensure_ray, runs_in_process
 from orchestrator.pretrain.prepare import (
     PreparedRun,
@@ -43,7 +44,7 @@ from orchestrator.sweep.placement import ON_DEMAND, driver_resources, trial_reso
 from orchestrator.sweep.progress import SweepProgress, ray_log_dir
 from orchestrator.sweep.space import TRIAL_KEY, param_space, searcher
 from orchestrator.sweep.trial import SweepContext, knob_values, open_trial_run, run_trial
-from orchestrator.sweep.tune_files import result_file_loggers, without_default_loggers
+from orchestrator.sweep.tune_files import NO_DEFAULT_LOGGERS, result_file_loggers
 from orchestrator.tracking import KIND_TAG, SWEEP_TAG, Tracker, resolve_tracking_uri
 
 # Trial runs opened at once through a tracking server by `open_sweep_runs`.
@@ -227,7 +228,7 @@ def run_sweep(
     )
     console_log.gate_library_handlers()  # Tune added its handlers on import
     try:
-        with without_default_loggers():
+        with environment_variable(NO_DEFAULT_LOGGERS, "1"):
             grid = tuner.fit()
     except KeyboardInterrupt:
         tracker.finish_run(parent_run_id, status="KILLED")

@@ -11,13 +11,13 @@ same store. Reads only: nothing here writes.
 from __future__ import annotations
 
 import functools
-import os
 import re
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from orchestrator.environment import environment_variable
 from orchestrator.tracking.records import MetricPoint, TrackedModel, TrackedRun, dataset_uses
 
 # MLflow's bulk reads take at most 100 runs; `IN (...)` filters are kept to the same 100 ids.
@@ -191,7 +191,11 @@ class ClientReader:
     def text_artifact(self, run_id: str, path: str) -> str | None:
         from mlflow.exceptions import MlflowException
 
-        with tempfile.TemporaryDirectory() as tmp, _no_progress_bar():
+        # MLflow draws a progress bar on stderr for every download, even of one small file.
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            environment_variable("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"),
+        ):
             try:
                 return Path(self.client.download_artifacts(run_id, path, tmp)).read_text()
             except (MlflowException, OSError):
@@ -228,19 +232,3 @@ def tracked_model(model: Any) -> TrackedModel:
         params=dict(model.params),
         tags=dict(model.tags),
     )
-
-
-class _no_progress_bar:
-    """MLflow draws a progress bar on stderr for every download, even of one small file."""
-
-    NAME = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-
-    def __enter__(self) -> None:
-        self.before = os.environ.get(self.NAME)
-        os.environ[self.NAME] = "false"
-
-    def __exit__(self, *_: object) -> None:
-        if self.before is None:
-            os.environ.pop(self.NAME, None)
-        else:
-            os.environ[self.NAME] = self.before
