@@ -38,12 +38,16 @@ def report(sweep: str, out: Path | None, experiment: str | None, tracking_uri: s
     from orchestrator.tracking.rest_reads import usable
 
     uri = resolve_tracking_uri(tracking_uri)
-    # The reads need no MLflow (`sql_reads`, `rest_reads`); the upload at the end does: a child
-    # process imports it and opens the store meanwhile, on the other core. Opening a store
+    server = usable(uri)
+    # The reads need no MLflow (`sql_reads`, `rest_reads`); the upload at the end does, except
+    # through a server's artifact proxy (plain HTTP, `attach_files`): for other stores a child
+    # process imports MLflow and opens the store meanwhile, on the other core. Opening a store
     # through MLflow creates it where there is none, so the child starts before the reads only
-    # for a server or an SQLite file already there; otherwise once the reads found the sweep.
-    uploader = ArtifactUploader(uri) if _store_is_there(uri) else None
-    if usable(uri):
+    # for an SQLite file already there; otherwise once the reads found the sweep. (Beside a
+    # server's reads the child would take CPU the server needs: a server's runs with
+    # unproxied artifacts are uploaded by MLflow's client at the end instead.)
+    uploader = ArtifactUploader(uri) if _store_is_there(uri) and not server else None
+    if server:
         # Reads from a server wait on it: importing matplotlib for the plots overlaps that.
         _import_meanwhile("matplotlib.figure")
     try:
@@ -52,7 +56,8 @@ def report(sweep: str, out: Path | None, experiment: str | None, tracking_uri: s
         if uploader is not None:
             uploader.close()
         fail(str(err))
-    uploader = uploader or ArtifactUploader(uri)
+    if uploader is None and not server:
+        uploader = ArtifactUploader(uri)
     paths = write_report(built, report_paths(out, sweep))
     try:
         logged = attach_report(built, paths, uploader)

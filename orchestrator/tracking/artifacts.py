@@ -3,20 +3,67 @@
 
 from __future__ import annotations
 
+import mimetypes
 import multiprocessing
 from collections.abc import Iterable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlparse
+
+from orchestrator.tracking.server_http import server_session, usable
+
+# MLflow's artifact proxy (`mlflow server --serve-artifacts`, its default): runs whose artifact
+# URI is mlflow-artifacts:/PATH are read and written at this route of the server.
+PROXY_ROUTE = "api/2.0/mlflow-artifacts/artifacts"
 
 
 def attach_files(
     tracking_uri: str, run_id: str, paths: Iterable[Path], artifact_path: str
 ) -> list[str]:
-    """Log each file under `artifact_path/` of the run; their artifact paths."""
+    """Log each file under `artifact_path/` of the run; their artifact paths.
+
+    A run whose artifacts a tracking server proxies gets the files over plain HTTP, as MLflow's
+    client would send them; any other store or artifact location through MLflow's client."""
+    files = [str(p) for p in paths]
+    if usable(tracking_uri):
+        logged = _upload_through_proxy(tracking_uri, run_id, files, artifact_path)
+        if logged is not None:
+            return logged
     from mlflow import MlflowClient
 
-    return _log(MlflowClient(tracking_uri), run_id, [str(p) for p in paths], artifact_path)
+    return _log(MlflowClient(tracking_uri), run_id, files, artifact_path)
+
+
+def _upload_through_proxy(
+    tracking_uri: str, run_id: str, files: list[str], artifact_path: str
+) -> list[str] | None:
+    """PUT each file to the server's artifact proxy (MLflow's `HttpArtifactRepository`
+    requests); None when the run's artifacts are not proxied by this server."""
+    base = tracking_uri.rstrip("/")
+    session = server_session()
+    found = session.get(f"{base}/api/2.0/mlflow/runs/get", params={"run_id": run_id}, timeout=120)
+    if found.status_code != 200:
+        raise RuntimeError(f"run {run_id}: HTTP {found.status_code} {found.text[:300]}")
+    root = urlparse(found.json()["run"]["info"].get("artifact_uri", ""))
+    if root.scheme != "mlflow-artifacts" or root.netloc not in ("", urlparse(base).netloc):
+        return None
+    folder = "/".join(part for part in (root.path.strip("/"), artifact_path) if part)
+    logged = []
+    for file in files:
+        name = Path(file).name
+        kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        put = session.put(
+            f"{base}/{PROXY_ROUTE}/{quote(folder)}/{quote(name)}",
+            # Bytes, not the open file: a retried request must be able to send them again.
+            data=Path(file).read_bytes(),
+            headers={"Content-Type": kind},
+            timeout=120,
+        )
+        if put.status_code != 200:
+            raise RuntimeError(f"upload of {name}: HTTP {put.status_code} {put.text[:300]}")
+        logged.append(f"{artifact_path}/{name}")
+    return logged
 
 
 class ArtifactUploader:

@@ -4,14 +4,12 @@ Against `mlflow server` at 1,000 trials `MlflowClient` waits on one search page 
 has no bulk metric history (one request per trial), and imports MLflow before the first request.
 `RestReader` asks the same endpoints (plus the bulk metric-history endpoint the server's UI
 uses), reads their JSON straight into mimray's records and keeps several requests in flight.
-It honours MLflow's settings for reaching a server (MLFLOW_TRACKING_TOKEN, _USERNAME/_PASSWORD,
-_INSECURE_TLS, _SERVER_CERT_PATH, _CLIENT_CERT_PATH); with others set (an auth plugin, SigV4)
-`usable` says no and the readers use `ClientReader`.
+Where `server_http.usable` says plain HTTP cannot reach the server (an auth plugin, SigV4), the
+readers use `ClientReader`.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,10 +17,11 @@ from typing import Any
 
 from orchestrator.tracking.reader import PAGE, RUN_ID_PATTERN, chunks, source_run_filter, tag_filter
 from orchestrator.tracking.records import MetricPoint, TrackedModel, TrackedRun, dataset_uses
+from orchestrator.tracking.server_http import server_session, usable
+
+__all__ = ["RestReader", "ServerError", "model_record", "run_record", "usable"]
 
 CONCURRENT_REQUESTS = 4  # a default `mlflow server` runs 4 workers
-TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)  # what MLflow's client retries
-UNSUPPORTED_SETTINGS = ("MLFLOW_TRACKING_AUTH", "MLFLOW_TRACKING_AWS_SIGV4")
 HISTORY_POINTS_CAP = 25_000  # the bulk history endpoint's cap (it takes 100 runs)
 # Searches of this many runs or more are made in 16 parts at once (by the run id's first
 # digit): one search's pages come one after the other, parts let the server's workers share.
@@ -33,50 +32,13 @@ class ServerError(Exception):
     """The server refused a request (its error code and message)."""
 
 
-def usable(tracking_uri: str) -> bool:
-    """Whether `RestReader` can read the store at `tracking_uri`."""
-    is_http = tracking_uri.startswith(("http://", "https://"))
-    return is_http and not any(os.environ.get(name) for name in UNSUPPORTED_SETTINGS)
-
-
 class RestReader:
     """Read-only access to an `mlflow server` at `tracking_uri` (http or https)."""
 
     def __init__(self, tracking_uri: str) -> None:
-        import requests
-        from requests.adapters import HTTPAdapter
-        from urllib3.util.retry import Retry
-
         self.tracking_uri = tracking_uri
         self._base = tracking_uri.rstrip("/")
-        self._session = requests.Session()
-        # Transient failures are retried with backoff, as MLflow's client does; all are reads.
-        retry = Retry(
-            total=5,
-            backoff_factor=0.5,
-            status_forcelist=TRANSIENT_STATUS,
-            allowed_methods=None,
-            raise_on_status=False,
-        )
-        adapter = HTTPAdapter(
-            pool_connections=1, pool_maxsize=CONCURRENT_REQUESTS + 1, max_retries=retry
-        )
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
-        env = os.environ
-        if env.get("MLFLOW_TRACKING_TOKEN"):
-            self._session.headers["Authorization"] = f"Bearer {env['MLFLOW_TRACKING_TOKEN']}"
-        elif env.get("MLFLOW_TRACKING_USERNAME"):
-            self._session.auth = (
-                env["MLFLOW_TRACKING_USERNAME"],
-                env.get("MLFLOW_TRACKING_PASSWORD", ""),
-            )
-        if env.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
-            self._session.verify = False
-        elif env.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):
-            self._session.verify = env["MLFLOW_TRACKING_SERVER_CERT_PATH"]
-        if env.get("MLFLOW_TRACKING_CLIENT_CERT_PATH"):
-            self._session.cert = env["MLFLOW_TRACKING_CLIENT_CERT_PATH"]
+        self._session = server_session(CONCURRENT_REQUESTS + 1)
         self._pool = ThreadPoolExecutor(CONCURRENT_REQUESTS, thread_name_prefix="mlflow-read")
         self._lock = threading.Lock()
         self._started: dict[Any, Future] = {}
