@@ -40,12 +40,12 @@ def report(sweep: str, out: Path | None, experiment: str | None, tracking_uri: s
     uri = resolve_tracking_uri(tracking_uri)
     server = usable(uri)
     # The reads need no MLflow (`sql_reads`, `rest_reads`); the upload at the end does, except
-    # through a server's artifact proxy (plain HTTP, `attach_files`): for other stores a child
-    # process imports MLflow and opens the store meanwhile, on the other core. Opening a store
-    # through MLflow creates it where there is none, so the child starts before the reads only
-    # for an SQLite file already there; otherwise once the reads found the sweep. (Beside a
-    # server's reads the child would take CPU the server needs: a server's runs with
-    # unproxied artifacts are uploaded by MLflow's client at the end instead.)
+    # through a server's artifact proxy (plain HTTP, `attach_files`): otherwise a child process
+    # imports MLflow and opens the store on the other core while this one works. Opening a
+    # store through MLflow creates it where there is none, so the child starts before the
+    # reads only for an SQLite file already there; otherwise once the reads found the sweep.
+    # Beside a server's reads it would take CPU the server needs: for a server it starts after
+    # them, and only where the sweep's artifacts are not proxied.
     uploader = ArtifactUploader(uri) if _store_is_there(uri) and not server else None
     if server:
         # Reads from a server wait on it: importing matplotlib for the plots overlaps that.
@@ -56,7 +56,7 @@ def report(sweep: str, out: Path | None, experiment: str | None, tracking_uri: s
         if uploader is not None:
             uploader.close()
         fail(str(err))
-    if uploader is None and not server:
+    if uploader is None and not (server and _is_proxied(uri, built.parent_run_id)):
         uploader = ArtifactUploader(uri)
     paths = write_report(built, report_paths(out, sweep))
     try:
@@ -87,6 +87,16 @@ def _store_is_there(uri: str) -> bool:
         path = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
         return path.is_file() and path.stat().st_size > 0
     return False
+
+
+def _is_proxied(uri: str, run_id: str) -> bool:
+    """Whether the server proxies the run's artifacts (no: MLflow's client uploads them)."""
+    from orchestrator.tracking.artifacts import proxied_folder
+
+    try:
+        return proxied_folder(uri, run_id) is not None
+    except RuntimeError:
+        return False  # the upload through MLflow's client will say what is wrong
 
 
 def _import_meanwhile(*modules: str) -> None:

@@ -26,35 +26,46 @@ def attach_files(
     A run whose artifacts a tracking server proxies gets the files over plain HTTP, as MLflow's
     client would send them; any other store or artifact location through MLflow's client."""
     files = [str(p) for p in paths]
-    if usable(tracking_uri):
-        logged = _upload_through_proxy(tracking_uri, run_id, files, artifact_path)
-        if logged is not None:
-            return logged
+    folder = proxied_folder(tracking_uri, run_id)
+    if folder is not None:
+        return _upload_through_proxy(tracking_uri, folder, files, artifact_path)
     from mlflow import MlflowClient
 
     return _log(MlflowClient(tracking_uri), run_id, files, artifact_path)
 
 
-def _upload_through_proxy(
-    tracking_uri: str, run_id: str, files: list[str], artifact_path: str
-) -> list[str] | None:
-    """PUT each file to the server's artifact proxy (MLflow's `HttpArtifactRepository`
-    requests); None when the run's artifacts are not proxied by this server."""
+def proxied_folder(tracking_uri: str, run_id: str) -> str | None:
+    """The run's artifact folder on the server's artifact proxy; None when the store is not a
+    server reachable over plain HTTP or the run's artifacts are not proxied by it (a bucket
+    the client writes to, say)."""
+    if not usable(tracking_uri):
+        return None
     base = tracking_uri.rstrip("/")
-    session = server_session()
-    found = session.get(f"{base}/api/2.0/mlflow/runs/get", params={"run_id": run_id}, timeout=120)
+    found = server_session().get(
+        f"{base}/api/2.0/mlflow/runs/get", params={"run_id": run_id}, timeout=120
+    )
     if found.status_code != 200:
         raise RuntimeError(f"run {run_id}: HTTP {found.status_code} {found.text[:300]}")
     root = urlparse(found.json()["run"]["info"].get("artifact_uri", ""))
     if root.scheme != "mlflow-artifacts" or root.netloc not in ("", urlparse(base).netloc):
         return None
-    folder = "/".join(part for part in (root.path.strip("/"), artifact_path) if part)
+    return root.path.strip("/")
+
+
+def _upload_through_proxy(
+    tracking_uri: str, folder: str, files: list[str], artifact_path: str
+) -> list[str]:
+    """PUT each file under `folder/artifact_path/` of the server's artifact proxy, as MLflow's
+    `HttpArtifactRepository` does."""
+    base = tracking_uri.rstrip("/")
+    session = server_session()
+    target = "/".join(part for part in (folder, artifact_path) if part)
     logged = []
     for file in files:
         name = Path(file).name
         kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
         put = session.put(
-            f"{base}/{PROXY_ROUTE}/{quote(folder)}/{quote(name)}",
+            f"{base}/{PROXY_ROUTE}/{quote(target)}/{quote(name)}",
             # Bytes, not the open file: a retried request must be able to send them again.
             data=Path(file).read_bytes(),
             headers={"Content-Type": kind},
