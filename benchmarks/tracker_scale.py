@@ -16,13 +16,14 @@ it starts, so "trial runs opened" is spread over the sweep, not waited for up fr
 
 Stores: `sqlite` is the embedded default (a file); `server` is a real `mlflow server` on
 127.0.0.1 (MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false, its port the kernel's pick for port 0,
-waited for on /health) serving that same SQLite file, what a team shares: every query becomes
-an HTTP round trip. `--server-workers` (default 4, `mlflow server`'s own default; 1 is the
-leanest) is its worker processes; each count is a store of its own in the table
-(`server/4w`). Against it the same reads are timed, and the set-up of a second sweep of N
-trials through it, then the opening of its N trial runs. (The recorded losses, checkpoints
-and evaluations are written straight to the file, not through the server: through HTTP they
-took ~30 minutes at 1,000 trials here, and they are the layout, not what is measured.)
+waited for on /health), what a team shares: every query becomes an HTTP round trip.
+`--server-workers` (default 4, `mlflow server`'s own default; 1 is the leanest) is its worker
+processes; each count is a store of its own in the table. `server/4w, files` serves that same
+SQLite file, whose runs keep their artifacts in a folder MLflow's client writes; `server/4w`
+serves a second sweep of N trials recorded through the server itself (8 trials at a time),
+whose artifacts the server proxies (`mlflow-artifacts:`, its default), as a team's would be.
+Against each the same reads are timed, then the set-up of another sweep of N trials through
+the server and the opening of its N trial runs.
 `--cli` also times CLI start-up: `mimray --help`, `methods`, `presets` and refusals of bad
 configs. Every row says the 1-minute load average when it was measured: the machine is shared.
 
@@ -237,6 +238,17 @@ def measure(
     for workers in counts:  # every count reads the same store: set-ups come after
         with served(folder, workers) as url:
             for what, figure in time_reads(url, folder).items():
+                figures[(f"server/{workers}w, files", what)] = figure
+    for workers in counts:
+        # A sweep recorded through the server, as a team's trials record theirs: its runs'
+        # artifacts are the server's to keep (proxied, `mlflow-artifacts:`), which the store
+        # above, written straight into the file, cannot have.
+        proxied = root / f"n{trials}-{workers}w"
+        proxied.mkdir()
+        with served(proxied, workers) as url:
+            with contextlib.redirect_stdout(io.StringIO()):
+                record_sweep(Tracker(url, "scale"), proxied, SWEEP, trials, False, threads=8)
+            for what, figure in time_reads(url, proxied).items():
                 figures[(f"server/{workers}w", what)] = figure
     for workers in counts:
         with served(folder, workers) as url:
