@@ -6,8 +6,10 @@ Both sides train the same tiny MAE with the same loop (`workloads.pretrain`), on
 the built-in shapes, in one process against one local Ray:
 
 - sweep: `mimray sweep`'s `run_sweep` of `--trials` one-worker trials (seeds), which train in
-  the trial's own process (Ray Train's local mode, `orchestrator/fit/in_process.py`). A trial's wall
-  is measured on the driver, from Tune starting it to Tune seeing it complete;
+  the trial's own process (`orchestrator/fit/in_process.py`), one at a time. A trial's wall is
+  measured on the driver from the previous trial's end (the first: Tune's first step) to Tune
+  seeing it complete, so it includes starting the trial's process and what that process
+  imports; Tune's own "trial started" comes after both (the "in trial" column, from there);
 - fit: `--trials` bare `TorchTrainer.fit()` calls of the same loop with one Ray Train worker
   (no Tune, no MLflow), timed around `fit()`.
 
@@ -53,24 +55,39 @@ def sweep_yaml(name: str, trials: int, epochs: int, images: int, seed0: int) -> 
     return yaml.safe_dump({"name": name, "base": base, "sweep": {"seeds": trials}})
 
 
-def time_sweep(path: str, name: str) -> list[tuple[str, float, float]]:
-    """(trial, wall, epochs' time) of each trial of the sweep at `path`."""
+def time_sweep(path: str, name: str) -> list[tuple[str, float, float, float]]:
+    """(trial, wall, in-trial wall, epochs' time) of each trial of the sweep at `path`."""
     import orchestrator.sweep.runner as sweep_module
     from orchestrator.config import load_sweep
     from orchestrator.tracking import Tracker, resolve_tracking_uri
 
     started: dict[str, float] = {}
+    in_trial: dict[str, float] = {}
     walls: dict[str, float] = {}
+    free_since: list[float] = []  # when the previous trial ended (the first: Tune's first step)
+    running: set[str] = set()
+    overlapped: list[str] = []
 
     class TimedProgress(sweep_module.SweepProgress):
         """The sweep's own progress callback, also noting when Tune starts and ends trials."""
 
+        def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+            if not free_since:
+                free_since.append(time.perf_counter())
+            super().on_step_begin(iteration, trials, **info)
+
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             started[self._name(trial)] = time.perf_counter()
+            overlapped.extend(running)
+            running.add(self._name(trial))
             super().on_trial_start(iteration, trials, trial, **info)
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            walls[self._name(trial)] = time.perf_counter() - started[self._name(trial)]
+            now, name = time.perf_counter(), self._name(trial)
+            in_trial[name] = now - started[name]
+            walls[name] = now - free_since[-1]
+            free_since.append(now)
+            running.discard(name)
             super().on_trial_complete(iteration, trials, trial, **info)
 
     original = sweep_module.SweepProgress
@@ -81,6 +98,8 @@ def time_sweep(path: str, name: str) -> list[tuple[str, float, float]]:
     finally:
         sweep_module.SweepProgress = original
     assert all(o.status == "FINISHED" for o in result.outcomes), result.outcomes
+    # One trial at a time, or "since the previous trial's end" would not be this trial's time.
+    assert not overlapped, f"trials overlapped: {overlapped}"
     tracker = Tracker(resolve_tracking_uri(), "overhead")
     rows = []
     for trial in trials:
@@ -88,7 +107,7 @@ def time_sweep(path: str, name: str) -> list[tuple[str, float, float]]:
             [tracker.experiment_id], filter_string=f"tags.`mimray.run_key` = '{trial.name}'"
         )[0]
         epochs = sum(v for _, v in tracker.metric_history(run.info.run_id, "epoch/epoch_time_s"))
-        rows.append((trial.name, walls[trial.name], epochs))
+        rows.append((trial.name, walls[trial.name], in_trial[trial.name], epochs))
     return rows
 
 
@@ -140,28 +159,32 @@ def main() -> None:
     from orchestrator.fit.ray_setup import ensure_ray
 
     ensure_ray(log_to_driver=False)
-    rows: list[tuple[str, str, float, float]] = []
+    rows: list[tuple[str, str, float, float, float]] = []
     for round_index in range(args.rounds):
         name = f"overhead-{round_index}"
         path = f"{name}.yaml"
         seed0 = round_index * args.trials
         with open(path, "w") as f:
             f.write(sweep_yaml(name, args.trials, args.epochs, args.images, seed0))
-        for trial, wall, epochs in time_sweep(path, name):
-            rows.append(("sweep trial (in-process)", trial, wall, epochs))
+        for trial, wall, in_trial, epochs in time_sweep(path, name):
+            rows.append(("sweep trial (in-process)", trial, wall, in_trial, epochs))
         for i in range(args.trials):
             trial, wall, epochs = time_bare_fit(
                 f"bare-{round_index}-{i}", args.epochs, args.images, seed0 + i
             )
-            rows.append(("bare TorchTrainer.fit()", trial, wall, epochs))
+            rows.append(("bare TorchTrainer.fit()", trial, wall, wall, epochs))
 
     console = Console(width=140)
-    table = Table("path", "run", "wall s", "epochs s", "fixed cost s", title="per-trial cost")
-    for path, run, wall, epochs in rows:
-        table.add_row(path, run, f"{wall:.1f}", f"{epochs:.1f}", f"{wall - epochs:.1f}")
+    table = Table(
+        "path", "run", "wall s", "in trial s", "epochs s", "fixed cost s", title="per-trial cost"
+    )
+    for path, run, wall, in_trial, epochs in rows:
+        table.add_row(
+            path, run, f"{wall:.1f}", f"{in_trial:.1f}", f"{epochs:.1f}", f"{wall - epochs:.1f}"
+        )
     console.print(table)
     for path in dict.fromkeys(r[0] for r in rows):
-        costs = [wall - epochs for p, _, wall, epochs in rows if p == path]
+        costs = [wall - epochs for p, _, wall, _, epochs in rows if p == path]
         console.print(
             f"{path}: fixed cost median {statistics.median(costs):.1f} s, "
             f"mean {statistics.mean(costs):.1f} s over {len(costs)} runs"

@@ -253,8 +253,9 @@ base:
 sweep:
   grid:
     # The second diverges: its loss jumps from ~1.8 to ~1e5 in a few steps and stays finite
-    # (blr 1e3 reaches NaN, which fails the trial instead of leaving it to ASHA).
-    train.blr: [1.5e-4, 30.0]
+    # (blr 1e3 reaches NaN, which fails the trial instead of leaving it to ASHA). The third
+    # starts in the process the stopped one leaves (ASHA may stop it too; it must not fail).
+    train.blr: [1.5e-4, 30.0, 3.0e-4]
   early_stop: {metric: loss, mode: min, grace_period: 1}
 """.replace("$TINY_MODEL", tiny_model_yaml())
 
@@ -265,17 +266,21 @@ def test_asha_stops_the_diverging_trial_at_its_grace_period(workdir, ray_session
     from orchestrator.sweep.runner import run_sweep
 
     sweep, trials = load_sweep(_sweep_yaml(workdir, ASHA))
-    good, bad = (t.name for t in trials)
+    good, bad, _ = (t.name for t in trials)
     result = run_sweep(sweep, trials)
-    assert [(o.status, o.epochs) for o in result.outcomes] == [("FINISHED", 3), ("FINISHED", 1)]
+    assert [(o.status, o.epochs) for o in result.outcomes[:2]] == [("FINISHED", 3), ("FINISHED", 1)]
+    assert result.outcomes[2].status == "FINISHED"
 
     # Tune's own record: the diverging trial got one iteration (the grace period) of three.
     frame = _tune_columns(workdir, "asha").set_index("config/trial")
-    assert list(frame["config/train.blr"]) == [1.5e-4, 30.0]
-    assert list(frame["config/train.seed"]) == [0, 0]
-    assert list(frame["training_iteration"]) == [3, 1]
-    assert list(frame["epoch"]) == [3, 1]
+    assert list(frame["config/train.blr"]) == [1.5e-4, 30.0, 3.0e-4]
+    assert list(frame["config/train.seed"]) == [0, 0, 0]
+    assert list(frame["training_iteration"])[:2] == [3, 1]
+    assert list(frame["epoch"])[:2] == [3, 1]
     assert frame.loc[1, "loss"] > 1000 * frame.loc[0, "loss"]  # it did diverge
+    # Each trial ran in the process of the one before (Tune's reuse_actors), the stopped one's
+    # included: its training thread ended when Tune handed the process on.
+    assert frame["pid"].nunique() == 1, list(frame["pid"])
 
     # MLflow: the stopped trial's run holds one epoch and one checkpoint, and is closed.
     tracker = Tracker(resolve_tracking_uri(), "asha")
@@ -326,6 +331,9 @@ def test_random_search_runs_the_drawn_points_and_restores(workdir, ray_session):
     ]
     frame = _tune_columns(workdir, "rnd")
     assert len(frame) == 2
+    # One trial at a time, each in the process the one before it used (Tune's reuse_actors):
+    # the models are imported once per sweep, not once per trial.
+    assert frame["pid"].nunique() == 1, list(frame["pid"])
     for run in children:
         ratio, blr = (
             float(run.data.params["method.mask_ratio"]),

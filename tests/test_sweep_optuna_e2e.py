@@ -25,7 +25,7 @@ base:
   method: {name: mae}
   model: $TINY_MODEL
   data: {source: shapes, num_images: 256}
-  train: {epochs: 3, batch_size: 32, warmup_epochs: 0}
+  train: {epochs: 5, batch_size: 32, warmup_epochs: 0}
   scaling: {num_workers: 1}
   tracking: {experiment: opt, system_metrics: false}
 sweep:
@@ -57,10 +57,12 @@ def test_optuna_sweep_is_recorded_like_any_sweep_and_restores_after_a_driver_kil
         nonlocal tracker
         if "[mimray] sweep 'opt'" not in output:  # the store exists from here on
             return False
+        # Opened before the third trial starts: a trial in a reused process takes about a
+        # second, less than loading MLflow here would.
+        tracker = tracker or Tracker(resolve_tracking_uri(), "opt")
         # The third trial's checkpoint is on disk before MLflow records it.
         if not any((workdir / "mimray-runs" / "ray" / NAMES[2]).glob("checkpoint_*")):
             return False
-        tracker = tracker or Tracker(resolve_tracking_uri(), "opt")
         runs = _runs(tracker, "trial")
         return (
             all(name in runs and runs[name].info.status == "FINISHED" for name in NAMES[:2])
@@ -116,7 +118,9 @@ def test_optuna_sweep_is_recorded_like_any_sweep_and_restores_after_a_driver_kil
         row = tune_record[tune_record["config/trial"] == NAMES.index(name)]
         assert list(row["config/method.mask_ratio"]) == [pytest.approx(ratio)]
         assert list(row["config/train.blr"]) == [pytest.approx(blr)]
-        assert [s for s, _ in tracker.metric_history(run.info.run_id, "epoch/loss")] == [1, 2, 3]
+        assert [s for s, _ in tracker.metric_history(run.info.run_id, "epoch/loss")] == list(
+            range(1, 6)
+        )
     assert len({c.data.params["method.mask_ratio"] for c in children.values()}) == 4
     # The interrupted trial kept its suggested values and resumed from its checkpoint; the
     # finished ones trained nothing after the restart.
@@ -129,4 +133,5 @@ def test_optuna_sweep_is_recorded_like_any_sweep_and_restores_after_a_driver_kil
         run_id = children[name].info.run_id
         assert steps_logged_since(tracker.client, run_id, "train/loss", restart_ms) == []
     resumed = children[NAMES[2]].info.run_id
-    assert [e for _, e in tracker.metric_history(resumed, "resume/from_epoch")] in ([1.0], [2.0])
+    from_epoch = [e for _, e in tracker.metric_history(resumed, "resume/from_epoch")]
+    assert len(from_epoch) == 1 and 1.0 <= from_epoch[0] <= 4.0, from_epoch

@@ -204,6 +204,7 @@ def run_sweep(
                 scheduler=_scheduler(sweep, base.train.epochs),
                 trial_name_creator=lambda t: trials[t.config[TRIAL_KEY]].name,
                 trial_dirname_creator=lambda t: trials[t.config[TRIAL_KEY]].name,
+                reuse_actors=True,
             ),
             run_config=tune.RunConfig(
                 name=name,
