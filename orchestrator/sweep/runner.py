@@ -204,9 +204,7 @@ def run_sweep(
                 scheduler=_scheduler(sweep, base.train.epochs),
                 trial_name_creator=lambda t: trials[t.config[TRIAL_KEY]].name,
                 trial_dirname_creator=lambda t: trials[t.config[TRIAL_KEY]].name,
-                # A finished trial's process runs the next trial with the same resources:
-                # Python, Ray and the models are loaded once per sweep, not per trial.
-                # Tune gives an errored trial's successor a fresh process.
+                # The next trial runs in a finished one's process: models load once per sweep.
                 reuse_actors=True,
             ),
             run_config=tune.RunConfig(
