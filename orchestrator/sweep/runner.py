@@ -204,8 +204,8 @@ def run_sweep(
                 scheduler=_scheduler(sweep, base.train.epochs),
                 trial_name_creator=lambda t: trials[t.config[TRIAL_KEY]].name,
                 trial_dirname_creator=lambda t: trials[t.config[TRIAL_KEY]].name,
-                # The next trial runs in a finished one's process: models load once per sweep.
-                reuse_actors=True,
+                # In-process trials run in a finished one's process (docs/sweeps.md).
+                reuse_actors=all(runs_in_process(t.spec) for t in trials),
             ),
             run_config=tune.RunConfig(
                 name=name,
