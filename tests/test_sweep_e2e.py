@@ -236,10 +236,12 @@ def _sweep_yaml(workdir, text: str) -> str:
 
 
 def _tune_columns(workdir, name: str):
-    """Tune's own record of the sweep (what its ResultGrid is built from), one row per trial."""
+    """Tune's own record of the sweep (what its ResultGrid is built from), one row per trial,
+    in the sweep's trial order (Tune's rows come in the order its trials last reported)."""
     from ray.tune import ExperimentAnalysis
 
-    return ExperimentAnalysis(str(workdir / "mimray-runs" / "ray" / name)).dataframe()
+    frame = ExperimentAnalysis(str(workdir / "mimray-runs" / "ray" / name)).dataframe()
+    return frame.sort_values("config/trial", ignore_index=True)
 
 
 ASHA = """
