@@ -10,16 +10,18 @@ bound socket that never listens, so the port stays refused for as long as the te
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from waiting import wait_until
 
@@ -106,10 +108,34 @@ def serve(command: list[str], name: str, health: str = "", timeout_s: float = 90
         server.stop()
 
 
-def moto_server(timeout_s: float = 30.0):
-    """moto's S3 (and IAM) API in server mode on 127.0.0.1."""
+@contextlib.contextmanager
+def moto_server(timeout_s: float = 30.0) -> Iterator[str]:
+    """moto's S3 (and IAM) API in server mode on 127.0.0.1. Its request recorder (off until a
+    test starts it: `moto_requests`) writes to a temp folder, not to the working folder."""
     command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"]
-    return serve(command, "moto_server", timeout_s=timeout_s)
+    with tempfile.TemporaryDirectory(prefix="moto-") as folder:
+        env = {**os.environ, "MOTO_RECORDER_FILEPATH": os.path.join(folder, "recording")}
+        with serve(command, "moto_server", timeout_s=timeout_s, env=env) as url:
+            yield url
+
+
+@contextlib.contextmanager
+def moto_requests(endpoint: str) -> Iterator[Callable[[], list[dict]]]:
+    """Record the requests the moto server at `endpoint` answers from now on (moto's own
+    recorder); yields a function returning those recorded so far (method, url, headers)."""
+
+    def call(action: str) -> bytes:
+        method = "GET" if action == "download-recording" else "POST"
+        request = urllib.request.Request(f"{endpoint}/moto-api/recorder/{action}", method=method)
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.read()
+
+    call("reset-recording")
+    call("start-recording")
+    try:
+        yield lambda: [json.loads(line) for line in call("download-recording").splitlines()]
+    finally:
+        call("stop-recording")
 
 
 def mimray_ui(timeout_s: float = 90.0):

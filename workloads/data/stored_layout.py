@@ -157,11 +157,15 @@ def _parquet_layout(
     return StoredLayout("parquet", root, files, class_names, columns=resolved)
 
 
-def open_parquet(filesystem: pyarrow.fs.FileSystem, path: str) -> pyarrow.parquet.ParquetFile:
-    """A Parquet file's footer and row groups, read on demand."""
+def open_parquet(
+    filesystem: pyarrow.fs.FileSystem, path: str, pre_buffer: bool = False
+) -> pyarrow.parquet.ParquetFile:
+    """A Parquet file's footer and row groups, read on demand. `pre_buffer`: the columns of a
+    row group come in one coalesced read, not one request per column (on S3, 3 requests per
+    pushed shard instead of 5)."""
     import pyarrow.parquet as pq
 
-    return pq.ParquetFile(filesystem.open_input_file(path))
+    return pq.ParquetFile(filesystem.open_input_file(path), pre_buffer=pre_buffer)
 
 
 def _is_file(filesystem: pyarrow.fs.FileSystem, path: str) -> bool:

@@ -199,11 +199,15 @@ def _decode_parquet_file(
     **options: object,
 ) -> Iterator[dict[str, np.ndarray]]:
     """The Parquet files named in `block` (a `path` column), read `rows` at a time and
-    decoded, streaming: one chunk of encoded and decoded rows in memory at a time."""
+    decoded, streaming: one row group's encoded columns and one chunk of decoded rows in
+    memory at a time. Row group by row group, because a pre-buffered reader fetches every
+    row group it is asked for up front."""
     for path in block.column("path").to_pylist():
-        parquet_file = open_parquet(filesystem, path)
-        for chunk in parquet_file.iter_batches(batch_size=rows, columns=read_columns):
-            yield _decode_parquet_batch(chunk, **options)
+        parquet_file = open_parquet(filesystem, path, pre_buffer=True)
+        for group in range(parquet_file.num_row_groups):
+            chunks = parquet_file.iter_batches(rows, row_groups=[group], columns=read_columns)
+            for chunk in chunks:
+                yield _decode_parquet_batch(chunk, **options)
 
 
 def _decode_parquet_batch(
