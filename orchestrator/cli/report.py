@@ -35,7 +35,7 @@ def report(sweep: str, out: Path | None, experiment: str | None, tracking_uri: s
     from orchestrator.report.table import ReportError, attach_report, build_report
     from orchestrator.tracking import resolve_tracking_uri
     from orchestrator.tracking.artifacts import ArtifactUploader
-    from orchestrator.tracking.rest_reads import usable
+    from orchestrator.tracking.server_http import usable
 
     uri = resolve_tracking_uri(tracking_uri)
     server = usable(uri)

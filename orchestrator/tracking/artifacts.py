@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import mimetypes
 import multiprocessing
 from collections.abc import Iterable
@@ -34,10 +35,12 @@ def attach_files(
     return _log(MlflowClient(tracking_uri), run_id, files, artifact_path)
 
 
+@functools.lru_cache(maxsize=32)
 def proxied_folder(tracking_uri: str, run_id: str) -> str | None:
     """The run's artifact folder on the server's artifact proxy; None when the store is not a
     server reachable over plain HTTP or the run's artifacts are not proxied by it (a bucket
-    the client writes to, say)."""
+    the client writes to, say). Kept per run: a run's artifact location never changes, and
+    `mimray report` asks before choosing how to upload and again when it uploads."""
     if not usable(tracking_uri):
         return None
     base = tracking_uri.rstrip("/")
