@@ -135,3 +135,50 @@ def test_optuna_sweep_is_recorded_like_any_sweep_and_restores_after_a_driver_kil
     resumed = children[NAMES[2]].info.run_id
     from_epoch = [e for _, e in tracker.metric_history(resumed, "resume/from_epoch")]
     assert len(from_epoch) == 1 and 1.0 <= from_epoch[0] <= 4.0, from_epoch
+
+
+LOST_STATE = """
+name: lost
+base:
+  method: {name: mae}
+  model: $TINY_MODEL
+  data: {source: shapes, num_images: 64}
+  train: {epochs: 1, batch_size: 32, warmup_epochs: 0}
+  scaling: {num_workers: 1}
+  tracking: {experiment: lost, system_metrics: false}
+sweep:
+  search: optuna
+  num_samples: 2
+  space:
+    train.blr: {loguniform: [1.0e-5, 1.0e-3]}
+""".replace("$TINY_MODEL", tiny_model_yaml())
+
+
+@pytest.mark.slow
+def test_trials_finished_in_mlflow_but_not_in_tunes_state_report_their_result(workdir, ray_session):
+    """Tune's record of a sweep can miss a trial's end that MLflow holds (the driver killed
+    between the trial's last checkpoint and Tune's next state snapshot, a few seconds apart;
+    or Tune's folder lost). Run again, such a trial trains nothing and must still hand Tune
+    its final result: Optuna's searcher rejects a trial that ends without its metric, and the
+    sweep's table reads the final loss from it."""
+    import shutil
+
+    from orchestrator.config import load_sweep
+    from orchestrator.sweep.runner import run_sweep
+
+    (workdir / "lost.yaml").write_text(LOST_STATE)
+    sweep, trials = load_sweep(str(workdir / "lost.yaml"))
+    first = run_sweep(sweep, trials)
+    assert [o.status for o in first.outcomes] == ["FINISHED", "FINISHED"]
+    shutil.rmtree(workdir / "mimray-runs" / "ray" / "lost")  # Tune's own state of the sweep
+    restart_ms = int(time.time() * 1000)
+
+    again = run_sweep(sweep, trials)
+    tracker = Tracker(resolve_tracking_uri(), "lost")
+    runs = _runs(tracker, "trial")
+    for outcome in again.outcomes:
+        run_id = runs[outcome.trial.name].info.run_id
+        (recorded,) = [loss for _, loss in tracker.metric_history(run_id, "epoch/loss")]
+        assert (outcome.status, outcome.epochs, outcome.final_loss) == ("FINISHED", 1, recorded)
+        # Nothing was trained again.
+        assert steps_logged_since(tracker.client, run_id, "train/loss", restart_ms) == []

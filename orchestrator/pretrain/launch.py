@@ -39,6 +39,7 @@ class PretrainResult:
     final_loss: float | None
     images_per_s: float | None
     checkpoint_uri: str | None
+    trained: bool = True  # False: already finished, reported from its MLflow record
 
 
 def run_pretrain(
@@ -142,6 +143,7 @@ def _already_complete(tracker: Tracker, run: PreparedRun) -> PretrainResult | No
         final_loss=losses[-1][1] if losses else None,
         images_per_s=speeds[-1][1] if speeds else None,
         checkpoint_uri=last.params["checkpoint_uri"],
+        trained=False,
     )
 
 

@@ -118,4 +118,11 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
 
     run = start_trial(context, config, tune.get_context().get_trial_name())
     result = execute_run(run, callbacks=[TuneReportCallback()])
+    if not result.trained:
+        # Finished before, and MLflow holds its last checkpoint, but Tune had not recorded its
+        # end (a driver killed in between, Tune's state lost): nothing was reported in this
+        # process, and a searcher (Optuna) rejects a trial that ends without its metric.
+        final = {"epoch": result.epochs_done, "loss": result.final_loss}
+        final["images_per_s"] = result.images_per_s
+        tune.report({key: value for key, value in final.items() if value is not None})
     evaluate_after(run, result.epochs_done)
