@@ -755,10 +755,11 @@ def main() -> None:
         time.sleep(5)
         # Counted on the Ray side (it is Ray's cost), but not work on images.
         print(f"Ray's own processes, idle: {cpu_seconds_since(idle, None) / 5:.2f} CPU")
-        # The first stream of a Ray instance starts Ray Data's stats and autoscaling actors
-        # (~1.2 CPU-s here), which a training job pays once, not per epoch. That pass runs here,
-        # outside the table, and is printed apart: the rounds below compare warm Ray passes
-        # with DataLoader passes (whose workers start in every pass, as in training).
+        # The first stream of a Ray instance starts Ray Data's stats and autoscaling actors and
+        # the decode tasks' worker processes, which a training job pays once, not per epoch.
+        # That pass runs here, outside the table, and is printed apart: the rounds below compare
+        # warm Ray passes with DataLoader passes (whose workers start in every pass, as in
+        # training).
         if configs and sources:
             first = run_ray(
                 sources[0], next(iter(configs.values())), args.batch, False, {server.pid}

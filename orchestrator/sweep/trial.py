@@ -122,7 +122,10 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
         # Finished before, and MLflow holds its last checkpoint, but Tune had not recorded its
         # end (a driver killed in between, Tune's state lost): nothing was reported in this
         # process, and a searcher (Optuna) rejects a trial that ends without its metric.
-        final = {"epoch": result.epochs_done, "loss": result.final_loss}
-        final["images_per_s"] = result.images_per_s
+        final = {
+            "epoch": result.epochs_done,
+            "loss": result.final_loss,
+            "images_per_s": result.images_per_s,
+        }
         tune.report({key: value for key, value in final.items() if value is not None})
     evaluate_after(run, result.epochs_done)

@@ -161,8 +161,8 @@ def open_parquet(
     filesystem: pyarrow.fs.FileSystem, path: str, pre_buffer: bool = False
 ) -> pyarrow.parquet.ParquetFile:
     """A Parquet file's footer and row groups, read on demand. `pre_buffer`: the columns of a
-    row group come in one coalesced read, not one request per column (on S3, 3 requests per
-    pushed shard instead of 5)."""
+    row group come in one coalesced read, not one request per column; it fetches every row
+    group a read asks for before the first batch, so ask for one row group at a time."""
     import pyarrow.parquet as pq
 
     return pq.ParquetFile(filesystem.open_input_file(path), pre_buffer=pre_buffer)
