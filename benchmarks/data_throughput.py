@@ -24,8 +24,10 @@ side by side in one run, rounds alternating so drift hits both:
 Both sides decode with the project's `decode_images` (PIL decode, RandomResizedCrop scale
 0.2-1, ratio 3/4-4/3, bicubic, flip), output batches of --batch images as torch tensors.
 
-Per run it reports time to first batch (dataset construction included) and steady-state
-images/s (batches after the first, until the end) per CPU, and Ray Data / DataLoader.
+Per run it reports time to first batch (dataset construction included), steady-state
+images/s per CPU (between the batches by which a quarter and nine tenths of the pass had
+come: `STEADY_FROM`), images per CPU-second (the DataLoader's also with Ray's idle
+processes counted, as in a Ray Train job), and Ray Data / DataLoader.
 Absolute figures depend on the machine; the ratios are the result.
 """
 
@@ -376,11 +378,16 @@ class Source:
 @dataclasses.dataclass
 class Measured:
     first_batch_s: float  # wall time from building the dataset to the first batch
-    steady_images_per_s: float  # wall: images after the first batch / time after it
+    # wall: images/s between the batches by which STEADY_FROM and STEADY_TO of the pass had
+    # come, past the first batch's buffered images and the last files' tail
+    steady_images_per_s: float
+    after_first_images_per_s: float  # wall: from the first batch to the last (before round 7)
     epoch_images_per_s: float  # wall: all images / all time, start-up included
     images_per_cpu_s: float  # all images / CPU seconds the side's processes used
     images: int
     detail: str = ""
+    # CPU seconds of the processes in `background` (Ray's, during a DataLoader pass)
+    background_cpu_s: float = 0.0
     # CPU seconds by process (this driver, Ray's daemons, workers by their title), --breakdown
     breakdown: dict[str, float] = dataclasses.field(default_factory=dict)
 
@@ -423,27 +430,63 @@ def process_cpu(pid: int) -> float:
     return times.user + times.system
 
 
-def measure(batches: Iterable[Any], started: float, ignore: set[int] | None = None) -> Measured:
+# The steady-state window, in shares of the pass's images. From the first batch on, a stream
+# that took longer to its first batch hands out what it decoded meanwhile (the Ray side's
+# first second is ~900 images here, nearly half of a 2,000-image pass), and the last files
+# are decoded by fewer workers than there are CPUs: neither is the rate a long epoch runs at.
+STEADY_FROM, STEADY_TO = 0.25, 0.9
+
+
+def measure(
+    batches: Iterable[Any],
+    started: float,
+    ignore: set[int] | None = None,
+    background: set[int] | None = None,
+) -> Measured:
     """Consume `batches` (image tensors) as fast as they come; `ignore`: pids whose CPU time
-    is not this side's (the Ray processes, while the DataLoader runs)."""
+    is not this side's (the Ray processes, while the DataLoader runs); of those, the CPU of
+    `background` is recorded apart."""
     cpu_start = cpu_snapshot(ignore)
-    first_at = None
-    count = after_first = 0
-    last = started
+    background_start = {pid: process_cpu(pid) for pid in background or ()}
+    arrivals: list[tuple[float, int]] = []  # (time, images so far) at each batch
+    count = 0
     for images in batches:
-        last = time.perf_counter()
         count += len(images)
-        if first_at is None:
-            first_at = last
-        else:
-            after_first += len(images)
-    if first_at is None:
+        arrivals.append((time.perf_counter(), count))
+    if not arrivals:
         raise RuntimeError("no batch came out")
     cpu = cpu_seconds_since(cpu_start, ignore)
-    steady = after_first / (last - first_at) if last > first_at else float("nan")
-    measured = Measured(first_at - started, steady, count / (last - started), count / cpu, count)
+    measured = Measured(
+        arrivals[0][0] - started,
+        steady_rate(arrivals),
+        after_first_rate(arrivals),
+        count / (arrivals[-1][0] - started),
+        count / cpu,
+        count,
+    )
+    for pid, seconds in background_start.items():
+        try:
+            measured.background_cpu_s += process_cpu(pid) - seconds
+        except Exception:  # noqa: BLE001 - a process that ended took its count with it
+            continue
     measured.breakdown = cpu_by_process(cpu_start, ignore)
     return measured
+
+
+def after_first_rate(arrivals: list[tuple[float, int]]) -> float:
+    """Images per second from the first batch to the last (the images of the first excluded):
+    the "steady" of this benchmark's rounds before the seventh."""
+    (first_at, first), (last_at, total) = arrivals[0], arrivals[-1]
+    return (total - first) / (last_at - first_at) if last_at > first_at else float("nan")
+
+
+def steady_rate(arrivals: list[tuple[float, int]]) -> float:
+    """Images per second between the batches by which `STEADY_FROM` and `STEADY_TO` of all
+    images had arrived (`arrivals`: (time, images so far) per batch)."""
+    total = arrivals[-1][1]
+    start = next(a for a in arrivals if a[1] >= STEADY_FROM * total)
+    end = next(a for a in arrivals if a[1] >= STEADY_TO * total)
+    return (end[1] - start[1]) / (end[0] - start[0]) if end[0] > start[0] else float("nan")
 
 
 def cpu_by_process(start: tuple[float, dict[int, float]], ignore: set[int] | None) -> dict:
@@ -491,17 +534,23 @@ class ShardStream(torch.utils.data.IterableDataset):
                 yield torch.from_numpy(images), torch.from_numpy(ok)
 
 
-def run_dataloader(source: Source, cpus: int, batch: int) -> Measured:
+def run_dataloader(source: Source, cpus: int, batch: int, store_server: set[int]) -> Measured:
     import psutil
     import torch
 
-    # Ray's processes, and the S3 server (counted on neither side: see `run_ray`).
+    # Ray's processes, and the S3 server (counted on neither side: see `run_ray`). Ray's
+    # are recorded apart: in a Ray Train job they run whichever loader feeds the workers.
     ray_processes = {child.pid for child in psutil.Process().children(recursive=True)}
     started = time.perf_counter()
     loader = torch.utils.data.DataLoader(
         ShardStream(source, batch), batch_size=None, num_workers=cpus, prefetch_factor=2
     )
-    return measure((images for images, _ in loader), started, ignore=ray_processes)
+    return measure(
+        (images for images, _ in loader),
+        started,
+        ignore=ray_processes,
+        background=ray_processes - store_server,
+    )
 
 
 def ray_dataset(source: Source, config: RayConfig):
@@ -595,10 +644,14 @@ class Row:
     case: str
     store: str
     side: str
-    steady_per_cpu: float  # wall images/s after the first batch, / CPUs
+    steady_per_cpu: float  # wall images/s in the steady window (`STEADY_FROM`..), / CPUs
     steady_ratio: float  # vs the DataLoader
     per_cpu_s: float  # images per CPU second used (robust to other load on the machine)
     cpu_ratio: float
+    # vs the DataLoader with Ray's processes counted on its side too, as they run in a Ray
+    # Train job whichever loader feeds it (the DataLoader row: its own figure so counted)
+    ray_job_per_cpu_s: float
+    ray_job_cpu_ratio: float
     epoch_per_cpu: float  # wall images/s over the whole pass, start-up included, / CPUs
     epoch_ratio: float
     # The first batch came after half the pass: the stream decoded (nearly) everything before
@@ -616,10 +669,15 @@ def table_rows(case: str, store: str, results: dict[str, list[Measured]], cpus: 
     def warm(values: list[Measured]) -> float:
         return min((value.first_batch_s for value in values[1:]), default=values[0].first_batch_s)
 
+    def in_ray_job(value: Measured) -> float:
+        return value.images / (value.images / value.images_per_cpu_s + value.background_cpu_s)
+
     base = results["DataLoader"]
+    base_in_ray_job = max(in_ray_job(value) for value in base)
     rows = []
     for side, values in results.items():
         steady, per_cpu_s = best(values, "steady_images_per_s"), best(values, "images_per_cpu_s")
+        ray_job = base_in_ray_job if side == "DataLoader" else per_cpu_s
         rows.append(
             Row(
                 case,
@@ -629,6 +687,8 @@ def table_rows(case: str, store: str, results: dict[str, list[Measured]], cpus: 
                 steady / best(base, "steady_images_per_s"),
                 per_cpu_s,
                 per_cpu_s / best(base, "images_per_cpu_s"),
+                ray_job,
+                ray_job / base_in_ray_job,
                 best(values, "epoch_images_per_s") / cpus,
                 best(values, "epoch_images_per_s") / best(base, "epoch_images_per_s"),
                 any(v.first_batch_s * v.epoch_images_per_s > v.images / 2 for v in values),
@@ -642,7 +702,8 @@ def table_rows(case: str, store: str, results: dict[str, list[Measured]], cpus: 
 
 HEADER = (
     f"{'case':8} {'store':5} {'side':11} {'steady/CPU':>10} {'ratio':>6} {'img/CPU-s':>9} "
-    f"{'ratio':>6} {'epoch/CPU':>9} {'ratio':>6} {'1st batch cold':>14} {'warm':>6} {'ratio':>6}"
+    f"{'ratio':>6} {'in Ray job':>10} {'ratio':>6} {'epoch/CPU':>9} {'ratio':>6} "
+    f"{'1st batch cold':>14} {'warm':>6} {'ratio':>6}"
 )
 
 
@@ -651,6 +712,7 @@ def print_row(row: Row) -> None:
     print(
         f"{row.case:8} {row.store:5} {row.side:11} {row.steady_per_cpu:9.0f}{mark} "
         f"{row.steady_ratio:5.2f}x {row.per_cpu_s:9.0f} {row.cpu_ratio:5.2f}x "
+        f"{row.ray_job_per_cpu_s:10.0f} {row.ray_job_cpu_ratio:5.2f}x "
         f"{row.epoch_per_cpu:9.0f} {row.epoch_ratio:5.2f}x "
         f"{row.first_batch_cold:13.2f}s {row.first_batch_warm:5.2f}s "
         f"{row.first_batch_ratio:5.1f}x"
@@ -781,7 +843,9 @@ def main() -> None:
                 # run then spilled to disk. Collected before every run, both sides alike.
                 gc.collect()
                 before = process_cpu(server.pid)
-                results["DataLoader"].append(run_dataloader(source, args.cpus, args.batch))
+                results["DataLoader"].append(
+                    run_dataloader(source, args.cpus, args.batch, {server.pid})
+                )
                 server_cpu["DataLoader"].append(process_cpu(server.pid) - before)
                 for name, config in configs.items():
                     gc.collect()
@@ -812,6 +876,14 @@ def main() -> None:
                     for name, values in server_cpu.items()
                 )
                 print(f"S3 server CPU per pass, counted on neither side: {spent}")
+            print(
+                "from the first batch on (the steady of rounds before the seventh), images/s: "
+                + ", ".join(
+                    f"{side} "
+                    + "/".join(f"{value.after_first_images_per_s:.0f}" for value in values)
+                    for side, values in results.items()
+                )
+            )
             print(HEADER)
             for row in table_rows(source.case.name, source.store, results, args.cpus):
                 print_row(row)
