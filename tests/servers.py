@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 
@@ -163,3 +164,53 @@ def refused_address() -> Iterator[str]:
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
         yield f"http://127.0.0.1:{held.getsockname()[1]}"
+
+
+@contextlib.contextmanager
+def cutting_proxy(url: str, cuts: int) -> Iterator[str]:
+    """http://127.0.0.1:PORT relaying every connection to `url`'s server byte for byte, except
+    that the first `cuts` answers are cut off after their headers (at most one byte of the
+    body follows): a server worker restarted mid-answer. Their connections are then closed."""
+    target = urllib.parse.urlsplit(url)
+    listener = socket.create_server(("127.0.0.1", 0))
+    left = [cuts]
+    lock = threading.Lock()
+
+    def pump(source: socket.socket, sink: socket.socket, cut: bool) -> None:
+        seen = b""
+        try:
+            while data := source.recv(65536):
+                if cut:
+                    seen += data
+                    end = seen.find(b"\r\n\r\n")
+                    if end < 0:
+                        continue
+                    sink.sendall(seen[: end + 5])
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        for side in (source, sink):
+            with contextlib.suppress(OSError):
+                side.shutdown(socket.SHUT_RDWR)
+
+    def relay(client: socket.socket) -> None:
+        with lock:
+            cut, left[0] = left[0] > 0, left[0] - 1
+        upstream = socket.create_connection((target.hostname, target.port))
+        threading.Thread(target=pump, args=(client, upstream, False), daemon=True).start()
+        pump(upstream, client, cut)
+        client.close()
+        upstream.close()
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = listener.accept()
+                threading.Thread(target=relay, args=(client,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()

@@ -3,7 +3,8 @@ what the reference, MLflow's public client (`ClientReader`), returns on the same
 
 - `SqlReader` (plain SELECTs) on an SQLite store, and `RestReader` (plain HTTP) on that store
   served by a real `mlflow server`, against `ClientReader`, call by call, on a recorded sweep
-  with failed and deleted runs, two checkpoints, evaluations and dataset inputs.
+  with failed and deleted runs, two checkpoints, evaluations and dataset inputs; and
+  `RestReader` through a proxy that cuts answers off mid-body, which it asks again.
 - The SELECTs are used only on tables with exactly the expected columns: a store whose tables
   were altered (a column added, one renamed) is refused, and the readers fall back to MLflow's
   client with the same report and lineage.
@@ -27,7 +28,7 @@ from orchestrator.report.table import build_report
 from orchestrator.tracking import KIND_TAG, RUN_KEY_TAG, SWEEP_TAG, Tracker
 from orchestrator.tracking.lookup import open_reader
 from orchestrator.tracking.reader import ClientReader, RunReader
-from orchestrator.tracking.rest_reads import RestReader
+from orchestrator.tracking.rest_reads import CUT_ANSWER_RETRIES, RestReader
 from orchestrator.tracking.sql_reads import SqlReader, open_sql_reader
 
 SWEEP = "readers"
@@ -118,14 +119,32 @@ def test_the_selects_read_a_sweep_without_importing_mlflow(recorded):
     assert done.stdout.strip() == "[]"
 
 
-def test_rest_reads_return_what_mlflows_client_returns(recorded):
+@pytest.fixture(scope="module")
+def served(recorded):
+    """The recorded store served by a real `mlflow server`: its URL."""
     from servers import mlflow_server
 
-    folder, uri, experiment_id, layout, deleted_model = recorded
+    folder, uri = recorded[:2]
     with mlflow_server(uri, str(folder / "served")) as url:
-        fast = open_reader(url)
-        assert isinstance(fast, RestReader)
-        same_reads(fast, ClientReader(url), experiment_id, layout, deleted_model)
+        yield url
+
+
+def test_rest_reads_return_what_mlflows_client_returns(recorded, served):
+    folder, uri, experiment_id, layout, deleted_model = recorded
+    fast = open_reader(served)
+    assert isinstance(fast, RestReader)
+    same_reads(fast, ClientReader(served), experiment_id, layout, deleted_model)
+
+
+def test_rest_reads_ask_again_when_an_answer_is_cut_off(recorded, served):
+    """Through a proxy that cuts the first answers off after their headers (a server worker
+    restarted mid-answer), as many as a read is asked again: every read still returns what
+    MLflow's client returns from the server itself."""
+    from servers import cutting_proxy
+
+    folder, uri, experiment_id, layout, deleted_model = recorded
+    with cutting_proxy(served, cuts=CUT_ANSWER_RETRIES) as cut:
+        same_reads(RestReader(cut), ClientReader(served), experiment_id, layout, deleted_model)
 
 
 @contextlib.contextmanager
