@@ -1,5 +1,5 @@
 """Reading and decoding as one Ray Data stage, with the settings that bring it closest to a
-DataLoader's pace (within about a tenth on 2 CPUs: `benchmarks/README.md`).
+DataLoader's pace (`benchmarks/README.md` has how close, on 2 CPUs).
 
 Encoded images are read (Parquet rows or image files), decoded, cropped and resized in the
 same task, into blocks of about 16 MiB of pixels. Each choice here was measured with
