@@ -28,7 +28,8 @@ from orchestrator.report.table import build_report
 from orchestrator.tracking import KIND_TAG, RUN_KEY_TAG, SWEEP_TAG, Tracker
 from orchestrator.tracking.lookup import open_reader
 from orchestrator.tracking.reader import ClientReader, RunReader
-from orchestrator.tracking.rest_reads import CUT_ANSWER_RETRIES, RestReader
+from orchestrator.tracking.rest_reads import RestReader
+from orchestrator.tracking.server_http import CUT_ANSWER_RETRIES
 from orchestrator.tracking.sql_reads import SqlReader, open_sql_reader
 
 SWEEP = "readers"

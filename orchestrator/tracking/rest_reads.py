@@ -11,7 +11,6 @@ readers use `ClientReader`.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -27,10 +26,6 @@ HISTORY_POINTS_CAP = 25_000  # the bulk history endpoint's cap (it takes 100 run
 # Searches of this many runs or more are made in 16 parts at once (by the run id's first
 # digit): one search's pages come one after the other, parts let the server's workers share.
 PARTITION_FROM = 500
-# An answer cut off mid-body (a server worker restarted, a proxy's timeout) surfaces while
-# `requests` reads the body, after urllib3's retries (`server_session`) are done with it.
-# Every request here is a read, so it is asked again, up to this many times, with backoff.
-CUT_ANSWER_RETRIES = 4
 
 
 class ServerError(Exception):
@@ -167,8 +162,8 @@ class RestReader:
         return [_point(m) for m in self._pages("GET", "metrics/get-history", params, "metrics")]
 
     def text_artifact(self, run_id: str, path: str) -> str | None:
-        response = self._request(
-            "GET", f"{self._base}/get-artifact", params={"run_uuid": run_id, "path": path}
+        response = self._session.get(
+            f"{self._base}/get-artifact", params={"run_uuid": run_id, "path": path}, timeout=120
         )
         if response.status_code == 200:
             return response.text
@@ -195,17 +190,6 @@ class RestReader:
             if not token:
                 return items
 
-    def _request(self, method: str, url: str, **options: Any) -> Any:
-        """`requests`' answer to a read, asked again when it comes cut off mid-body."""
-        from requests.exceptions import ChunkedEncodingError
-
-        for attempt in range(CUT_ANSWER_RETRIES):
-            try:
-                return self._session.request(method, url, timeout=120, **options)
-            except ChunkedEncodingError:
-                time.sleep(0.25 * 2**attempt)
-        return self._session.request(method, url, timeout=120, **options)
-
     def _call(
         self,
         method: str,
@@ -216,7 +200,7 @@ class RestReader:
         api: str = "api",
     ) -> dict[str, Any] | None:
         url = f"{self._base}/{api}/2.0/mlflow/{endpoint}"
-        response = self._request(method, url, json=json, params=params)
+        response = self._session.request(method, url, json=json, params=params, timeout=120)
         if response.status_code == 200:
             return response.json()
         try:
