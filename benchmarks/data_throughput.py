@@ -56,6 +56,10 @@ import torch
 BUCKET = "bench"
 BIN_PACKING_ENV = "RAY_DATA_PARQUET_BIN_PACKING_BYTES"  # read by Ray in the driver
 _ROW_GROUP_BYTES = 16 * 2**20  # as `mimray data push` writes row groups
+try:  # the worker loop's lookahead; trees before it was a constant used 2
+    from workloads.data.stream import PREFETCH_BATCHES as TRAIN_PREFETCH_BATCHES
+except ImportError:
+    TRAIN_PREFETCH_BATCHES = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +98,7 @@ class RayConfig:
     read_blocks: str = "auto"  # V1: "auto" (>= 200 blocks, split, unfused) or "files"
     map_batch_rows: int | None = None  # rows per decode call; None: a whole block
     actors: int = 0  # >0: decode in an actor pool of up to this size instead of tasks
-    prefetch_batches: int = 2  # iter_torch_batches; the Train worker loop uses 2
+    prefetch_batches: int = TRAIN_PREFETCH_BATCHES  # iter_torch_batches, as the worker loop
     target_block_mb: int | None = None  # DataContext.target_max_block_size (128 MiB)
     note: str = ""
 

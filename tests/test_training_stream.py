@@ -27,7 +27,7 @@ from workloads.data.decode_stage import BLOCK_BYTES
 from workloads.data.manifest import read_manifest
 from workloads.data.object_store import filesystem_for
 from workloads.data.sources.colors import COLOR_CLASSES
-from workloads.data.stream import batch_shuffle_options
+from workloads.data.stream import PREFETCH_BATCHES, batch_shuffle_options
 
 NUM_CLASSES, PER_CLASS, BATCH = 4, 64, 32
 # Class k is a solid colour, far from the others even after bicubic resampling and a flip.
@@ -69,7 +69,9 @@ def worker_epochs(source: str, epochs: int = 2) -> list[list[np.ndarray]]:
         options = batch_shuffle_options(
             spec.data.shuffle, spec.data.shuffle_buffer, spec.train.seed, epoch, rank=0
         )
-        batches = iterator.iter_torch_batches(batch_size=BATCH, drop_last=True, **options)
+        batches = iterator.iter_torch_batches(
+            batch_size=BATCH, drop_last=True, prefetch_batches=PREFETCH_BATCHES, **options
+        )
         seen.append([classes_of(batch["image"].numpy()) for batch in batches])
     return seen
 

@@ -20,7 +20,7 @@ from tiny_model import TINY_MODEL
 
 from orchestrator.config import load_spec
 from orchestrator.pretrain.trainer import training_stream
-from workloads.data.stream import batch_shuffle_options
+from workloads.data.stream import PREFETCH_BATCHES, batch_shuffle_options
 
 IMAGES, BUFFER, BATCH = 128, 16, 32
 SETTINGS = [
@@ -59,7 +59,9 @@ def worker_epochs(epochs: int = 2) -> list[list[list[int]]]:
         options = batch_shuffle_options(
             spec.data.shuffle, spec.data.shuffle_buffer, spec.train.seed, epoch, rank=0
         )
-        batches = iterator.iter_torch_batches(batch_size=BATCH, drop_last=True, **options)
+        batches = iterator.iter_torch_batches(
+            batch_size=BATCH, drop_last=True, prefetch_batches=PREFETCH_BATCHES, **options
+        )
         seen.append([[positions[row_key(image)] for image in b["image"]] for b in batches])
     return seen
 

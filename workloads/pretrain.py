@@ -34,7 +34,7 @@ from workloads.checkpoint import (
     resume_point,
 )
 from workloads.console import say
-from workloads.data.stream import batch_shuffle_options
+from workloads.data.stream import PREFETCH_BATCHES, batch_shuffle_options
 from workloads.distributed import global_mean, global_sum, unwrap
 from workloads.engine import EpochStats, WorkerSetup, autocast_dtype, train_one_epoch
 from workloads.evaluation.monitor import knn_during_training
@@ -167,7 +167,7 @@ def _epoch_batches(
     return shard.iter_torch_batches(
         batch_size=_per_worker_batch(train, setup.world_size),
         drop_last=True,
-        prefetch_batches=2,
+        prefetch_batches=PREFETCH_BATCHES,
         # Pinned host batches make the copy to the GPU asynchronous.
         pin_memory=setup.device.type == "cuda",
         # A new row order every epoch (file/block order is reshuffled upstream).

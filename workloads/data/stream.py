@@ -26,6 +26,12 @@ SHUFFLE_MODES = ("buffer", "full", "none")
 # What pretraining consumes: labels and ids stay out of the stream (strings do not convert to
 # tensors, and the worker has no use for labels). Sources drop the rest while decoding.
 PRETRAINING_COLUMNS = ("image", "ok")
+# Batches each worker's `iter_torch_batches` fetches ahead (Ray's default). Ray 2.60's
+# prefetcher hands out no block before it holds this many batches of rows plus the next
+# block, so each batch of lookahead delays every epoch's first batch by about one block's
+# decode; the blocks are already in the node's object store, and the batch being collated
+# in the background thread overlaps the training step either way.
+PREFETCH_BATCHES = 1
 
 
 def pretraining_view(dataset: Any, shuffle: str, seed: int) -> Any:

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from workloads.checkpoint import read_checkpoint_state
 from workloads.console import say
+from workloads.data.stream import PREFETCH_BATCHES
 from workloads.distributed import global_sum
 from workloads.evaluation.heads import load_encoder
 from workloads.evaluation.knn_once import knn_once
@@ -49,7 +50,9 @@ def labelled_batches(
             "local_shuffle_buffer_size": SHUFFLE_BUFFER_ROWS,
             "local_shuffle_seed": shuffle_seed % 2**32,
         }
-    for batch in shard.iter_torch_batches(batch_size=batch_size, prefetch_batches=2, **shuffle):
+    for batch in shard.iter_torch_batches(
+        batch_size=batch_size, prefetch_batches=PREFETCH_BATCHES, **shuffle
+    ):
         images, labels = batch["image"], batch["label"]
         if "ok" in batch:
             keep = batch["ok"].bool()
