@@ -42,7 +42,7 @@ same task, into blocks of about 16 MiB of pixels. Each choice here was measured 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -180,6 +180,39 @@ def in_chunks(block: pyarrow.Table, rows: int) -> Iterator[pyarrow.Table]:
     """`block` `rows` at a time (zero-copy slices)."""
     for start in range(0, block.num_rows, rows):
         yield block.slice(start, rows)
+
+
+def whole_chunks(
+    batches: Iterable[pyarrow.RecordBatch | pyarrow.Table], rows: int
+) -> Iterator[pyarrow.Table]:
+    """`batches` regrouped `rows` at a time, across their boundaries; only the last chunk may
+    be shorter. Zero-copy: a chunk that spans batches is a table of their slices.
+
+    A Parquet file's row groups rarely hold a whole number of chunks. Read group by group,
+    each group's short tail was a chunk under `BLOCK_BYTES` that waited inside the task for
+    the next one, and Ray's output buffer then copied the two into one block and cut it
+    again (`chunk_rows`)."""
+    import pyarrow as pa
+
+    pending: list[pyarrow.RecordBatch | pyarrow.Table] = []
+    count = 0
+    for batch in batches:
+        start = 0
+        while start < batch.num_rows:
+            take = min(rows - count, batch.num_rows - start)
+            pending.append(batch.slice(start, take))
+            count, start = count + take, start + take
+            if count == rows:
+                yield pa.concat_tables([_as_table(piece) for piece in pending])
+                pending, count = [], 0
+    if pending:
+        yield pa.concat_tables([_as_table(piece) for piece in pending])
+
+
+def _as_table(piece: pyarrow.RecordBatch | pyarrow.Table) -> pyarrow.Table:
+    import pyarrow as pa
+
+    return piece if isinstance(piece, pa.Table) else pa.Table.from_batches([piece])
 
 
 def read_tasks_for(num_files: int, rows: int) -> int:

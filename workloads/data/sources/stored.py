@@ -34,7 +34,7 @@ from workloads.data.base import (
     object_array,
 )
 from workloads.data.decode import decode_images
-from workloads.data.decode_stage import chunk_rows, decode_files
+from workloads.data.decode_stage import chunk_rows, decode_files, whole_chunks
 from workloads.data.object_store import S3Settings
 from workloads.data.registry import allowed_sources
 from workloads.data.sources.folder import decode_class_file_list
@@ -49,6 +49,7 @@ from workloads.data.stored_layout import (
 if TYPE_CHECKING:
     import pyarrow
     import pyarrow.fs
+    import pyarrow.parquet
     import ray.data
 
 
@@ -198,16 +199,22 @@ def _decode_parquet_file(
     rows: int,
     **options: object,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """The Parquet files named in `block` (a `path` column), read `rows` at a time and
-    decoded, streaming: one row group's encoded columns and one chunk of decoded rows in
-    memory at a time. Row group by row group, because a pre-buffered reader fetches every
-    row group it is asked for up front."""
+    """The Parquet files named in `block` (a `path` column), decoded `rows` at a time across
+    row groups, streaming: at most two row groups' encoded columns and one chunk of decoded
+    rows in memory at a time."""
     for path in block.column("path").to_pylist():
         parquet_file = open_parquet(filesystem, path, pre_buffer=True)
-        for group in range(parquet_file.num_row_groups):
-            chunks = parquet_file.iter_batches(rows, row_groups=[group], columns=read_columns)
-            for chunk in chunks:
-                yield _decode_parquet_batch(chunk, **options)
+        for chunk in whole_chunks(_row_group_batches(parquet_file, read_columns, rows), rows):
+            yield _decode_parquet_batch(chunk, **options)
+
+
+def _row_group_batches(
+    parquet_file: pyarrow.parquet.ParquetFile, read_columns: list[str], rows: int
+) -> Iterator[pyarrow.RecordBatch]:
+    """A file's record batches, row group by row group: a pre-buffered reader fetches every
+    row group it is asked for up front."""
+    for group in range(parquet_file.num_row_groups):
+        yield from parquet_file.iter_batches(rows, row_groups=[group], columns=read_columns)
 
 
 def _decode_parquet_batch(
