@@ -14,8 +14,9 @@ label int64, id string, plus manifest.json) and cached under --data-dir:
   - imagenet320: the same images as `mimray data push --max-side 320` stores them.
 For the imagenet cases the run also measures the single-thread decoders of `imagenet_like.py`
 on the case's own images, and prints each Ray side's per-core rate against the best of them.
-Each case is read from a moto S3 server on 127.0.0.1 and from the local folder, two ways,
-side by side in one run, rounds alternating so drift hits both:
+Shards are as large as push writes them by default (--shard-mb; rounds before the eighth used
+16 MB). Each case is read from a moto S3 server on 127.0.0.1 and from the local folder, two
+ways, side by side in one run, rounds alternating so drift hits both:
   - Ray Data (one or more configurations, --ray): `mimray` is the project's own stream
     (`build_remote_dataset` + the columns a Train worker takes); the others are the same
     decode in Ray Data set up differently (see RAY_CONFIGS);
@@ -29,6 +30,11 @@ images/s per CPU (between the batches by which a quarter and nine tenths of the 
 come: `STEADY_FROM`), images per CPU-second (the DataLoader's also with Ray's idle
 processes counted, as in a Ray Train job), and Ray Data / DataLoader.
 Absolute figures depend on the machine; the ratios are the result.
+
+moto answers a ranged GET by reading and copying the whole object before it cuts the range
+out, so every row group mimray reads costs the server a copy of the whole shard, on the
+cores both sides share (the DataLoader fetches each shard whole, once). The server's CPU is
+printed and counted on neither side, but it takes CPU time from the Ray side's S3 rows.
 """
 
 from __future__ import annotations
@@ -56,6 +62,12 @@ import torch
 BUCKET = "bench"
 BIN_PACKING_ENV = "RAY_DATA_PARQUET_BIN_PACKING_BYTES"  # read by Ray in the driver
 _ROW_GROUP_BYTES = 16 * 2**20  # as `mimray data push` writes row groups
+try:  # the shard size `mimray data push` writes by default
+    from workloads.data.push import DEFAULT_SHARD_BYTES
+
+    PUSH_SHARD_MB = DEFAULT_SHARD_BYTES / 2**20
+except ImportError:
+    PUSH_SHARD_MB = 128.0
 try:  # the worker loop's lookahead; trees before it was a constant used 2
     from workloads.data.stream import PREFETCH_BATCHES as TRAIN_PREFETCH_BATCHES
 except ImportError:
@@ -748,7 +760,12 @@ def main() -> None:
     parser.add_argument("--cpus", type=int, default=2, help="Ray CPUs = DataLoader workers")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch", type=int, default=128, help="images per batch, both sides")
-    parser.add_argument("--shard-mb", type=float, default=16.0)
+    parser.add_argument(
+        "--shard-mb",
+        type=float,
+        default=PUSH_SHARD_MB,
+        help="shard size (default: what `mimray data push` writes)",
+    )
     parser.add_argument("--cases", default="png64,jpeg224", help=f"of {', '.join(CASES)}")
     parser.add_argument("--stores", default="s3,local")
     parser.add_argument("--ray", default="mimray", help=f"of {', '.join(RAY_CONFIGS)}")
