@@ -117,6 +117,7 @@ class RayConfig:
 
 RAY_CONFIGS = {
     "mimray": RayConfig(project=True, note="the project's stream as it is"),
+    "mimray-p2": RayConfig(project=True, prefetch_batches=2, note="2 batches ahead (rounds 1-7)"),
     "mimray-tuned": RayConfig(
         project=True, bin_mb=16, target_block_mb=16, note="project stream + recommended settings"
     ),
