@@ -182,9 +182,7 @@ def in_chunks(block: pyarrow.Table, rows: int) -> Iterator[pyarrow.Table]:
         yield block.slice(start, rows)
 
 
-def whole_chunks(
-    batches: Iterable[pyarrow.RecordBatch | pyarrow.Table], rows: int
-) -> Iterator[pyarrow.Table]:
+def whole_chunks(batches: Iterable[pyarrow.RecordBatch], rows: int) -> Iterator[pyarrow.Table]:
     """`batches` regrouped `rows` at a time, across their boundaries; only the last chunk may
     be shorter. Zero-copy: a chunk that spans batches is a table of their slices.
 
@@ -194,7 +192,7 @@ def whole_chunks(
     again (`chunk_rows`)."""
     import pyarrow as pa
 
-    pending: list[pyarrow.RecordBatch | pyarrow.Table] = []
+    pending: list[pyarrow.RecordBatch] = []
     count = 0
     for batch in batches:
         start = 0
@@ -203,16 +201,10 @@ def whole_chunks(
             pending.append(batch.slice(start, take))
             count, start = count + take, start + take
             if count == rows:
-                yield pa.concat_tables([_as_table(piece) for piece in pending])
+                yield pa.Table.from_batches(pending)
                 pending, count = [], 0
     if pending:
-        yield pa.concat_tables([_as_table(piece) for piece in pending])
-
-
-def _as_table(piece: pyarrow.RecordBatch | pyarrow.Table) -> pyarrow.Table:
-    import pyarrow as pa
-
-    return piece if isinstance(piece, pa.Table) else pa.Table.from_batches([piece])
+        yield pa.Table.from_batches(pending)
 
 
 def read_tasks_for(num_files: int, rows: int) -> int:
