@@ -33,6 +33,10 @@ same task, into blocks of about 16 MiB of pixels. Each choice here was measured 
   Ray's default, at most 200 GB) holds that on an 8-GPU machine with 1-2 TiB, not on a
   smaller one. Where it does not fit, each task keeps fewer blocks first (down to one),
   then fewer tasks run (memory, not CPUs, is then what bounds the stage).
+- **Files split when there are fewer than CPUs** (`parts_per_file`). A task decodes one
+  file, so a data set of fewer shards than CPUs left CPUs idle (one 73 MB shard on 2 CPUs:
+  1,200-1,290 images/s steady; split in two, 2,080-2,240). Only then: splitting further, to
+  fill the queued second task per CPU, delayed the first batch by ~0.2 s for no throughput.
 - **Tasks, not a pool of decoder actors.** A pool's actors start in every epoch (1.5-2 s
   here before the first batch); with the two settings above tasks have no gaps left to save.
 - **Columns are chosen inside the stage.** A `select_columns` after a task stage merges the
@@ -59,6 +63,11 @@ BLOCK_BYTES = 16 * 2**20
 TASK_OUTPUT_BUFFER_BLOCKS = 8
 # Decode tasks in flight per cluster CPU: one running, one queued.
 TASKS_PER_CPU = 2
+# The columns of `decode_files`'s rows: a file and which of its parts to decode.
+PART_COLUMNS = ("path", "part", "parts")
+# The most parts a file is split into for parallel decode: a pushed shard (128 MiB) holds
+# eight row groups of 16 MiB.
+MAX_PARTS_PER_FILE = 8
 # The share of the cluster's object store that decode tasks' waiting blocks may fill: the
 # rest is for the blocks the consumers hold (prefetched batches, the workers' split) and for
 # everything else on the node.
@@ -119,18 +128,39 @@ def decode_files(
     keep: Sequence[str] = ROW_COLUMNS,
     **options: Any,
 ) -> ray.data.Dataset:
-    """One row per file (`path`), each file read and decoded by `decode(block, **options)`
-    in one task, in a new file order every epoch when `order_seed` is set. `keep` is
-    checked by `build_dataset`, the entry point."""
+    """One row per file part (`path`, `part`, `parts`), each part read and decoded by
+    `decode(block, **options)` in one task, in a new order every epoch when `order_seed` is
+    set. `decode` reads only its part of a file (`file_part`). `keep` is checked by
+    `build_dataset`, the entry point."""
     import ray.data
 
-    paths = ray.data.from_items([{"path": path} for path in files], override_num_blocks=len(files))
+    cpus = math.ceil(cluster_decode_plan().tasks / TASKS_PER_CPU)
+    parts = parts_per_file(len(files), cpus)
+    items = [
+        {"path": path, "part": part, "parts": parts} for path in files for part in range(parts)
+    ]
+    rows = ray.data.from_items(items, override_num_blocks=len(items))
     if order_seed is not None:
-        # One file per block: reordering blocks reorders files, without moving any data.
-        paths = paths.randomize_block_order(
+        # One part per block: reordering blocks reorders parts, without moving any data.
+        rows = rows.randomize_block_order(
             seed=ray.data.RandomSeedConfig(order_seed, reseed_after_execution=True)
         )
-    return decode_in_tasks(paths, decode, keep, options)
+    return decode_in_tasks(rows, decode, keep, options)
+
+
+def parts_per_file(num_files: int, cpus: int) -> int:
+    """Parts each file is split into so that every CPU has one to decode: a task decodes one
+    part, so 24 shards on a 192-vCPU node kept 24 CPUs busy and left 168 idle. Files are
+    split only when there are fewer of them than CPUs (each task costs ~11 ms besides its
+    images, and on 2 CPUs four half-files instead of two files delayed the first batch by
+    ~0.2 s: `benchmarks/README.md`), and into at most `MAX_PARTS_PER_FILE`."""
+    return max(1, min(MAX_PARTS_PER_FILE, math.ceil(cpus / max(1, num_files))))
+
+
+def file_part(count: int, part: int, parts: int) -> range:
+    """Part `part` of `parts` of a file's `count` row groups: contiguous, every group in
+    exactly one part (a part may be empty when there are fewer groups than parts)."""
+    return range(part * count // parts, (part + 1) * count // parts)
 
 
 def decode_in_tasks(

@@ -34,7 +34,13 @@ from workloads.data.base import (
     object_array,
 )
 from workloads.data.decode import decode_images
-from workloads.data.decode_stage import chunk_rows, decode_files, whole_chunks
+from workloads.data.decode_stage import (
+    PART_COLUMNS,
+    chunk_rows,
+    decode_files,
+    file_part,
+    whole_chunks,
+)
 from workloads.data.object_store import S3Settings
 from workloads.data.registry import allowed_sources
 from workloads.data.sources.folder import decode_class_file_list
@@ -199,21 +205,29 @@ def _decode_parquet_file(
     rows: int,
     **options: object,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """The Parquet files named in `block` (a `path` column), decoded `rows` at a time across
-    row groups, streaming: at most two row groups' encoded columns and one chunk of decoded
-    rows in memory at a time."""
-    for path in block.column("path").to_pylist():
+    """The parts of Parquet files named in `block` (`path`, `part`, `parts`: `decode_files`),
+    decoded `rows` at a time across row groups, streaming: at most two row groups' encoded
+    columns and one chunk of decoded rows in memory at a time."""
+    for path, part, parts in zip(
+        *(block.column(name).to_pylist() for name in PART_COLUMNS), strict=True
+    ):
         parquet_file = open_parquet(filesystem, path, pre_buffer=True)
-        for chunk in whole_chunks(_row_group_batches(parquet_file, read_columns, rows), rows):
+        groups = file_part(parquet_file.num_row_groups, part, parts)
+        for chunk in whole_chunks(
+            _row_group_batches(parquet_file, groups, read_columns, rows), rows
+        ):
             yield _decode_parquet_batch(chunk, **options)
 
 
 def _row_group_batches(
-    parquet_file: pyarrow.parquet.ParquetFile, read_columns: list[str], rows: int
+    parquet_file: pyarrow.parquet.ParquetFile,
+    groups: range,
+    read_columns: list[str],
+    rows: int,
 ) -> Iterator[pyarrow.RecordBatch]:
-    """A file's record batches, row group by row group: a pre-buffered reader fetches every
-    row group it is asked for up front."""
-    for group in range(parquet_file.num_row_groups):
+    """The record batches of a file's row `groups`, group by group: a pre-buffered reader
+    fetches every row group it is asked for up front."""
+    for group in groups:
         yield from parquet_file.iter_batches(rows, row_groups=[group], columns=read_columns)
 
 
