@@ -1,7 +1,7 @@
 """How a decode task reads a stored shard from object storage, seen from the S3 server (moto
 over HTTP, its own request recorder): each row group's columns come in one ranged GET, not one
-request per column, and only the row group being decoded is fetched, so a task holds one row
-group of encoded images however large the file."""
+request per column, and only the row groups being decoded are fetched, so a task holds at most
+two row groups of encoded images however large the file."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def test_each_row_group_is_one_request_fetched_when_it_is_decoded(s3_env, s3_cli
     columns = resolve_columns(schema, f"s3://{bucket}/pushed")
     with moto_requests(s3_env) as recorded:
         chunks = _decode_parquet_file(
-            pa.table({"path": [path]}),
+            pa.table({"path": [path], "part": [0], "parts": [1]}),  # the whole file
             filesystem,
             read_columns(schema, columns),
             ROWS_PER_GROUP,
