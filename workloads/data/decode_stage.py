@@ -134,6 +134,7 @@ def decode_files(
     `build_dataset`, the entry point."""
     import ray.data
 
+    # The CPUs the stage decodes on: its plan's tasks, which memory may have bounded.
     cpus = math.ceil(cluster_decode_plan().tasks / TASKS_PER_CPU)
     parts = parts_per_file(len(files), cpus)
     items = [
