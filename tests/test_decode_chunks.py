@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 import ray
 from PIL import Image
 
-from workloads.data import build_dataset
+from orchestrator.evaluation.data import labelled_dataset
+from workloads.data import build_dataset, describe_source
 from workloads.data.decode_stage import (
     chunk_rows,
     decode_files,
@@ -83,7 +84,7 @@ def write_jpeg_shard(path, groups: int, group: int) -> list[str]:
     table = pa.table(
         {
             "image": pa.array(encoded, pa.binary()),
-            "label": pa.array([0] * len(encoded), pa.int64()),
+            "label": pa.array(range(len(encoded)), pa.int64()),  # the row's place
             "id": ids,
         }
     )
@@ -122,3 +123,16 @@ def test_a_file_is_shared_by_the_cpus(ray_session, tmp_path):
     for block in blocks:  # a part is contiguous: consecutive row groups of the file
         numbers = sorted(int(name.split("/")[1]) for name in block)
         assert numbers == list(range(numbers[0], numbers[0] + len(numbers))), numbers
+
+
+def test_an_evaluation_reads_a_split_file_in_stored_order(ray_session, tmp_path):
+    """Evaluations read in stored order (`labelled_dataset`: which images a `limit` keeps and
+    the probe's feature order repeat from run to run): still so when the file is split."""
+    write_jpeg_shard(tmp_path / "part-00000.parquet", groups=8, group=10)
+    info = describe_source(str(tmp_path))
+    labels = [
+        int(label)
+        for batch in labelled_dataset(info, 16, 0).iter_batches(batch_format="numpy")
+        for label in batch["label"]
+    ]
+    assert labels == list(range(80)), labels
